@@ -1,0 +1,27 @@
+# The README's two commands live here:  `make demo`  (set up + run the whole chain)  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# DATA: a hvc_data.zip or its extracted folder; empty = the generated demo set.
+DATA ?=
+OUT ?= out
+PRESET ?= smoke
+
+.PHONY: setup demo test clean
+
+$(VENV)/.installed: setup.py requirements.txt requirements-dev.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m pipeline.demo --out $(OUT) --preset $(PRESET) $(if $(DATA),--data $(DATA),)
+
+test: setup
+	$(PY) -m pytest -q -n 2 --durations=15 tests tfds_person_attrs
+
+clean:
+	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,36 @@
+"""The one-screen summary a build prints at its end (the same numbers are in build_summary.json).
+
+    python -m pipeline.summary out/data/person_attrs/hvc/1.0.0/build_summary.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def format_summary(s: dict) -> str:
+    lines = [
+        f"person_attrs build summary ({s.get('dataset_dir', '')})",
+        f"  CSV rows     {s['csv_rows']:>8}",
+        f"  written      {s['written']:>8}   " + "  ".join(f"{k} {v}" for k, v in s["splits"].items()),
+        f"  skipped      {s['skipped']:>8}",
+    ]
+    for reason, n in s["skipped_by_reason"].items():
+        first = s["skipped_examples"][reason][0]
+        lines.append(f"    {reason:<20} {n:>6}   e.g. {first['message']}")
+    for reason, n in s.get("converted", {}).items():
+        ex = s["converted_examples"][reason][0]
+        lines.append(f"  converted to RGB JPEG from {reason}: {n} (e.g. row {ex['row']} {ex['id']})")
+    g = s["groups"]
+    lines.append(f"  groups       {g['count']:>8}   {g['multi_image_groups']} hold more than one image; "
+                 f"sizes {g['size_histogram']}")
+    lines.append("  every CSV row accounted for: " + ("yes" if s["accounted"] else "NO - please report this as a bug"))
+    if "seconds" in s:
+        lines.append(f"  took {s['seconds']} s; every skipped row is listed in build_skipped.csv beside the dataset")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as f:
+        print(format_summary(json.load(f)))

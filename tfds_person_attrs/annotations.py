@@ -1,0 +1,183 @@
+"""Reading the manual data (a folder or zip, local or gs://) and validating the CSV against a schema.
+
+The CSV is read once, in the launching process, so that a wrong column or an unreadable file fails
+before any worker starts; each row then becomes an `Annotation` or a `Skipped` record with a reason.
+Image bytes are read later, by the Beam workers, through `ManualData.read_image`.
+
+    python -m tfds_person_attrs.annotations ../shared/data   # prints row counts and skip reasons
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import io
+import posixpath
+import sys
+import zipfile
+
+import tensorflow as tf
+
+from tfds_person_attrs.schema import HVC, Schema
+
+
+class ManualDataError(ValueError):
+    """Manual data that cannot be used at all (missing, empty, wrong columns); says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Annotation:
+    row: int  # 1-based data row number in the CSV (the header is row 0)
+    image_id: str  # the image path as written in the CSV
+    labels: dict  # attribute name -> class index (single) or tuple of 0/1 (multi)
+    group: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    row: int
+    image_id: str
+    reason: str  # short key: missing_image, unreadable_image, bad_label, duplicate_id, ...
+    message: str
+
+
+class ManualData:
+    """A folder holding the CSV and images, or a zip with them at its root (or one folder down)."""
+
+    def __init__(self, location: str, schema: Schema):
+        self.location = location.rstrip("/")
+        self.schema = schema
+        self.zip_path, self.prefix = self._find(self.location, schema.csv_name)
+        self._zip: zipfile.ZipFile | None = None
+
+    @staticmethod
+    def _find(location: str, csv_name: str) -> tuple[str | None, str]:
+        gfile = tf.io.gfile
+        if location.endswith(".zip"):
+            if not gfile.exists(location):
+                raise ManualDataError(f"manual data {location} does not exist; pass the zip or the folder holding it")
+            return location, ""
+        if not gfile.isdir(location):
+            raise ManualDataError(f"manual data folder {location} does not exist; pass --manual_dir pointing at the "
+                                  f"folder that holds {csv_name} and the images, or a zip of them")
+        if gfile.exists(posixpath.join(location, csv_name)):
+            return None, location
+        zips = sorted(n for n in gfile.listdir(location) if n.endswith(".zip"))
+        for name in zips:
+            path = posixpath.join(location, name)
+            with gfile.GFile(path, "rb") as f, zipfile.ZipFile(f) as z:
+                if any(n == csv_name or n.endswith("/" + csv_name) for n in z.namelist()):
+                    return path, ""
+        raise ManualDataError(f"no {csv_name} in {location} (nor in a .zip there: {zips or 'none'}); put the CSV and "
+                              f"its images there, or point --manual_dir at the right folder")
+
+    def _open_zip(self) -> zipfile.ZipFile:
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(tf.io.gfile.GFile(self.zip_path, "rb"))
+            names = self._zip.namelist()
+            csv_at = next(n for n in names if n == self.schema.csv_name or n.endswith("/" + self.schema.csv_name))
+            self._zip_root = csv_at[: -len(self.schema.csv_name)]
+            self._zip_names = set(names)
+        return self._zip
+
+    def read_csv_bytes(self) -> bytes:
+        if self.zip_path:
+            z = self._open_zip()
+            return z.read(self._zip_root + self.schema.csv_name)
+        with tf.io.gfile.GFile(posixpath.join(self.prefix, self.schema.csv_name), "rb") as f:
+            return f.read()
+
+    def read_image(self, image_id: str) -> bytes | None:
+        """The image's bytes, or None when the file does not exist."""
+        if self.zip_path:
+            z = self._open_zip()
+            name = self._zip_root + image_id
+            return z.read(name) if name in self._zip_names else None
+        path = posixpath.join(self.prefix, image_id)
+        try:
+            with tf.io.gfile.GFile(path, "rb") as f:
+                return f.read()
+        except tf.errors.NotFoundError:
+            return None
+
+    def __getstate__(self):  # Beam pickles this into workers; each opens its own zip handle
+        state = dict(self.__dict__)
+        state["_zip"] = None
+        return state
+
+    def __str__(self) -> str:
+        return self.zip_path or self.prefix
+
+
+def parse_annotations(csv_bytes: bytes, schema: Schema, source: str = "CSV") -> tuple[list[Annotation], list[Skipped]]:
+    """Validates every row; returns the usable ones and the skipped ones, each with its reason."""
+    try:
+        text = csv_bytes.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = csv_bytes[: e.start].count(b"\n") + 1
+        raise ManualDataError(f"{source} is not UTF-8 (bad byte at line {line}, byte {e.start}); re-save it as UTF-8, "
+                              f"e.g. `iconv -f latin1 -t utf-8`") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames
+    if not header:
+        raise ManualDataError(f"{source} is empty: it needs a header row with columns {list(schema.required_columns)}")
+    missing = [c for c in schema.required_columns if c not in header]
+    if missing:
+        raise ManualDataError(f"{source} lacks column(s) {missing} that schema {schema.name!r} needs; it has {header}. "
+                              f"Fix the CSV header or pass a schema file that names the right columns")
+    kept: list[Annotation] = []
+    skipped: list[Skipped] = []
+    first_row_of: dict[str, int] = {}
+    for row_num, row in enumerate(reader, start=1):
+        image_id = (row.get(schema.image_column) or "").strip()
+        if not image_id:
+            skipped.append(Skipped(row_num, "", "missing_image_path", f"row {row_num}: column {schema.image_column!r} is empty"))
+            continue
+        if image_id in first_row_of:
+            skipped.append(Skipped(row_num, image_id, "duplicate_id",
+                                   f"row {row_num}: image {image_id} already used by row {first_row_of[image_id]}"))
+            continue
+        try:
+            labels = {a.name: _parse_label(a, row) for a in schema.attributes}
+        except ValueError as e:
+            skipped.append(Skipped(row_num, image_id, "bad_label", f"row {row_num} ({image_id}): {e}"))
+            continue
+        first_row_of[image_id] = row_num
+        group = (row.get(schema.group_column) or "").strip() or None if schema.group_column else None
+        kept.append(Annotation(row_num, image_id, labels, group))
+    if not kept and not skipped:
+        raise ManualDataError(f"{source} has a header but no data rows")
+    return kept, skipped
+
+
+def _parse_label(attr, row: dict):
+    if not attr.is_multi_label:
+        value = (row.get(attr.column) or "").strip()
+        if value not in attr.classes:
+            raise ValueError(f"{attr.column}={value!r} is not one of {list(attr.classes)}")
+        return attr.classes.index(value)
+    if attr.columns:
+        bits = []
+        for col in attr.columns:
+            value = (row.get(col) or "").strip()
+            if value not in ("0", "1"):
+                raise ValueError(f"{col}={value!r} must be 0 or 1")
+            bits.append(int(value))
+        return tuple(bits)
+    names = [n.strip() for n in (row.get(attr.column) or "").split(attr.delimiter) if n.strip()]
+    unknown = [n for n in names if n not in attr.classes]
+    if unknown:
+        raise ValueError(f"{attr.column} has {unknown}, not in {list(attr.classes)}")
+    return tuple(int(c in names) for c in attr.classes)
+
+
+def main(argv: list[str]) -> int:
+    data = ManualData(argv[0], HVC)
+    kept, skipped = parse_annotations(data.read_csv_bytes(), HVC, source=str(data))
+    print(f"{data}: {len(kept)} usable rows, {len(skipped)} skipped: {dict(collections.Counter(s.reason for s in skipped))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

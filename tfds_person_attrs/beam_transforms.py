@@ -1,0 +1,185 @@
+"""The Beam steps of the build: read and check images, group near-duplicates, assign splits, summarise.
+
+Every annotation that enters `ReadAndCheckImages` leaves it either as a checked example or on the
+`skipped` output with a reason; `BuildSummary` adds them up, so the summary accounts for every CSV row.
+Bad records also count in Beam metrics (namespace `person_attrs`), which Dataflow's UI shows live.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import time
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from tfds_person_attrs import grouping
+from tfds_person_attrs.annotations import Annotation, ManualData, Skipped
+from tfds_person_attrs.images import BadImageError, inspect_image
+from tfds_person_attrs.schema import Schema
+
+NAMESPACE = "person_attrs"
+SKIPPED_TAG = "skipped"
+_EXAMPLES_PER_REASON = 5
+_PROGRESS_EVERY = 1000
+
+
+class StrictModeError(RuntimeError):
+    """A record was skipped while --strict was set."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckedImage:
+    annotation: Annotation
+    jpeg: bytes
+    phash: int
+    converted_from: str | None
+
+
+def skip_message_for_strict(s: Skipped) -> str:
+    return (f"--strict: row {s.row} ({s.image_id or 'no image path'}) was skipped: {s.reason}: {s.message}. "
+            "Fix the row or drop --strict to skip and report such rows instead")
+
+
+class ReadAndCheckImages(beam.DoFn):
+    """Annotation -> CheckedImage, or a Skipped on the `skipped` output (missing or undecodable image)."""
+
+    def __init__(self, data: ManualData, strict: bool):
+        self._data = data
+        self._strict = strict
+        self._read = Metrics.counter(NAMESPACE, "images_read")
+        self._converted = Metrics.counter(NAMESPACE, "images_converted")
+
+    def setup(self):
+        self._seen = 0
+        self._start = time.time()
+
+    def process(self, ann: Annotation):
+        data = self._data.read_image(ann.image_id)
+        if data is None:
+            yield from self._skip(ann, "missing_image", f"row {ann.row}: image file {ann.image_id} not found in {self._data}")
+            return
+        try:
+            checked = inspect_image(data)
+        except BadImageError as e:
+            yield from self._skip(ann, e.reason, f"row {ann.row}: {ann.image_id}: {e}")
+            return
+        self._read.inc()
+        if checked.converted_from:
+            self._converted.inc()
+            Metrics.counter(NAMESPACE, f"converted_{checked.converted_from}").inc()
+        self._seen += 1
+        if self._seen % _PROGRESS_EVERY == 0:
+            rate = self._seen / max(time.time() - self._start, 1e-9)
+            logging.info("person_attrs: this worker has checked %d images (%.0f/s)", self._seen, rate)
+        yield CheckedImage(ann, checked.jpeg, checked.phash, checked.converted_from)
+
+    def _skip(self, ann: Annotation, reason: str, message: str):
+        Metrics.counter(NAMESPACE, f"skipped_{reason}").inc()
+        skipped = Skipped(ann.row, ann.image_id, reason, message)
+        if self._strict:
+            raise StrictModeError(skip_message_for_strict(skipped))
+        yield beam.pvalue.TaggedOutput(SKIPPED_TAG, skipped)
+
+
+def assign_groups(fingerprints: list[tuple[str, int, str | None]], threshold: int) -> dict[str, str]:
+    """image id -> group: the CSV's group where given, else its near-duplicate cluster."""
+    given = {i: g for i, _, g in fingerprints if g}
+    rest = [(i, h) for i, h, g in fingerprints if not g]
+    groups = grouping.near_duplicate_groups([i for i, _ in rest], [h for _, h in rest], threshold)
+    groups.update(given)
+    return groups
+
+
+class ClassCounts(beam.CombineFn):
+    """(split, group, CheckedImage) -> {split: {attribute: [count per class]}, plus conversion tallies."""
+
+    def __init__(self, schema: Schema):
+        self._schema = schema
+
+    def create_accumulator(self):
+        return {"class_counts": {}, "converted": collections.Counter(), "converted_examples": {}}
+
+    def add_input(self, acc, element):
+        split, _, item = element
+        counts = acc["class_counts"].setdefault(split, {a.name: [0] * a.num_classes for a in self._schema.attributes})
+        for a in self._schema.attributes:
+            label = item.annotation.labels[a.name]
+            if a.is_multi_label:
+                counts[a.name] = [c + b for c, b in zip(counts[a.name], label)]
+            else:
+                counts[a.name][label] += 1
+        if item.converted_from:
+            acc["converted"][item.converted_from] += 1
+            ex = acc["converted_examples"].setdefault(item.converted_from, [])
+            if len(ex) < _EXAMPLES_PER_REASON:
+                ex.append({"row": item.annotation.row, "id": item.annotation.image_id})
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = self.create_accumulator()
+        for acc in accs:
+            for split, per_attr in acc["class_counts"].items():
+                tgt = out["class_counts"].setdefault(split, {k: [0] * len(v) for k, v in per_attr.items()})
+                for k, v in per_attr.items():
+                    tgt[k] = [a + b for a, b in zip(tgt[k], v)]
+            out["converted"].update(acc["converted"])
+            for reason, ex in acc["converted_examples"].items():
+                tgt = out["converted_examples"].setdefault(reason, [])
+                tgt.extend(ex[: _EXAMPLES_PER_REASON - len(tgt)])
+        return out
+
+    def extract_output(self, acc):
+        return {"class_counts": acc["class_counts"], "converted": dict(acc["converted"]),
+                "converted_examples": acc["converted_examples"]}
+
+
+def build_summary(csv_rows: int, csv_skipped: list[Skipped], image_skipped: list[Skipped], stats: dict,
+                  groups: dict[str, str], config: dict) -> dict:
+    """The one-screen account of a build: every CSV row is written to a split or skipped with a reason."""
+    skipped = sorted(csv_skipped + image_skipped, key=lambda s: s.row)
+    by_reason: dict[str, list[Skipped]] = collections.defaultdict(list)
+    for s in skipped:
+        by_reason[s.reason].append(s)
+    split_counts = {split: sum(next(iter(c.values()))) if c else 0 for split, c in stats["class_counts"].items()}
+    written = sum(split_counts.values())
+    multi_groups = [g for g, n in collections.Counter(groups.values()).items() if n > 1]
+    summary = {
+        "csv_rows": csv_rows,
+        "written": written,
+        "skipped": len(skipped),
+        "accounted": written + len(skipped) == csv_rows,
+        "splits": dict(sorted(split_counts.items())),
+        "skipped_by_reason": {r: len(v) for r, v in sorted(by_reason.items())},
+        "skipped_examples": {r: [dataclasses.asdict(s) for s in v[:_EXAMPLES_PER_REASON]] for r, v in sorted(by_reason.items())},
+        "converted": stats["converted"],
+        "converted_examples": stats["converted_examples"],
+        "groups": {"count": len(set(groups.values())), "multi_image_groups": len(multi_groups),
+                   "size_histogram": {str(k): v for k, v in grouping.group_size_histogram(groups).items()}},
+        "class_counts": stats["class_counts"],
+        "config": config,
+    }
+    return summary
+
+
+def skipped_rows_csv(csv_skipped: list[Skipped], image_skipped: list[Skipped]) -> str:
+    """Every skipped row, one line each, so none is lost even when the summary shows only examples."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["row", "image_id", "reason", "message"])
+    for s in sorted(csv_skipped + image_skipped, key=lambda s: s.row):
+        w.writerow([s.row, s.image_id, s.reason, s.message])
+    return out.getvalue()
+
+
+def write_json(path: str, obj) -> None:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=False))

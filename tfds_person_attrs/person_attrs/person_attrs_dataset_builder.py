@@ -1,0 +1,176 @@
+"""The `person_attrs` TFDS dataset: labelled person images as sharded TFRecords, built by Beam.
+
+    python -m pipeline.preprocess --manual_dir ../shared/data --data_dir out/data      # the usual way
+    tfds build tfds_person_attrs/person_attrs --config hvc --manual_dir ../shared/data --data_dir out/data
+
+One Beam graph serves all three splits: the CSV is validated in the launching process, images are read
+and checked once by the workers, near-duplicates are grouped over all images, and each group lands in
+one split chosen by a stable hash. See README.md beside this file for features and metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import posixpath
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from tfds_person_attrs import beam_transforms as bt
+from tfds_person_attrs import grouping
+from tfds_person_attrs.annotations import ManualData, ManualDataError, parse_annotations
+from tfds_person_attrs.schema import BUILTIN_SCHEMAS, HVC, Schema, schema_from_dict
+
+SUMMARY_FILE = "build_summary.json"
+SKIPPED_FILE = "build_skipped.csv"
+
+
+@dataclasses.dataclass(kw_only=True)
+class PersonAttrsConfig(tfds.core.BuilderConfig):
+    """A schema plus the split recipe. The config's name is the schema's name."""
+
+    schema: Schema = HVC
+    split_seed: int = 0
+    split_fractions: tuple = grouping.DEFAULT_FRACTIONS
+    dedup_threshold: int = grouping.DEFAULT_THRESHOLD
+
+    @classmethod
+    def from_schema(cls, schema: Schema, **kwargs) -> "PersonAttrsConfig":
+        return cls(name=schema.name, description=schema.description or f"schema {schema.name}", schema=schema, **kwargs)
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """Person attributes from a CSV plus JPEGs (a folder or zip, local or gs://)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Leak-proof splits by near-duplicate groups; class counts in metadata."}
+    BUILDER_CONFIGS = [PersonAttrsConfig.from_schema(s) for s in BUILTIN_SCHEMAS.values()]
+    DEFAULT_CONFIG_NAME = HVC.name
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Put the CSV (hvc_annotations.csv for the hvc config) and its images (resized/N.jpg), or a zip holding "
+        "them such as hvc_data.zip, in the manual dir, and pass --manual_dir DIR (local or gs://)."
+    )
+
+    def __init__(self, *, strict: bool = False, **kwargs):
+        self._strict = strict
+        super().__init__(**kwargs)
+
+    @property
+    def schema(self) -> Schema:
+        return self.builder_config.schema
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = {
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+            "id": tfds.features.Text(),
+            "group": tfds.features.Text(),
+        }
+        for a in self.schema.attributes:
+            if a.is_multi_label:
+                features[a.name] = tfds.features.Tensor(shape=(a.num_classes,), dtype=np.uint8)
+            else:
+                features[a.name] = tfds.features.ClassLabel(names=list(a.classes))
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(features),
+            metadata=tfds.core.MetadataDict(),
+            homepage="https://github.com/",
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager, pipeline):
+        cfg = self.builder_config
+        data = ManualData(str(dl_manager.manual_dir), self.schema)
+        annotations, csv_skipped = parse_annotations(data.read_csv_bytes(), self.schema, source=str(data))
+        if self._strict and csv_skipped:
+            raise bt.StrictModeError(bt.skip_message_for_strict(csv_skipped[0]))
+        if not annotations:
+            raise ManualDataError(f"{data}: no usable rows ({len(csv_skipped)} skipped, first: {csv_skipped[0].message})")
+        logging.info("person_attrs: %d usable CSV rows, %d skipped before reading images", len(annotations), len(csv_skipped))
+
+        checked = (
+            pipeline
+            | "CreateAnnotations" >> beam.Create(annotations)
+            | "SpreadOverWorkers" >> beam.Reshuffle()
+            | "ReadAndCheckImages" >> beam.ParDo(bt.ReadAndCheckImages(data, self._strict)).with_outputs(
+                bt.SKIPPED_TAG, main="checked")
+        )
+        groups = (
+            checked.checked
+            | "Fingerprints" >> beam.Map(lambda c: (c.annotation.image_id, c.phash, c.annotation.group))
+            | "CollectFingerprints" >> beam.combiners.ToList()
+            | "GroupNearDuplicates" >> beam.Map(bt.assign_groups, threshold=cfg.dedup_threshold)
+        )
+        assigned = checked.checked | "AssignSplits" >> beam.Map(
+            _assign_split, groups=beam.pvalue.AsSingleton(groups), seed=cfg.split_seed, fractions=cfg.split_fractions)
+
+        stats = assigned | "CountClasses" >> beam.CombineGlobally(bt.ClassCounts(self.schema))
+        image_skipped = checked[bt.SKIPPED_TAG] | "CollectSkipped" >> beam.combiners.ToList()
+        out_dir = str(self.data_dir)
+        _ = (
+            pipeline
+            | "SummaryTrigger" >> beam.Create([None])
+            | "WriteSummary" >> beam.Map(
+                _write_summary, out_dir=out_dir, csv_rows=len(annotations) + len(csv_skipped), csv_skipped=csv_skipped,
+                image_skipped=beam.pvalue.AsSingleton(image_skipped), stats=beam.pvalue.AsSingleton(stats),
+                groups=beam.pvalue.AsSingleton(groups), config=self._config_record())
+        )
+        return {name: self._generate_examples(assigned, name) for name, _ in cfg.split_fractions}
+
+    def _generate_examples(self, assigned: beam.PCollection, split: str) -> beam.PCollection:
+        """The (key, example) pairs of one split, from the shared PCollection of checked images."""
+        return assigned | f"Examples_{split}" >> beam.FlatMap(_to_example, split=split, schema=self.schema)
+
+    def _config_record(self) -> dict:
+        cfg = self.builder_config
+        return {"schema": self.schema.name, "split_seed": cfg.split_seed,
+                "split_fractions": dict(cfg.split_fractions), "dedup_threshold": cfg.dedup_threshold}
+
+    def _process_pipeline_result(self, pipeline_result) -> None:
+        counters = pipeline_result.metrics().query(beam.metrics.MetricsFilter().with_namespace(bt.NAMESPACE))["counters"]
+        for c in counters:
+            logging.info("person_attrs counter %s = %s", c.key.metric.name, c.committed)
+
+    def _download_and_prepare(self, dl_manager, download_config):
+        super()._download_and_prepare(dl_manager, download_config)
+        with tf.io.gfile.GFile(posixpath.join(str(self.data_dir), SUMMARY_FILE)) as f:
+            summary = json.load(f)
+        cfg = self.builder_config
+        self.info.metadata.update({
+            "schema": self.schema.to_dict(),
+            "class_counts": summary["class_counts"],
+            "split_seed": cfg.split_seed,
+            "split_fractions": dict(cfg.split_fractions),
+            "dedup_threshold": cfg.dedup_threshold,
+        })
+
+
+def _assign_split(item, groups, seed, fractions):
+    group = groups[item.annotation.image_id]
+    return grouping.split_of(group, seed, fractions), group, item
+
+
+def _to_example(element, split: str, schema: Schema):
+    item_split, group, item = element
+    if item_split != split:
+        return
+    ann = item.annotation
+    example = {"image": item.jpeg, "id": ann.image_id, "group": group}
+    for a in schema.attributes:
+        example[a.name] = np.asarray(ann.labels[a.name], np.uint8) if a.is_multi_label else ann.labels[a.name]
+    yield ann.image_id, example
+
+
+def _write_summary(_, out_dir, csv_rows, csv_skipped, image_skipped, stats, groups, config):
+    summary = bt.build_summary(csv_rows, csv_skipped, image_skipped, stats, groups, config)
+    bt.write_json(posixpath.join(out_dir, SUMMARY_FILE), summary)
+    with tf.io.gfile.GFile(posixpath.join(out_dir, SKIPPED_FILE), "w") as f:
+        f.write(bt.skipped_rows_csv(csv_skipped, image_skipped))
+
+
+def schema_of(builder_or_info) -> Schema:
+    """The Schema stored in a built dataset's metadata."""
+    info = getattr(builder_or_info, "info", builder_or_info)
+    return schema_from_dict(info.metadata["schema"])
