@@ -27,7 +27,7 @@ setuptools.setup(
     include_package_data=True,
     install_requires=_requirements("requirements.txt"),
     extras_require={
-        "gcp": ["apache-beam[gcp]==2.77.0", "google-cloud-aiplatform"],
+        "gcp": ["apache-beam[gcp]==2.77.0", "google-cloud-aiplatform==1.165.1"],
         "dev": _requirements("requirements-dev.txt"),
     },
 )
