@@ -7,7 +7,7 @@ DATA ?=
 OUT ?= out
 PRESET ?= smoke
 
-.PHONY: setup demo test clean
+.PHONY: setup browser demo test clean
 
 $(VENV)/.installed: setup.py requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,15 @@ $(VENV)/.installed: setup.py requirements.txt requirements-dev.txt constraints.t
 
 setup: $(VENV)/.installed
 
+# Debian's Chromium renders the HTML report in a test; installed when missing and apt-get is usable.
+browser:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq chromium) || echo "chromium not installed: the report test will be skipped"; }
+
 demo: setup
 	$(PY) -m pipeline.demo --out $(OUT) --preset $(PRESET) $(if $(DATA),--data $(DATA),)
 
-test: setup
-	$(PY) -m pytest -q -n 2 --durations=15 tests tfds_person_attrs
+test: setup browser
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests tfds_person_attrs
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,69 @@
+"""`trainer.predict` on a folder with good, converted, corrupt and truncated files.
+
+    python -m pytest -q tests/test_predict.py
+"""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_export import SCHEMA, exported, letterboxed_jpeg  # noqa: F401 - `exported` is a fixture
+from trainer import predict
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("images")
+    (d / "a_good.jpg").write_bytes(letterboxed_jpeg(1))
+    (d / "b_good.jpg").write_bytes(letterboxed_jpeg(2))
+    buf = io.BytesIO()
+    Image.fromarray(np.full((80, 60, 3), 128, np.uint8)).save(buf, "PNG")
+    (d / "c_picture.png").write_bytes(buf.getvalue())
+    (d / "d_corrupt.jpg").write_bytes(b"this is not an image at all" * 10)
+    jpeg = letterboxed_jpeg(3)
+    (d / "e_truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])  # PIL opens the header; the scan data is cut
+    (d / "notes.txt").write_text("not an image, ignored with a note")
+    return d
+
+
+def test_folder_with_bad_files(exported, folder, capsys):  # noqa: F811
+    _, _, model_dir = exported
+    rc = predict.main(["--model", model_dir, str(folder), "--batch_size", "8"])
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["a_good.jpg", "b_good.jpg", "c_picture.png"]
+    assert rc == 1
+    assert "d_corrupt.jpg" in err and "e_truncated.jpg" in err and "notes.txt" in err
+    assert "predicted 3 image(s); 2 problem(s)" in err
+    r = rows[0]
+    assert r["age"] in SCHEMA["age"].classes and 0 <= r["age_prob"] <= 1
+    assert set(r["tags_probs"]) == {"hat", "bag", "coat"}
+    # the row's probability is the model's probability of the printed label
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+    p = serve(image_bytes=tf.constant([letterboxed_jpeg(1)]))["age_probs"].numpy()[0]
+    assert r["age_prob"] == pytest.approx(float(p.max()), abs=1e-6)
+    assert r["age"] == SCHEMA["age"].classes[int(p.argmax())]
+
+
+def test_csv_output_and_missing_input(exported, folder, tmp_path, capsys):  # noqa: F811
+    _, _, model_dir = exported
+    out = tmp_path / "p.csv"
+    rc = predict.main(["--model", model_dir, str(folder / "a_good.jpg"), str(folder / "*.png"),
+                       str(tmp_path / "missing.jpg"), "--format", "csv", "--out", str(out)])
+    err = capsys.readouterr().err
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 2 and rc == 1 and "missing.jpg: no such file" in err
+    assert {"path", "gender", "gender_prob", "age", "tags", "tags_prob_hat", "tags_prob_coat"} <= set(rows[0])
+
+
+def test_all_good_exits_zero_and_nothing_readable_exits_two(exported, folder, capsys):  # noqa: F811
+    _, _, model_dir = exported
+    assert predict.main(["--model", model_dir, str(folder / "a_good.jpg")]) == 0
+    assert predict.main(["--model", model_dir, str(folder / "d_corrupt.jpg")]) == 2
+    capsys.readouterr()

@@ -1,0 +1,113 @@
+"""The report renders in a real headless browser: every image loads and the metrics table is there.
+
+Needs Debian's chromium (CI: `apt-get install -y chromium`); the browser test skips, saying so, only when it
+is missing.
+
+    python -m pytest -q tests/test_report.py
+"""
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from tfds_person_attrs.schema import Attribute, Schema
+from trainer import eval_metrics, report
+
+SCHEMA = Schema("t", (Attribute("gender", ("female", "male"), column="g"),
+                      Attribute("age", ("young", "mid", "old"), column="a"),
+                      Attribute("tags", ("hat", "bag", "coat"), kind="multi", column="t")))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _fake_run(tmp_path, with_schedule=True):
+    rng = np.random.default_rng(0)
+    n = 12
+    labels = {"gender": rng.integers(0, 2, n), "age": rng.integers(0, 3, n), "tags": rng.integers(0, 2, (n, 3))}
+    probs = {"gender": rng.dirichlet([1, 1], n), "age": rng.dirichlet([1, 1, 1], n), "tags": rng.random((n, 3))}
+    metrics = eval_metrics.evaluate_arrays(SCHEMA, labels, probs,
+                                           {"gender": [10, 3], "age": [1, 5, 2], "tags": [3, 4, 1]})
+    hist = tmp_path / "history.csv"
+    cols = ["epoch", "loss", "val_loss", "gender_accuracy", "val_gender_accuracy", "age_accuracy", "val_age_accuracy"]
+    cols += ["lr", "momentum"] if with_schedule else []
+    with open(hist, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for e in range(4):
+            w.writerow([e] + [float(v) for v in rng.random(len(cols) - 1)])
+    images = rng.integers(0, 255, (n, 32, 16, 3), dtype=np.uint8)
+    return metrics, str(hist), report.Samples(images, labels, probs, [f"resized/{i}.jpg" for i in range(n)])
+
+
+def test_report_files_and_order(tmp_path):
+    metrics, hist, samples = _fake_run(tmp_path)
+    path = report.write_report(str(tmp_path / "r"), SCHEMA, metrics, hist, samples, max_images=5)
+    text = open(path).read()
+    for name in ("curves_loss.png", "curves_accuracy.png", "schedule.png", "confusion_gender.png",
+                 "confusion_age.png", "confusion_tags.png", "samples/000.png", "samples/004.png"):
+        assert os.path.getsize(tmp_path / "r" / name) > 100, name
+        assert f'src="{name}"' in text  # referenced relatively, so the folder is the report
+    assert not os.path.exists(tmp_path / "r" / "samples/005.png")
+    shown = [float(x) for x in re.findall(r"loss ([0-9.]+)</div>", text)]
+    assert shown == sorted(shown, reverse=True) and len(shown) == 5  # worst mistakes first
+    assert 'id="metrics"' in text and "majority baseline" in text
+
+
+def test_missing_schedule_columns_are_noted(tmp_path):
+    metrics, hist, _ = _fake_run(tmp_path, with_schedule=False)
+    text = open(report.write_report(str(tmp_path / "r"), SCHEMA, metrics, hist)).read()
+    assert "no lr and momentum columns" in text
+    assert not os.path.exists(tmp_path / "r" / "schedule.png")
+
+
+def test_confusion_to_tensorboard(tmp_path):
+    import tensorflow as tf
+
+    metrics, _, _ = _fake_run(tmp_path)
+    report.log_confusion_to_tensorboard(str(tmp_path / "tb"), SCHEMA, metrics, step=3)
+    values = {}
+    for ev in tf.compat.v1.train.summary_iterator(tf.io.gfile.glob(str(tmp_path / "tb" / "events*"))[0]):
+        values.update({v.tag: v for v in ev.summary.value})
+    assert {"confusion/gender", "confusion/age", "confusion/tags"} <= set(values)
+    v = values["confusion/age"]
+    assert v.metadata.plugin_data.plugin_name == "images"  # what TensorBoard's Images tab looks for
+    w, h, png = tf.make_ndarray(v.tensor)
+    assert tf.image.decode_png(png).shape[:2] == (int(h), int(w))
+
+
+_PROBE = """<script>window.addEventListener('load', function () {
+  var imgs = Array.from(document.images), ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; });
+  var m = document.createElement('div'); m.id = 'probe';
+  m.textContent = 'PROBE loaded=' + ok.length + ' total=' + imgs.length +
+    ' table=' + !!document.getElementById('metrics');
+  document.body.appendChild(m); });</script>"""
+
+
+def _render(html_path, tmp_path):
+    """Opens the page in headless chromium and returns (loaded images, total images, table present)."""
+    probe = os.path.join(os.path.dirname(html_path), "_probe.html")  # same folder: relative paths still resolve
+    with open(html_path) as f, open(probe, "w") as g:
+        g.write(f.read().replace("</body>", _PROBE + "</body>"))
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome-profile'}",
+           "--allow-file-access-from-files", "--virtual-time-budget=5000", "--dump-dom", "file://" + probe]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    m = re.search(r"PROBE loaded=(\d+) total=(\d+) table=(\w+)", out.stdout)
+    assert m, f"no probe in chromium output; stderr: {out.stderr[-2000:]}"
+    return int(m.group(1)), int(m.group(2)), m.group(3) == "true"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: apt-get install -y chromium")
+@pytest.mark.parametrize("embed", [False, True])
+def test_report_renders_in_chromium(tmp_path, embed):
+    metrics, hist, samples = _fake_run(tmp_path)
+    path = report.write_report(str(tmp_path / "r"), SCHEMA, metrics, hist, samples, max_images=6, embed=embed)
+    loaded, total, table = _render(path, tmp_path)
+    assert table
+    assert total == 3 + 3 + 6  # curves, schedule, confusion x3, samples
+    assert loaded == total

@@ -1,0 +1,74 @@
+"""Config: presets, YAML round-trip, dotted overrides, validation errors; Vertex paths win over defaults.
+
+    python -m pytest -q -x tests/test_trainer_config.py
+"""
+
+import dataclasses
+
+import pytest
+
+from trainer.config import ConfigError, check_loss_weights, config_from_yaml, load_config
+from trainer.paths import job_paths
+
+
+def test_presets_and_overrides():
+    c = load_config(["--config", "hvc", "--data_dir", "gs://b/d", "--job_dir=/j", "--model.width=8",
+                     "--optim.max_lr", "1e-2", "--loss.weights.age=5", "--augment.erasing_scale=[0.1, 0.3]"])
+    assert (c.model.width, c.model.depth, c.optim.max_lr) == (8, 16, 0.01)
+    assert c.data.data_dir == "gs://b/d" and c.train.job_dir == "/j"
+    assert c.loss.weights["age"] == 5.0 and c.loss.weights["emotion"] == 4.0  # preset weight kept
+    assert c.augment.erasing_scale == (0.1, 0.3)
+    assert load_config("smoke").model.depth == 10
+
+
+def test_yaml_round_trip(tmp_path):
+    c = load_config(["--config", "hvc", "--distribute.jit_compile=true", "--train.verbose=2"])
+    path = tmp_path / "config.yaml"
+    path.write_text(c.to_yaml())
+    assert config_from_yaml(str(path)) == c
+    # A user YAML file is a base like a preset; overrides still apply on top.
+    user = tmp_path / "mine.yaml"
+    user.write_text("model:\n  width: 2\ntrain:\n  epochs: 3\n")
+    c2 = load_config(["--config", str(user), "--train.epochs=5"])
+    assert (c2.model.width, c2.train.epochs) == (2, 5)
+
+
+def test_frozen():
+    c = load_config("smoke")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.model.width = 3
+    with pytest.raises(TypeError):
+        c.loss.weights["age"] = 1.0
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--model.depth=11"], "model.depth"),
+    (["--model.widht=2"], "unknown field"),
+    (["--modle.width=2"], "unknown field"),
+    (["--model.width=two"], "model.width: expected int"),
+    (["--optim.schedule=linear"], "optim.schedule"),
+    (["--data.height=30"], "data.height"),
+    (["--config", "nope"], "neither a preset"),
+    (["--train.epochs"], "needs a value"),
+])
+def test_validation_errors(argv, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(argv)
+
+
+def test_unknown_loss_weight_names_fail_at_train_start():
+    c = load_config(["--loss.weights={agee: 2}"])
+    with pytest.raises(ConfigError, match="agee"):
+        check_loss_weights(c, ["age", "gender"])
+    check_loss_weights(load_config("hvc"), ["gender", "image_quality", "age", "weight", "bag", "footwear",
+                                            "emotion", "pose"])
+
+
+def test_vertex_env_wins():
+    env = {"AIP_MODEL_DIR": "gs://b/model", "AIP_CHECKPOINT_DIR": "gs://b/ckpt",
+           "AIP_TENSORBOARD_LOG_DIR": "gs://b/tb"}
+    p = job_paths("/job", env)
+    assert (p.model_dir, p.logs_dir, p.backup_dir, p.best_keras) == (
+        "gs://b/model", "gs://b/tb", "gs://b/ckpt/backup", "gs://b/ckpt/checkpoints/best.keras")
+    d = job_paths("/job", {})
+    assert (d.model_dir, d.logs_dir, d.config_yaml) == ("/job/model", "/job/logs", "/job/config.yaml")

@@ -1,0 +1,71 @@
+"""MirroredStrategy over two logical CPUs gives the same training as one device on the same global batch.
+
+    python -m pytest -q -x tests/test_trainer_distribute.py
+
+Logical devices must be configured before TensorFlow initialises its devices, so the comparison runs in a
+fresh subprocess. Augmentation and dropout are off (their random draws differ per replica) and batch norm is
+synchronised, so the two runs compute the same function up to floating-point summation order.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests import trainer_fixtures as fx
+from trainer.config import ConfigError, load_config
+from trainer.distribute import global_batch_size, is_chief, lr_scale
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from tests.trainer_fixtures import smoke_config
+    from trainer.distribute import make_strategy
+    from trainer.train import run
+
+    data_dir, job = sys.argv[1:3]
+    o = {"augment.enabled": False, "model.dropout": 0.0, "train.epochs": 1, "train.steps_per_epoch": 3,
+         "train.global_batch_size": 8, "data.shuffle_buffer": 0, "distribute.jit_compile": "false"}
+    out = {}
+    for name, strategy in (("one", "default"), ("two", "mirrored")):
+        cfg = smoke_config(data_dir, f"{job}/{name}", **o, **{"distribute.strategy": strategy})
+        s = make_strategy(cfg)
+        r = run(cfg, strategy=s)
+        out[name] = {"replicas": s.num_replicas_in_sync, "loss": r["history"]["loss"][-1],
+                     "val_loss": r["history"]["val_loss"][-1], "steps": r["steps"],
+                     "weights": [w.ravel()[:50].tolist() for w in r["model"].get_weights()]}
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_two_replicas_match_one_device(tmp_path):
+    data_dir = fx.fixture_data_dir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, data_dir, str(tmp_path)], capture_output=True, text=True,
+                          env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=300)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, proc.stderr[-3000:]
+    r = json.loads(line[0][len("RESULT "):])
+    one, two = r["one"], r["two"]
+    assert (one["replicas"], two["replicas"]) == (1, 2) and one["steps"] == two["steps"] == 3
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-3)
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-3)
+    for a, b in zip(one["weights"], two["weights"]):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_global_batch_and_lr_scaling():
+    c = load_config(["--train.batch_size=16", "--optim.linear_scaling=true"])
+    assert global_batch_size(c, 4) == 64 and lr_scale(c, 4) == 4.0
+    fixed = c.replace(**{"train.global_batch_size": 30})
+    assert global_batch_size(fixed, 3) == 30
+    with pytest.raises(ConfigError, match="not divisible"):
+        global_batch_size(fixed, 4)
+    assert is_chief({}) and not is_chief({"TF_CONFIG": json.dumps(
+        {"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker", "index": 0}})})

@@ -1,0 +1,84 @@
+"""Model, augmentation and losses: dict outputs per schema head, float32 under mixed precision, Keras-only.
+
+    python -m pytest -q -x tests/test_trainer_model.py
+"""
+
+import math
+import pathlib
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from tests.trainer_fixtures import MULTI_SCHEMA
+from tfds_person_attrs.schema import HVC
+from trainer.config import load_config
+from trainer.losses import HeadLoss, class_weights, make_losses
+from trainer.model import build_model, stem_stride
+
+KERAS_ONLY = ["model.py", "augment.py", "schedules.py", "losses.py", "metrics.py"]
+
+
+@pytest.mark.parametrize("schema", [HVC, MULTI_SCHEMA], ids=lambda s: s.name)
+def test_dict_outputs_per_head(schema):
+    cfg = load_config("smoke").replace(**{"data.height": 32, "data.width": 16})
+    model = build_model(schema, cfg)
+    out = model(np.random.uniform(0, 255, (2, 32, 16, 3)).astype("float32"), training=False)
+    assert list(out) == list(schema.names)
+    for a in schema.attributes:
+        p = keras.ops.convert_to_numpy(out[a.name])
+        assert p.shape == (2, a.num_classes)
+        if a.is_multi_label:
+            assert ((p > 0) & (p < 1)).all()
+        else:
+            np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_mixed_precision_outputs_stay_float32_and_augmentation_is_training_only():
+    previous = keras.config.dtype_policy().name
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        cfg = load_config("smoke").replace(**{"data.height": 32, "data.width": 16, "augment.color_jitter": 0.2,
+                                              "augment.rand_augment": True})
+        model = build_model(HVC, cfg)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert {layer.name for layer in model.get_layer("augment").layers} >= {"flip", "erasing", "rand_augment"}
+    x = np.random.uniform(0, 255, (2, 32, 16, 3)).astype("float32")
+    a, b = model(x, training=False), model(x, training=False)
+    for name in HVC.names:
+        assert keras.backend.standardize_dtype(a[name].dtype) == "float32"
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a[name]), keras.ops.convert_to_numpy(b[name]))
+
+
+def test_hvc_preset_shape_and_stem():
+    assert [stem_stride(h) for h in (64, 128, 160, 224, 256)] == [1, 2, 2, 2, 4]
+    cfg = load_config("hvc")
+    model = build_model(HVC, cfg)
+    assert model.get_layer("g3b2_conv2").output.shape[1:] == (16, 8, 256)  # 128x64 / stem 2 / 2 / 2
+
+
+def test_model_modules_use_keras_only():
+    root = pathlib.Path(__file__).parents[1] / "trainer"
+    for name in KERAS_ONLY:
+        text = (root / name).read_text()
+        assert not re.search(r"^\s*(import tensorflow|from tensorflow)|\btf\.", text, re.M), name
+
+
+def test_class_weights_and_head_loss_values():
+    # inverse: w ~ [1/90, 1/10], normalised so that 0.9 w0 + 0.1 w1 = 1 -> [0.5556, 5.0]
+    assert class_weights([90, 10], "inverse") == pytest.approx([5 / 9, 5.0])
+    eff = class_weights([90, 10], "effective", beta=0.9)
+    assert 0.9 * eff[0] + 0.1 * eff[1] == pytest.approx(1.0) and eff[1] > eff[0]
+    assert class_weights([3, 0], "none") == [1.0, 1.0]
+    # p = [0.9, 0.1], label 0, smoothing 0.2 -> target [0.9, 0.1]: -(0.9 ln 0.9 + 0.1 ln 0.1) = 0.325083
+    loss = HeadLoss(False, 2, label_smoothing=0.2)
+    assert float(loss(np.array([0]), np.array([[0.9, 0.1]]))) == pytest.approx(0.325083, rel=1e-4)
+    weighted = HeadLoss(False, 2, class_weights=[1.0, 3.0])
+    assert float(weighted(np.array([1]), np.array([[0.5, 0.5]]))) == pytest.approx(3 * math.log(2), rel=1e-4)
+    multi = HeadLoss(True, 2)
+    assert float(multi(np.array([[1.0, 0.0]]), np.array([[0.5, 0.5]]))) == pytest.approx(math.log(2), rel=1e-4)
+    losses, weights = make_losses(HVC, load_config("hvc").loss)
+    assert weights["age"] == 4.0 and set(losses) == set(HVC.names)
+    assert make_losses(MULTI_SCHEMA, load_config("smoke").loss)[1] == {"gender": 1.0, "clothes": 1.0}

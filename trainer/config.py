@@ -1,0 +1,369 @@
+"""The trainer's one typed, frozen configuration: a preset or YAML file plus dotted command-line overrides.
+
+    python -m trainer.task --config smoke --data_dir out/data --job_dir out/job --model.width=2
+    python -c "from trainer.config import load_config; print(load_config(['--config', 'hvc']).to_yaml())"
+
+`load_config` starts from the dataclass defaults, applies a preset (`smoke`, `hvc`) or a YAML file, then the
+overrides, and validates the result. `Config.to_yaml()` / `config_from_yaml(path)` round-trip exactly, so
+evaluate/export rebuild preprocessing from JOB_DIR/config.yaml.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import types
+import typing
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+SCHEDULES = ("one_cycle", "cosine", "step", "triangular", "triangular2", "constant")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+CLASS_BALANCE = ("none", "inverse", "effective")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the field and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    data_dir: str = ""  # holds person_attrs/<dataset>/<version>; local or gs://
+    dataset: str = "hvc"  # the schema name = the TFDS config name
+    version: str = "1.0.0"
+    height: int = 128
+    width: int = 64
+    letterbox_crop: bool = True  # decode only the person band between black side bars
+    letterbox_threshold: float = 16.0  # column-max luma (0..255) below which a column is a bar
+    train_split: str = "train"
+    eval_split: str = "validation"
+    shuffle_buffer: int = 2048
+    cycle_length: int = 4  # files read in parallel (file-level interleave)
+    seed: int = 1234
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    depth: int = 16  # WRN-d-k: d = 6n + 4
+    width: int = 4  # k: channels 16k, 32k, 64k
+    dropout: float = 0.3  # between the two convs of each block (WRN paper)
+    stem_stride: int = 0  # 0 = from the input height: 1 below 128 px, 2 below 256, else 4
+    weight_decay: float = 5e-4  # L2 on conv/dense kernels
+    sync_batchnorm: bool = True  # global batch statistics across replicas (TensorFlow backend only)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    enabled: bool = True
+    flip: bool = True
+    translate: float = 0.1  # fraction of height/width, 0 = off
+    zoom: float = 0.0  # RandomZoom factor, 0 = off
+    erasing: float = 0.5  # RandomErasing (cutout) factor (probability), 0 = off
+    erasing_scale: tuple[float, float] = (0.02, 0.2)
+    color_jitter: float = 0.0  # brightness/contrast/saturation factor, 0 = off
+    rand_augment: bool = False
+    rand_augment_ops: int = 2
+    rand_augment_factor: float = 0.5
+    seed: int = 0  # 0 = unseeded
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    schedule: str = "one_cycle"
+    max_lr: float = 0.1
+    min_lr: float = 0.0  # floor of cosine/cyclic schedules
+    warmup_frac: float = 0.25
+    div_factor: float = 25.0  # one-cycle start = max_lr / div_factor
+    final_div: float = 1e4  # one-cycle end = max_lr / final_div
+    momentum: float = 0.9  # constant momentum of non-one-cycle schedules
+    momentum_max: float = 0.95
+    momentum_min: float = 0.85
+    nesterov: bool = False
+    decay_rate: float = 0.1  # step decay factor ...
+    decay_every_epochs: float = 10.0  # ... applied every this many epochs
+    cycle_epochs: float = 4.0  # triangular: one full cycle (up and down) in epochs
+    linear_scaling: bool = False  # multiply max_lr/min_lr by the number of replicas
+    clipnorm: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    weights: Mapping[str, float] = dataclasses.field(default_factory=dict)  # by attribute; missing = 1.0
+    label_smoothing: float = 0.0
+    class_balance: str = "none"  # "inverse" frequency or "effective" number (Cui et al. 2019)
+    class_balance_beta: float = 0.999
+
+    def __post_init__(self):
+        # Frozen all the way down: the weights mapping is read-only too.
+        object.__setattr__(self, "weights", types.MappingProxyType(dict(self.weights)))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    job_dir: str = ""
+    epochs: int = 30
+    batch_size: int = 32  # per replica
+    global_batch_size: int = 0  # >0: fixed global batch, must divide by the number of replicas
+    steps_per_epoch: int = 0  # 0 = one pass over the train split
+    validation_steps: int = 0  # 0 = the whole eval split
+    backup_every_steps: int = 0  # besides every epoch; 0 = epochs only
+    verbose: str = "auto"  # Keras fit verbosity: auto, 0, 1, 2
+    seed: int = 42
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributeConfig:
+    strategy: str = "auto"  # auto: multi_worker if TF_CONFIG has a cluster, mirrored if >1 GPU, else default
+    mixed_precision: str = "float32"
+    jit_compile: str = "auto"  # auto | true | false (Keras turns XLA off under a strategy unless true)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+    optim: OptimConfig = OptimConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    distribute: DistributeConfig = DistributeConfig()
+
+    def __post_init__(self):
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **overrides: Any) -> "Config":
+        """`cfg.replace(**{"train.epochs": 1})`: a new validated Config with dotted overrides applied."""
+        return config_from_dict(_merge(self.to_dict(), overrides, "replace"))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds on a CPU: tiny input and net, a few steps.
+    "smoke": {
+        "data": {"height": 64, "width": 32, "shuffle_buffer": 256},
+        "model": {"depth": 10, "width": 1, "dropout": 0.0},
+        "augment": {"erasing": 0.25, "translate": 0.05},
+        "optim": {"max_lr": 0.05},
+        "train": {"epochs": 2, "batch_size": 8, "steps_per_epoch": 4, "validation_steps": 2},
+    },
+    # The real run on the HVC data: letterboxed 224x224 images, the person band resized to 128x64.
+    "hvc": {
+        "data": {"height": 128, "width": 64},
+        "model": {"depth": 16, "width": 4, "dropout": 0.3},
+        "augment": {"translate": 0.1, "erasing": 0.5, "color_jitter": 0.2},
+        "optim": {"schedule": "one_cycle", "max_lr": 0.1},
+        "loss": {"weights": {"gender": 2, "image_quality": 2, "age": 4, "weight": 3, "bag": 3, "pose": 3,
+                             "footwear": 2, "emotion": 4}},
+        "train": {"epochs": 40, "batch_size": 64},
+    },
+}
+
+
+def validate(c: Config) -> None:
+    """Checks that need only the config; dataset-dependent checks (loss weight names) happen at train start."""
+    def need(ok: bool, field: str, msg: str):
+        if not ok:
+            raise ConfigError(f"{field}: {msg}")
+
+    d, m, a, o, lo, t, ds = c.data, c.model, c.augment, c.optim, c.loss, c.train, c.distribute
+    for f in ("height", "width"):
+        v = getattr(d, f)
+        need(v >= 16 and v % 4 == 0, f"data.{f}", f"must be a multiple of 4 and >= 16, got {v}")
+    need(d.shuffle_buffer >= 0 and d.cycle_length >= 1, "data.shuffle_buffer/cycle_length", "must be >= 0 / >= 1")
+    need((m.depth - 4) % 6 == 0 and m.depth >= 10, "model.depth", f"WRN depth must be 6n+4 >= 10, got {m.depth}")
+    need(m.width >= 1, "model.width", f"must be >= 1, got {m.width}")
+    need(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    need(m.stem_stride in (0, 1, 2, 4), "model.stem_stride", f"must be 0 (auto), 1, 2 or 4, got {m.stem_stride}")
+    need(0 <= a.erasing <= 1 and 0 <= a.translate < 1 and 0 <= a.zoom < 1, "augment",
+         "erasing in [0, 1], translate and zoom in [0, 1)")
+    need(o.schedule in SCHEDULES, "optim.schedule", f"must be one of {SCHEDULES}, got {o.schedule!r}")
+    need(o.max_lr > 0 and 0 <= o.min_lr <= o.max_lr, "optim.max_lr/min_lr", "need max_lr > 0 and 0 <= min_lr <= max_lr")
+    need(0 <= o.warmup_frac < 1, "optim.warmup_frac", f"must be in [0, 1), got {o.warmup_frac}")
+    need(0 <= o.momentum < 1 and 0 <= o.momentum_min <= o.momentum_max < 1, "optim.momentum*",
+         "momentum values must be in [0, 1) with momentum_min <= momentum_max")
+    need(o.cycle_epochs > 0 and o.decay_every_epochs > 0, "optim.cycle_epochs/decay_every_epochs", "must be > 0")
+    need(all(w >= 0 for w in lo.weights.values()), "loss.weights", f"must be >= 0, got {dict(lo.weights)}")
+    need(0 <= lo.label_smoothing < 1, "loss.label_smoothing", f"must be in [0, 1), got {lo.label_smoothing}")
+    need(lo.class_balance in CLASS_BALANCE, "loss.class_balance", f"must be one of {CLASS_BALANCE}")
+    need(0 < lo.class_balance_beta < 1, "loss.class_balance_beta", "must be in (0, 1)")
+    need(t.epochs >= 1 and t.batch_size >= 1, "train.epochs/batch_size", "must be >= 1")
+    need(min(t.global_batch_size, t.steps_per_epoch, t.validation_steps, t.backup_every_steps) >= 0, "train",
+         "global_batch_size, steps_per_epoch, validation_steps, backup_every_steps must be >= 0")
+    need(t.verbose in ("auto", "0", "1", "2"), "train.verbose", "must be auto, 0, 1 or 2")
+    need(ds.strategy in STRATEGIES, "distribute.strategy", f"must be one of {STRATEGIES}")
+    need(ds.mixed_precision in PRECISIONS, "distribute.mixed_precision", f"must be one of {PRECISIONS}")
+    need(ds.jit_compile in ("auto", "true", "false"), "distribute.jit_compile", "must be auto, true or false")
+
+
+def check_loss_weights(c: Config, attribute_names: Sequence[str]) -> None:
+    """At train start, when the dataset's schema is known: every weighted name must be a head."""
+    unknown = sorted(set(c.loss.weights) - set(attribute_names))
+    if unknown:
+        raise ConfigError(f"loss.weights: unknown attribute(s) {unknown}; the dataset's heads are "
+                          f"{list(attribute_names)}")
+
+
+def config_from_dict(d: Mapping[str, Any], source: str = "config") -> Config:
+    return _build(Config, d, source)
+
+
+def config_from_yaml(path: str) -> Config:
+    """Rebuilds the Config a run wrote to JOB_DIR/config.yaml (local or gs://)."""
+    return config_from_dict(_read_yaml(path), source=path)
+
+
+def load_config(argv: Sequence[str] | str | None = None) -> Config:
+    """`--config smoke|hvc|file.yaml`, `--data_dir`, `--job_dir`, then any `--section.field=value`.
+
+    A str argument is a preset name or a YAML path. Values are parsed as YAML (`--loss.weights={age: 4}`,
+    `--augment.erasing_scale=[0.1,0.3]`), and also accepted as `--model.width 8`.
+    """
+    if isinstance(argv, str):
+        argv = ["--config", argv]
+    overrides = _parse_argv(list(argv or []))
+    base = overrides.pop("config", None)
+    d: dict[str, Any] = {}
+    if base in PRESETS:
+        d = _merge(d, _flatten(PRESETS[base]), f"preset {base}")
+    elif base:
+        d = _merge(d, _flatten(_read_yaml(base)), base)
+    for short, full in (("data_dir", "data.data_dir"), ("job_dir", "train.job_dir")):
+        if short in overrides:
+            overrides[full] = overrides.pop(short)
+    return config_from_dict(_merge(d, overrides, "command line"))
+
+
+def _parse_argv(argv: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; use --section.field=value")
+        key, eq, val = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ConfigError(f"--{key} needs a value (--{key}=VALUE)")
+            i, val = i + 1, argv[i + 1]
+        # Paths and presets stay strings; everything else is YAML so that 1e-3, true, [1, 2] parse.
+        out[key] = val if key in ("config", "data_dir", "job_dir") else yaml.safe_load(val)
+        i += 1
+    return out
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    import tensorflow as tf  # gfile reads gs://; imported only when a file is read
+
+    if not tf.io.gfile.exists(path):
+        raise ConfigError(f"--config {path!r} is neither a preset {sorted(PRESETS)} nor an existing YAML file")
+    with tf.io.gfile.GFile(path, "r") as f:
+        d = yaml.safe_load(f.read()) or {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(d).__name__}")
+    return d
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'width': 2}} -> {'model.width': 2}; loss.weights stays one value (its keys are data)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and key != "loss.weights":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _merge(base: dict[str, Any], dotted: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Applies dotted keys onto a nested dict; `loss.weights.age=4` sets one weight."""
+    out = _flatten(base) if any(isinstance(v, Mapping) for v in base.values()) else dict(base)
+    for key, val in dotted.items():
+        if key.startswith("loss.weights."):
+            weights = dict(out.get("loss.weights", {}))
+            weights[key[len("loss.weights."):]] = val
+            out["loss.weights"] = weights
+        else:
+            out[key] = val
+    nested: dict[str, Any] = {}
+    for key, val in out.items():
+        section, _, field = key.partition(".")
+        if not field:
+            raise ConfigError(f"{source}: {key!r} is not section.field (sections: "
+                              f"{[f.name for f in dataclasses.fields(Config)]})")
+        nested.setdefault(section, {})[field] = val
+    return nested
+
+
+def _build(cls, d: Mapping[str, Any], where: str):
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {d!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown} in {cls.__name__}; allowed: {sorted(fields)}")
+    kw = {}
+    for name, val in d.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kw[name] = _build(hint, val, f"{where}: {name}")
+        else:
+            kw[name] = _coerce(val, hint, f"{where}: {cls.__name__.replace('Config', '').lower()}.{name}")
+    return cls(**kw)
+
+
+def _coerce(val: Any, hint: Any, field: str) -> Any:
+    origin = typing.get_origin(hint)
+    bad = ConfigError(f"{field}: expected {getattr(hint, '__name__', hint)}, got {val!r}")
+    if hint is bool:
+        if isinstance(val, bool):
+            return val
+        raise bad
+    if hint is int:
+        if isinstance(val, bool) or not isinstance(val, int):
+            raise bad
+        return val
+    if hint is float:
+        if isinstance(val, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                val = float(val)
+            except ValueError:
+                raise bad from None
+        if isinstance(val, bool) or not isinstance(val, (int, float)):
+            raise bad
+        return float(val)
+    if hint is str:
+        if isinstance(val, bool):  # yaml turned `true` into a bool: keep the string for auto/true/false fields
+            return str(val).lower()
+        if isinstance(val, (int, float)):  # e.g. verbose=1
+            return str(val)
+        if not isinstance(val, str):
+            raise bad
+        return val
+    if origin is tuple:
+        if not isinstance(val, (list, tuple)) or len(val) != len(typing.get_args(hint)):
+            raise bad
+        return tuple(_coerce(v, t, field) for v, t in zip(val, typing.get_args(hint)))
+    if origin is collections.abc.Mapping:
+        if not isinstance(val, Mapping):
+            raise bad
+        return {str(k): _coerce(v, float, f"{field}.{k}") for k, v in val.items()}
+    raise bad
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return [_plain(v) for v in obj]
+    return obj

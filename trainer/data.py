@@ -1,0 +1,98 @@
+"""tf.data input from the built TFDS dataset: raw JPEG bytes -> decoded, cropped, resized batches.
+
+    python -c "from trainer.config import load_config; from trainer.data import make_train_dataset; \
+print(make_train_dataset(load_config(['--config', 'smoke', '--data_dir', 'out/data']), 8).element_spec)"
+
+Reads DATA_DIR/person_attrs/<dataset>/<version> with `tfds.builder_from_directory` (local or gs://; no builder
+code needed). Images come as bytes (SkipDecoding) so that `decode_image` can decode only the person band.
+Elements are (image float32 [B, H, W, 3] 0..255, {attribute: label}); labels are int32 class indices
+(single-label) or float32 multi-hot (multi-label). Augmentation is not here: it runs inside the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Mapping
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from tfds_person_attrs.schema import Schema, schema_from_dict
+from trainer.preprocess_ops import decode_image
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    schema: Schema
+    class_counts: Mapping[str, Mapping[str, list]]  # {split: {attribute: [count per class]}}
+    num_examples: Mapping[str, int]  # {split: examples}
+
+
+def dataset_dir(data_cfg) -> str:
+    if not data_cfg.data_dir:
+        raise ValueError("data.data_dir is empty: pass --data_dir DIR (the pipeline's output, local or gs://)")
+    return os.path.join(data_cfg.data_dir, "person_attrs", data_cfg.dataset, data_cfg.version)
+
+
+def builder(data_cfg):
+    path = dataset_dir(data_cfg)
+    if not tf.io.gfile.exists(os.path.join(path, "dataset_info.json")):
+        raise FileNotFoundError(f"no built dataset at {path} (dataset_info.json missing); build it with the "
+                                "pipeline, or set --data.dataset / --data.version")
+    return tfds.builder_from_directory(path)
+
+
+def dataset_info(data_cfg) -> DatasetInfo:
+    """The schema and class counts the dataset carries in its metadata, and the split sizes."""
+    b = builder(data_cfg)
+    meta = b.info.metadata or {}
+    if "schema" not in meta:
+        raise ValueError(f"{dataset_dir(data_cfg)}: metadata has no 'schema'; rebuild with the pipeline")
+    schema = schema_from_dict(meta["schema"], source=f"{dataset_dir(data_cfg)} metadata")
+    counts = dict(meta.get("class_counts", {}))
+    return DatasetInfo(schema, counts, {name: s.num_examples for name, s in b.info.splits.items()})
+
+
+def example_to_inputs(example, schema: Schema, data_cfg):
+    """One TFDS example dict -> (image, {attribute: label}); pure, so it is tested eagerly and in map."""
+    image = decode_image(example["image"], data_cfg.height, data_cfg.width, data_cfg.letterbox_crop,
+                         data_cfg.letterbox_threshold)
+    labels = {a.name: tf.cast(example[a.name], tf.float32 if a.is_multi_label else tf.int32)
+              for a in schema.attributes}
+    return image, labels
+
+
+def _read(data_cfg, split: str, shuffle_files: bool, seed: int | None):
+    b = builder(data_cfg)
+    read_config = tfds.ReadConfig(
+        interleave_cycle_length=data_cfg.cycle_length,  # files read in parallel
+        shuffle_seed=seed,
+        add_tfds_id=False,
+    )
+    return b.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config,
+                        decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def make_train_dataset(config, global_batch: int, schema: Schema | None = None) -> tf.data.Dataset:
+    """Endless, shuffled, batched (drop_remainder: every step has the global batch) train split."""
+    d = config.data
+    schema = schema or dataset_info(d).schema
+    ds = _read(d, d.train_split, shuffle_files=True, seed=d.seed)
+    ds = ds.repeat()
+    if d.shuffle_buffer > 1:
+        ds = ds.shuffle(d.shuffle_buffer, seed=d.seed, reshuffle_each_iteration=True)
+    ds = ds.map(lambda ex: example_to_inputs(ex, schema, d), num_parallel_calls=AUTOTUNE)
+    return ds.batch(global_batch, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def make_eval_dataset(config, split: str | None = None, batch: int = 64,
+                      schema: Schema | None = None) -> tf.data.Dataset:
+    """One deterministic pass over a split (default: data.eval_split), last batch kept."""
+    d = config.data
+    schema = schema or dataset_info(d).schema
+    ds = _read(d, split or d.eval_split, shuffle_files=False, seed=None)
+    ds = ds.map(lambda ex: example_to_inputs(ex, schema, d), num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch).prefetch(AUTOTUNE)

@@ -1,0 +1,147 @@
+"""Evaluate a trained run on a split: per-head table with baselines, metrics.json and the HTML report.
+
+    python -m trainer.evaluate --model JOB_DIR --data_dir OUT --split test [--out JOB_DIR/eval_test]
+
+--model is a job dir (uses checkpoints/best.keras, else model.keras) or a .keras file inside one; the
+preprocessing comes from JOB_DIR/config.yaml so evaluation sees images exactly as training did. The majority
+baselines use the training split's class counts stored in the dataset's metadata. Output in --out:
+metrics.json (every number, per head, plus the summary) and index.html with its PNGs; the confusion matrices
+also go to TensorBoard (JOB_DIR/logs/eval_<split>, or AIP_TENSORBOARD_LOG_DIR) unless --no-tensorboard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import data as data_lib
+from trainer import eval_metrics, report
+from trainer.export import load_job, model_outputs
+
+
+def predict_split(model, config, schema, split: str, batch: int = 64, max_steps: int = 0,
+                  keep_worst: int = 48) -> dict[str, Any]:
+    """Runs the model over one pass of `split`.
+
+    Returns {"labels", "probs"} (dicts of arrays over every example), "ids", and "worst": a report.Samples of
+    the `keep_worst` examples with the highest summed loss. Only those images are kept (merged batch by batch),
+    so memory does not grow with the split.
+    """
+    ds = data_lib.make_eval_dataset(config, split=split, batch=batch, schema=schema)
+    # The eval dataset carries no ids; the same deterministic read in the same order gives them.
+    ids_ds = data_lib._read(config.data, split, shuffle_files=False, seed=None).map(lambda ex: ex["id"]).batch(batch)
+    labels: dict[str, list] = {a.name: [] for a in schema.attributes}
+    probs: dict[str, list] = {a.name: [] for a in schema.attributes}
+    ids, worst = [], None
+    infer = tf.function(lambda x: model_outputs(model, x))  # one trace, not eager per batch
+    for step, ((x, y), batch_ids) in enumerate(zip(ds, ids_ds)):
+        if max_steps and step >= max_steps:
+            break
+        out = infer(x)
+        rec = {"ids": np.array([s.decode() for s in batch_ids.numpy()], dtype=object),
+               "images": np.clip(np.round(x.numpy()), 0, 255).astype(np.uint8)}  # what the model saw
+        for a in schema.attributes:
+            rec[f"labels/{a.name}"] = y[a.name].numpy()
+            rec[f"probs/{a.name}"] = tf.cast(out[a.name], tf.float32).numpy()
+            labels[a.name].append(rec[f"labels/{a.name}"])
+            probs[a.name].append(rec[f"probs/{a.name}"])
+        ids += list(rec["ids"])
+        rec["loss"] = eval_metrics.sample_losses(schema, _sub(rec, "labels"), _sub(rec, "probs"))
+        worst = _keep_worst(worst, rec, keep_worst)
+    if not ids:
+        raise ValueError(f"split {split!r} is empty")
+    cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
+    samples = report.Samples(worst["images"], _sub(worst, "labels"), _sub(worst, "probs"), list(worst["ids"]))
+    return {"labels": cat(labels), "probs": cat(probs), "ids": ids, "worst": samples}
+
+
+def _sub(rec: dict, prefix: str) -> dict:
+    return {k.split("/", 1)[1]: v for k, v in rec.items() if k.startswith(prefix + "/")}
+
+
+def _keep_worst(kept: dict | None, new: dict, k: int) -> dict:
+    """The k highest-loss rows of kept + new (every array in the dicts is indexed by example)."""
+    merged = new if kept is None else {key: np.concatenate([kept[key], new[key]]) for key in new}
+    order = np.argsort(-merged["loss"], kind="stable")[:k]
+    return {key: v[order] for key, v in merged.items()}
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """The terminal table: one row per head, the baseline beside the accuracy, '<' where it does not beat it."""
+    lines = [f"{'head':<16}{'acc':>8}{'baseline':>10}{'bal.acc':>9}{'macroF1':>9}{'n':>7}"]
+    for name, h in metrics["heads"].items():
+        if h["kind"] == "multi":
+            lines.append(f"{name:<16} mA {h['mA']:.3f}  mAP {h['mAP']:.3f}  inst.F1 {h['instance_f1']:.3f}"
+                         f"  inst.acc {h['instance_accuracy']:.3f}  n {h['n']}")
+            continue
+        base = h.get("majority_baseline")
+        flag = " <" if base is not None and h["accuracy"] <= base else ""
+        base_s = f"{base:10.3f}" if base is not None else f"{'-':>10}"
+        lines.append(f"{name:<16}{h['accuracy']:8.3f}{base_s}{h['balanced_accuracy']:9.3f}{h['macro_f1']:9.3f}"
+                     f"{h['n']:7d}{flag}")
+    s = metrics["summary"]
+    if s.get("mean_accuracy") is not None:
+        base = s.get("mean_majority_baseline")
+        lines.append(f"{'mean':<16}{s['mean_accuracy']:8.3f}" + (f"{base:10.3f}" if base is not None else f"{'-':>10}")
+                     + f"{s['mean_balanced_accuracy']:9.3f}{s['mean_macro_f1']:9.3f}")
+    lines.append("('<': not better than always answering the training split's most frequent class)")
+    return "\n".join(lines)
+
+
+def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | None = None, batch: int = 64,
+             max_images: int = 48, max_steps: int = 0, tensorboard: bool = False,
+             embed: bool = False) -> dict[str, Any]:
+    """Loads, predicts, scores, writes metrics.json and the report; returns the metrics dict."""
+    t0 = time.time()
+    model, config, job_dir = load_job(model_path, data_dir)
+    info = data_lib.dataset_info(config.data)
+    schema = info.schema
+    pred = predict_split(model, config, schema, split, batch, max_steps, keep_worst=max_images)
+    train_counts = info.class_counts.get(config.data.train_split)
+    metrics = eval_metrics.evaluate_arrays(schema, pred["labels"], pred["probs"], train_counts)
+    metrics.update({"model": model_path, "job_dir": job_dir, "data_dir": config.data.data_dir, "split": split,
+                    "num_examples": len(pred["ids"]), "baseline_from": config.data.train_split,
+                    "schema": schema.to_dict(), "seconds": round(time.time() - t0, 1)})
+    out_dir = out_dir or os.path.join(job_dir, f"eval_{split}")
+    tf.io.gfile.makedirs(out_dir)
+    with tf.io.gfile.GFile(os.path.join(out_dir, "metrics.json"), "w") as f:
+        f.write(json.dumps(metrics, indent=2))
+    page = report.write_report(out_dir, schema, metrics, os.path.join(job_dir, "history.csv"), pred["worst"],
+                               title=f"{os.path.basename(job_dir.rstrip('/'))}: {split} split",
+                               max_images=max_images, embed=embed,
+                               notes=[f"model {model_path}", f"data {config.data.data_dir}",
+                                      f"{len(pred['ids'])} examples of split {split!r}"])
+    if tensorboard:
+        from trainer.paths import job_paths
+
+        report.log_confusion_to_tensorboard(os.path.join(job_paths(job_dir).logs_dir, f"eval_{split}"),
+                                            schema, metrics)
+    print(format_table(metrics))
+    print(f"wrote {os.path.join(out_dir, 'metrics.json')} and {page}")
+    return metrics
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="JOB_DIR, or a .keras file inside it")
+    p.add_argument("--data_dir", help="the built dataset's DATA_DIR (default: the one in config.yaml)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", help="output folder (default JOB_DIR/eval_<split>)")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--max_images", type=int, default=48, help="images in the report's mistakes grid")
+    p.add_argument("--max_steps", type=int, default=0, help="stop after this many batches (0 = whole split)")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="also log the confusion matrices as images to JOB_DIR/logs/eval_<split> (default on)")
+    p.add_argument("--embed", action="store_true", help="inline the images too: index.html works on its own")
+    a = p.parse_args(argv)
+    evaluate(a.model, a.data_dir, a.split, a.out, a.batch_size, a.max_images, a.max_steps, a.tensorboard, a.embed)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Export a trained model as a SavedModel that takes JPEG bytes: servable without this project.
+
+The `serving_default` signature takes `image_bytes` (tf.string [None], encoded JPEGs), decodes them with the
+same `trainer.preprocess_ops.decode_image` as evaluation (traced into the graph, so serving needs no project
+code), runs the model and returns per attribute:
+  - `<attr>_probs`: float32 [None, C], softmax (single-label) or sigmoid (multi-label) outputs;
+  - `<attr>_label`: string [None], the predicted class name; for multi-label the names with p >= 0.5
+    joined by the attribute's delimiter ("" when none);
+  - `<attr>_active`: int32 [None, C], multi-label only, the 0/1 decisions.
+`labels.json` (class names per attribute) and `config.yaml` are written beside saved_model.pb. Vertex AI's
+prebuilt TensorFlow prediction container serves the folder from AIP_MODEL_DIR; a request is
+`{"instances": [{"image_bytes": {"b64": "<base64 JPEG>"}}]}`.
+
+    python -m trainer.export --job_dir JOB [--export_dir JOB/model]
+    python -c "import tensorflow as tf; m = tf.saved_model.load('JOB/model'); \
+print(m.signatures['serving_default'](image_bytes=tf.constant([open('x.jpg','rb').read()])))"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Mapping
+
+import tensorflow as tf
+
+from trainer.preprocess_ops import decode_image
+
+INPUT_KEY = "image_bytes"
+SIGNATURE = "serving_default"
+MULTI_LABEL_THRESHOLD = 0.5
+
+
+def model_outputs(model, images) -> dict[str, Any]:
+    """The model's outputs as {attribute: probabilities}, whether it returns a dict or a list of heads."""
+    out = model(images, training=False)
+    if isinstance(out, Mapping):
+        return dict(out)
+    if not isinstance(out, (list, tuple)):
+        out = [out]
+    return dict(zip(model.output_names, out))
+
+
+def decode_batch(image_bytes: tf.Tensor, config) -> tf.Tensor:
+    """tf.string [N] -> float32 [N, H, W, 3], one image at a time (JPEGs of any size), as in evaluation."""
+    d = config.data
+    return tf.map_fn(lambda b: decode_image(b, d.height, d.width, d.letterbox_crop, d.letterbox_threshold),
+                     image_bytes, fn_output_signature=tf.TensorSpec((d.height, d.width, 3), tf.float32))
+
+
+def serving_outputs(probs: Mapping[str, tf.Tensor], schema) -> dict[str, tf.Tensor]:
+    """Probabilities -> the signature's outputs (`<attr>_probs`, `<attr>_label`, `<attr>_active`)."""
+    out = {}
+    for a in schema.attributes:
+        p = tf.cast(probs[a.name], tf.float32)  # mixed-precision models return float16/bfloat16
+        names = tf.constant(list(a.classes))
+        out[f"{a.name}_probs"] = p
+        if a.is_multi_label:
+            active = p >= MULTI_LABEL_THRESHOLD
+            out[f"{a.name}_active"] = tf.cast(active, tf.int32)
+            picked = tf.where(active, tf.broadcast_to(names, tf.shape(p)), "")
+            # reduce_join keeps empty strings, so join the chosen names row by row without the blanks
+            out[f"{a.name}_label"] = tf.map_fn(
+                lambda row: tf.strings.reduce_join(tf.boolean_mask(row, row != ""), separator=a.delimiter),
+                picked, fn_output_signature=tf.string)
+        else:
+            out[f"{a.name}_label"] = tf.gather(names, tf.argmax(p, axis=-1))
+    return out
+
+
+def labels_dict(schema) -> dict[str, Any]:
+    """labels.json: the vocabulary a client needs to read `<attr>_probs` columns."""
+    return {"schema": schema.name, "input": INPUT_KEY, "multi_label_threshold": MULTI_LABEL_THRESHOLD,
+            "attributes": {a.name: {"kind": a.kind, "classes": list(a.classes), "delimiter": a.delimiter}
+                           for a in schema.attributes}}
+
+
+def export_model(model, config, schema, export_dir: str) -> str:
+    """Writes the SavedModel, labels.json and config.yaml to export_dir (local or gs://); returns export_dir."""
+    import keras
+
+    def serve(image_bytes):
+        return serving_outputs(model_outputs(model, decode_batch(image_bytes, config)), schema)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name=SIGNATURE, fn=serve,
+                         input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
+    archive.write_out(export_dir, verbose=False)
+    with tf.io.gfile.GFile(os.path.join(export_dir, "labels.json"), "w") as f:
+        f.write(json.dumps(labels_dict(schema), indent=2))
+    with tf.io.gfile.GFile(os.path.join(export_dir, "config.yaml"), "w") as f:
+        f.write(config.to_yaml())
+    return export_dir
+
+
+def load_job(job_dir_or_model: str, data_dir: str | None = None):
+    """(model, config, job_dir) from a job dir, or from a .keras file in it or in its checkpoints/.
+
+    The config is JOB_DIR/config.yaml, so preprocessing is the one the model was trained with; `data_dir`
+    replaces its data.data_dir (the dataset moved, or is read from another machine).
+    """
+    import keras
+
+    from trainer.config import config_from_yaml
+
+    path = job_dir_or_model.rstrip("/")
+    if path.endswith(".keras"):
+        model_path, job_dir = path, os.path.dirname(path)
+        if os.path.basename(job_dir) == "checkpoints":
+            job_dir = os.path.dirname(job_dir)
+    else:
+        job_dir = path
+        candidates = [os.path.join(path, "checkpoints", "best.keras"), os.path.join(path, "model.keras")]
+        model_path = next((c for c in candidates if tf.io.gfile.exists(c)), None)
+        if model_path is None:
+            raise FileNotFoundError(f"no model in {path}: looked for {candidates}")
+    config = config_from_yaml(os.path.join(job_dir, "config.yaml"))
+    if data_dir:
+        config = config.replace(**{"data.data_dir": data_dir})
+    _register_custom_objects()
+    model = keras.saving.load_model(model_path, compile=False)
+    print(f"loaded {model_path}")
+    return model, config, job_dir
+
+
+def _register_custom_objects() -> None:
+    """Importing the trainer's modules registers their serializable layers, losses and schedules."""
+    import trainer.losses  # noqa: F401
+    import trainer.model  # noqa: F401
+    import trainer.schedules  # noqa: F401
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Export a trained job's model as a JPEG-bytes SavedModel.")
+    p.add_argument("--job_dir", required=True, help="JOB_DIR, or a .keras file inside it")
+    p.add_argument("--export_dir", help="default: JOB_DIR/model (AIP_MODEL_DIR on Vertex)")
+    p.add_argument("--data_dir", help="override the config's data_dir (where the schema is read from)")
+    args = p.parse_args(argv)
+    from trainer.data import dataset_info
+    from trainer.paths import job_paths
+
+    model, config, job_dir = load_job(args.job_dir, args.data_dir)
+    schema = dataset_info(config.data).schema
+    out = args.export_dir or job_paths(job_dir).model_dir
+    export_model(model, config, schema, out)
+    print(f"exported to {out} (signature {SIGNATURE!r}, input {INPUT_KEY!r})")
+
+
+if __name__ == "__main__":
+    main()
