@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num_images", type=int, default=600, help="size of the generated demo set")
     p.add_argument("overrides", nargs="*", help="trainer overrides such as --train.epochs=3 (after --)")
     args = p.parse_args(argv)
+    # TensorFlow's C++ start-up lines (oneDNN, no CUDA driver) would bury each step's own output.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     py = sys.executable
     manual = args.data
     if not manual:
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         sample = sorted(glob.glob(os.path.join(images_dir, "resized", "*.jpg")))[:8]
         step("predict with the exported SavedModel",
              [py, "-m", "trainer.predict", "--model", os.path.join(job_dir, "model"), *sample])
-    print(f"\nReport: {os.path.join(job_dir, 'eval', 'report.html')}\nJob dir: {job_dir}")
+    print(f"\nReport: {os.path.join(job_dir, 'eval', 'index.html')}\nJob dir: {job_dir}")
     return 0
 
 

@@ -42,10 +42,10 @@ def test_evaluate_writes_metrics_and_report(job_dir, capsys):
     metrics = evaluate.evaluate(job, data_dir, "test", max_images=5, tensorboard=True)
     out = os.path.join(job, "eval_test")
     saved = json.load(open(os.path.join(out, "metrics.json")))
-    assert saved["num_examples"] == trainer_fixtures.SPLITS["test"]
+    assert saved["num_examples"] == trainer_fixtures.num_examples(trainer_fixtures.MULTI_SCHEMA.name, "test")
     g = saved["heads"]["gender"]
     assert set(g) >= {"accuracy", "balanced_accuracy", "macro_f1", "majority_baseline", "confusion_matrix"}
-    assert np.sum(g["confusion_matrix"]) == trainer_fixtures.SPLITS["test"]
+    assert np.sum(g["confusion_matrix"]) == trainer_fixtures.num_examples(trainer_fixtures.MULTI_SCHEMA.name, "test")
     assert saved["heads"]["clothes"]["kind"] == "multi" and "mAP" in saved["heads"]["clothes"]
     assert saved["summary"]["mean_accuracy"] == pytest.approx(metrics["summary"]["mean_accuracy"])
     for name in ("index.html", "confusion_gender.png", "curves_loss.png", "schedule.png", "samples/000.png"):
@@ -89,4 +89,4 @@ def test_worst_examples_kept_across_batches(job_dir):
     expected = [pred["ids"][i] for i in np.argsort(-losses, kind="stable")[:5]]
     assert list(pred["worst"].ids) == expected
     assert pred["worst"].images.shape[0] == 5 and pred["worst"].images.dtype == np.uint8
-    assert len(pred["ids"]) == len(set(pred["ids"])) == trainer_fixtures.SPLITS["test"]
+    assert len(pred["ids"]) == len(set(pred["ids"])) == trainer_fixtures.num_examples(trainer_fixtures.MULTI_SCHEMA.name, "test")

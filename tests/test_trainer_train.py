@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests import trainer_fixtures as fx
+from tfds_person_attrs.schema import HVC
 from trainer.callbacks import NonFiniteLossError
 from trainer.train import run
 
@@ -66,7 +67,7 @@ def test_crash_resume_continues_and_writes_every_output(tmp_path):
     assert [r["epoch"] for r in rows] == ["0", "1"]  # the resumed run appended its epoch
     assert {"lr", "momentum", "val_mean_accuracy", "val_gender_accuracy"} <= set(rows[0])
     metrics = json.load(open(f"{job}/metrics.json"))
-    assert set(metrics["val_accuracy"]) == set(fx.HVC.names)
+    assert set(metrics["val_accuracy"]) == set(HVC.names)
     assert metrics["val_mean_accuracy"] == pytest.approx(np.mean(list(metrics["val_accuracy"].values())))
 
 

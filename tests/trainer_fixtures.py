@@ -1,113 +1,69 @@
-"""A tiny person_attrs-layout TFDS dataset for trainer tests, written per docs/architecture.md.
+"""Small built datasets for trainer and evaluation tests, made by the project's own chain.
 
-    python -c "from tests.trainer_fixtures import fixture_data_dir; print(fixture_data_dir())"
+    python -c "from tests.trainer_fixtures import fixture_data_dir; print(fixture_data_dir('multi_demo'))"
 
-Features: image (letterboxed JPEG), id, group, one ClassLabel per single-label attribute, a uint8 multi-hot
-Tensor per multi-label attribute; metadata: schema + class_counts. Written to
-DATA_DIR/person_attrs/<schema>/1.0.0 exactly like the real builder, so the trainer reads it unchanged. The
-band colour depends on the labels, so a model can learn something in a few steps.
+`hvc`: the generated demo set (person-like figures whose attributes are drawn visibly), built by the real
+Beam + TFDS builder. `multi_demo`: the same images under a user schema file with a multi-label attribute
+given as one delimited column, built through `--schema`, so the builder's multi-label path is exercised too.
 """
 
 from __future__ import annotations
 
+import csv
 import functools
-import io
+import os
 import tempfile
-import zlib
 
-import numpy as np
-import tensorflow_datasets as tfds
-from PIL import Image
+from tfds_person_attrs.schema import MULTI, Attribute, Schema
 
-from tfds_person_attrs.schema import HVC, MULTI, Attribute, Schema
-
-SPLITS = {"train": 48, "validation": 16, "test": 16}
-MULTI_SCHEMA = Schema(name="multi_demo", attributes=(
+NUM_IMAGES = 80
+MULTI_SCHEMA = Schema(name="multi_demo", csv_name="multi_annotations.csv", attributes=(
     Attribute("gender", ("female", "male"), column="gender"),
-    Attribute("clothes", ("hat", "coat", "scarf"), column="clothes", kind=MULTI),
+    # Visible in the demo drawings: a bag at the hip, heels, a figure seen from the back.
+    Attribute("clothes", ("bag", "heels", "back"), column="items", kind=MULTI),
 ))
 
 
-def _labels(schema: Schema, split: str, n: int) -> list[dict]:
-    rng = np.random.default_rng(zlib.crc32(f"{schema.name}/{split}".encode()))  # hash() is salted
-    rows = []
-    for i in range(n):
-        row = {}
-        for a in schema.attributes:
-            if a.is_multi_label:
-                row[a.name] = (rng.random(a.num_classes) < 0.4).astype(np.uint8)
-            else:
-                row[a.name] = int(rng.integers(a.num_classes))
-        rows.append(row)
-    return rows
-
-
-def _jpeg(row: dict, schema: Schema, i: int, size: int = 96) -> bytes:
-    """size x size, black bars left and right, a lit band whose colour encodes the first attribute."""
-    img = np.zeros((size, size, 3), np.uint8)
-    first = row[schema.attributes[0].name]
-    level = int(np.asarray(first).ravel()[0])
-    band = slice(size // 4 + i % 5, 3 * size // 4 - i % 3)
-    img[:, band] = (60 + 120 * level, 90, 200 - 100 * level)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def _counts(schema: Schema, rows: list[dict]) -> dict[str, list[int]]:
-    out = {}
-    for a in schema.attributes:
-        if a.is_multi_label:
-            out[a.name] = np.sum([r[a.name] for r in rows], axis=0).astype(int).tolist()
-        else:
-            out[a.name] = np.bincount([r[a.name] for r in rows], minlength=a.num_classes).tolist()
-    return out
-
-
-def make_builder(schema: Schema, data_dir: str, splits: dict[str, int] | None = None):
-    splits = splits or SPLITS
-    labels = {s: _labels(schema, s, n) for s, n in splits.items()}
-
-    class PersonAttrs(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-        # The real builder's name, so that files land in DATA_DIR/person_attrs/<schema>/1.0.0.
-        name = "person_attrs"
-        VERSION = tfds.core.Version("1.0.0")
-
-        def _info(self):
-            feats = {"image": tfds.features.Image(encoding_format="jpeg"), "id": tfds.features.Text(),
-                     "group": tfds.features.Text()}
-            for a in schema.attributes:
-                feats[a.name] = (tfds.features.Tensor(shape=(a.num_classes,), dtype=np.uint8) if a.is_multi_label
-                                 else tfds.features.ClassLabel(names=list(a.classes)))
-            # DatasetInfo directly: dataset_info_from_configs looks for a package dir this module lacks.
-            return tfds.core.DatasetInfo(
-                builder=self, features=tfds.features.FeaturesDict(feats),
-                metadata=tfds.core.MetadataDict(
-                    schema=schema.to_dict(), class_counts={s: _counts(schema, r) for s, r in labels.items()}))
-
-        def _split_generators(self, dl_manager):
-            return {s: self._generate_examples(s) for s in splits}
-
-        def _generate_examples(self, split):
-            for i, row in enumerate(labels[split]):
-                key = f"{split}/{i}.jpg"
-                yield key, {"image": _jpeg(row, schema, i), "id": key, "group": key, **row}
-
-    return PersonAttrs(config=tfds.core.BuilderConfig(name=schema.name), data_dir=data_dir)
-
-
-def build(schema: Schema, data_dir: str, splits: dict[str, int] | None = None) -> str:
-    """Writes the dataset under data_dir and returns data_dir."""
-    make_builder(schema, data_dir, splits).download_and_prepare(
-        download_config=tfds.download.DownloadConfig(verify_ssl=False))
-    return data_dir
+def _write_multi_csv(root: str) -> None:
+    with open(os.path.join(root, "hvc_annotations.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(os.path.join(root, MULTI_SCHEMA.csv_name), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_path", "gender", "items"])
+        for r in rows:
+            items = [name for name, on in (("bag", r["carryingbag"] != "None"), ("heels", r["footwear"] == "Fancy"),
+                                           ("back", r["bodypose"] == "Back")) if on]
+            w.writerow([r["image_path"], r["gender"], "|".join(items)])
 
 
 @functools.lru_cache(maxsize=None)
 def fixture_data_dir(schema_name: str = "hvc") -> str:
     """Built once per test process: a temp DATA_DIR holding person_attrs/<schema_name>/1.0.0."""
-    schema = {"hvc": HVC, MULTI_SCHEMA.name: MULTI_SCHEMA}[schema_name]
-    return build(schema, tempfile.mkdtemp(prefix=f"trainer_fixture_{schema_name}_"))
+    import yaml
+
+    from pipeline import preprocess
+    from tfds_person_attrs.demo_data import write_demo_data
+
+    root = tempfile.mkdtemp(prefix=f"fixture_{schema_name}_")
+    manual = write_demo_data(os.path.join(root, "manual"), num_images=NUM_IMAGES, num_missing=2, seed=1)
+    argv = ["--manual_dir", manual, "--data_dir", os.path.join(root, "data")]
+    if schema_name == MULTI_SCHEMA.name:
+        _write_multi_csv(manual)
+        schema_file = os.path.join(root, "schema.yaml")
+        with open(schema_file, "w") as f:
+            yaml.safe_dump(MULTI_SCHEMA.to_dict(), f)
+        argv += ["--schema", schema_file]
+    elif schema_name != "hvc":
+        raise ValueError(f"no fixture for {schema_name!r}")
+    preprocess.run(argv)
+    return os.path.join(root, "data")
+
+
+def num_examples(schema_name: str, split: str) -> int:
+    import tensorflow_datasets as tfds
+
+    path = os.path.join(fixture_data_dir(schema_name), "person_attrs", schema_name, "1.0.0")
+    return tfds.builder_from_directory(path).info.splits[split].num_examples
 
 
 def smoke_config(data_dir: str, job_dir: str = "", dataset: str = "hvc", **overrides):
