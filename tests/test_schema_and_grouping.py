@@ -1,0 +1,95 @@
+"""The schema (one definition of the attributes), near-duplicate grouping and split assignment,
+and the image-checking Beam step under Beam's own TestPipeline."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from tests import data_fixtures as fx
+from tfds_person_attrs import grouping
+from tfds_person_attrs.annotations import Annotation, ManualData
+from tfds_person_attrs.beam_transforms import SKIPPED_TAG, ReadAndCheckImages
+from tfds_person_attrs.images import inspect_image
+from tfds_person_attrs.schema import HVC, SchemaError, load_schema, schema_from_dict
+
+
+def test_hvc_schema_maps_csv_columns_to_heads():
+    assert HVC.names == ("gender", "image_quality", "age", "weight", "bag", "footwear", "emotion", "pose")
+    assert HVC["bag"].column == "carryingbag" and HVC["pose"].column == "bodypose"
+    assert HVC["age"].classes == ("15-25", "25-35", "35-45", "45-55", "55+")
+    assert schema_from_dict(json.loads(HVC.to_json())) == HVC
+
+
+def test_user_schema_file_with_multi_label(tmp_path):
+    path = tmp_path / "voc.json"
+    path.write_text(json.dumps({"name": "voc", "csv_name": "voc.csv", "attributes": [
+        {"name": "objects", "kind": "multi", "columns": ["cat", "dog"], "classes": ["cat", "dog"]}]}))
+    s = load_schema(str(path))
+    assert s["objects"].is_multi_label and s.required_columns == ("image_path", "cat", "dog")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"attributes": [{"name": "a", "classes": ["x", "y"]}]}, "missing required field 'name'"),
+    ({"name": "s", "attributes": []}, "'attributes' must be a non-empty list"),
+    ({"name": "s", "attributes": [{"name": "Gender", "classes": ["x", "y"]}]}, "must be lower_snake_case"),
+    ({"name": "s", "attributes": [{"name": "a", "classes": ["x"]}]}, "needs at least 2 classes"),
+    ({"name": "s", "attributes": [{"name": "a", "classes": ["x", "x"]}]}, "class names repeat"),
+    ({"name": "s", "attributes": [{"name": "image", "classes": ["x", "y"]}]}, "duplicated or reserved"),
+    ({"name": "s", "attributes": [{"name": "a", "classes": ["x", "y"], "colour": 1}]}, "unknown field(s) ['colour']"),
+    ({"name": "s", "attributes": [{"name": "a", "kind": "multi", "columns": ["c"], "classes": ["x", "y"]}]},
+     "1 columns for 2 classes"),
+])
+def test_bad_schemas_name_the_field(tmp_path, bad, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(SchemaError) as e:
+        load_schema(str(path))
+    assert message in str(e.value) and str(path) in str(e.value)
+
+
+def test_near_duplicates_join_transitively_and_name_the_group_by_its_smallest_id():
+    a = 0
+    b = a ^ 0b1111  # 4 bits from a
+    c = b ^ (0b1111 << 8)  # 4 bits from b, 8 from a
+    far = (1 << 64) - 1  # 64 bits from a
+    groups = grouping.near_duplicate_groups(["z", "y", "x", "w"], [a, b, c, far], threshold=5)
+    assert groups == {"z": "x", "y": "x", "x": "x", "w": "w"}
+    assert grouping.near_duplicate_groups(["z", "y"], [a, b], threshold=3) == {"z": "z", "y": "y"}
+
+
+def test_split_of_is_stable_and_follows_the_fractions():
+    names = [f"g{i}" for i in range(20000)]
+    splits = [grouping.split_of(n, seed=3) for n in names]
+    assert splits == [grouping.split_of(n, seed=3) for n in names]
+    share = {s: splits.count(s) / len(splits) for s in ("train", "validation", "test")}
+    assert abs(share["train"] - 0.8) < 0.02 and abs(share["test"] - 0.1) < 0.01
+    assert [grouping.split_of(n, seed=4) for n in names[:200]] != splits[:200]
+    assert grouping.parse_fractions("70,20,10")[1] == ("validation", 0.2)
+    with pytest.raises(ValueError, match="three non-negative numbers"):
+        grouping.parse_fractions("80,20")
+
+
+def test_read_and_check_images_step_under_test_pipeline(tmp_path):
+    src = fx.write_real_slice(tmp_path / "manual", 3, num_missing=1)
+    data = ManualData(str(src), HVC)
+    anns = [Annotation(i + 1, f"resized/{n}.jpg", {}) for i, n in enumerate((1, 2, 3, 7001))]
+    with TestPipeline() as p:
+        out = (p | beam.Create(anns)
+               | beam.ParDo(ReadAndCheckImages(data, strict=False)).with_outputs(SKIPPED_TAG, main="checked"))
+        checked = out.checked | "Ids" >> beam.Map(lambda c: (c.annotation.image_id, c.converted_from))
+        skipped = out[SKIPPED_TAG] | "Reasons" >> beam.Map(lambda s: (s.row, s.reason))
+        assert_that(checked, equal_to([("resized/1.jpg", None), ("resized/2.jpg", None), ("resized/3.jpg", None)]))
+        assert_that(skipped, equal_to([(4, "missing_image")]), label="skipped")
+
+
+def test_inspect_image_keeps_original_jpeg_bytes():
+    with zipfile.ZipFile(fx.REAL_ZIP) as z:
+        jpeg = z.read("resized/1.jpg")
+    checked = inspect_image(jpeg)
+    assert checked.jpeg is jpeg and checked.converted_from is None and (checked.width, checked.height) == (224, 224)
