@@ -13,6 +13,7 @@ import collections
 import csv
 import dataclasses
 import io
+import json
 import posixpath
 import sys
 import zipfile
@@ -32,6 +33,14 @@ class Annotation:
     image_id: str  # the image path as written in the CSV
     labels: dict  # attribute name -> class index (single) or tuple of 0/1 (multi)
     group: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps([self.row, self.image_id, self.labels, self.group])
+
+    @classmethod
+    def from_json(cls, line: str) -> "Annotation":
+        row, image_id, labels, group = json.loads(line)
+        return cls(row, image_id, labels, group)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +83,7 @@ class ManualData:
 
     def _open_zip(self) -> zipfile.ZipFile:
         if self._zip is None:
-            self._zip = zipfile.ZipFile(tf.io.gfile.GFile(self.zip_path, "rb"))
+            self._zip = zipfile.ZipFile(_open(self.zip_path))
             names = self._zip.namelist()
             csv_at = next(n for n in names if n == self.schema.csv_name or n.endswith("/" + self.schema.csv_name))
             self._zip_root = csv_at[: -len(self.schema.csv_name)]
@@ -96,9 +105,9 @@ class ManualData:
             return z.read(name) if name in self._zip_names else None
         path = posixpath.join(self.prefix, image_id)
         try:
-            with tf.io.gfile.GFile(path, "rb") as f:
+            with _open(path) as f:
                 return f.read()
-        except tf.errors.NotFoundError:
+        except (FileNotFoundError, tf.errors.NotFoundError):
             return None
 
     def __getstate__(self):  # Beam pickles this into workers; each opens its own zip handle
@@ -108,6 +117,13 @@ class ManualData:
 
     def __str__(self) -> str:
         return self.zip_path or self.prefix
+
+
+def _open(path: str):
+    """Local files through the OS (several times faster for many small reads), others through tf.io.gfile."""
+    if "://" in path:
+        return tf.io.gfile.GFile(path, "rb")
+    return open(path, "rb")
 
 
 def parse_annotations(csv_bytes: bytes, schema: Schema, source: str = "CSV") -> tuple[list[Annotation], list[Skipped]]:

@@ -15,7 +15,6 @@ import dataclasses
 import io
 import sys
 
-import imagehash
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -24,6 +23,11 @@ _BAR_LEVEL = 12
 # Decode at 1/4 scale (224 -> 56): enough detail for a 64-bit DCT hash, 10x cheaper than a full decode.
 _THUMB_SIDE = 56
 _CONVERTED_QUALITY = 95
+# The pHash recipe of imagehash.phash (32x32 grayscale, 2-D DCT-II, top-left 8x8 against its median) with the
+# DCT as one precomputed matrix: the same bits, 10x cheaper than going through scipy per image.
+_HASH_SIDE, _HASH_BITS_SIDE = 32, 8
+_n = np.arange(_HASH_SIDE)
+_DCT = 2.0 * np.cos(np.pi * np.arange(_HASH_BITS_SIDE)[:, None] * (2 * _n[None, :] + 1) / (2 * _HASH_SIDE))
 
 
 class BadImageError(ValueError):
@@ -85,10 +89,11 @@ def trim_letterbox(gray: np.ndarray) -> np.ndarray:
 
 
 def perceptual_hash(im: Image.Image) -> int:
-    """64-bit DCT hash (imagehash.phash) of the letterbox-trimmed grayscale picture, as an int."""
+    """64-bit DCT hash (pHash, as imagehash.phash computes it) of the letterbox-trimmed grayscale picture."""
     gray = np.asarray(im.convert("L"))
-    trimmed = Image.fromarray(trim_letterbox(gray))
-    bits = imagehash.phash(trimmed, hash_size=8).hash.reshape(-1)
+    small = Image.fromarray(trim_letterbox(gray)).resize((_HASH_SIDE, _HASH_SIDE), Image.Resampling.LANCZOS)
+    low = _DCT @ np.asarray(small, dtype=np.float64) @ _DCT.T
+    bits = (low > np.median(low)).reshape(-1)
     return int(np.packbits(bits).view(">u8")[0])
 
 

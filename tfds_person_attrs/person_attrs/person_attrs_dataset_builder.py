@@ -22,11 +22,12 @@ import tensorflow_datasets as tfds
 
 from tfds_person_attrs import beam_transforms as bt
 from tfds_person_attrs import grouping
-from tfds_person_attrs.annotations import ManualData, ManualDataError, parse_annotations
+from tfds_person_attrs.annotations import Annotation, ManualData, ManualDataError, parse_annotations
 from tfds_person_attrs.schema import BUILTIN_SCHEMAS, HVC, Schema, schema_from_dict
 
 SUMMARY_FILE = "build_summary.json"
 SKIPPED_FILE = "build_skipped.csv"
+ANNOTATIONS_FILE = "build_rows.jsonl"  # the validated rows handed to the workers; removed after the build
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -90,10 +91,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             raise ManualDataError(f"{data}: no usable rows ({len(csv_skipped)} skipped, first: {csv_skipped[0].message})")
         logging.info("person_attrs: %d usable CSV rows, %d skipped before reading images", len(annotations), len(csv_skipped))
 
+        # Workers read the validated rows from a file rather than from the job graph: beam.Create would pickle
+        # and compress every row into the graph (seconds here; too large for Dataflow with millions of rows).
+        out_dir = str(self.data_dir)
+        rows_file = posixpath.join(out_dir, ANNOTATIONS_FILE)
+        with tf.io.gfile.GFile(rows_file, "w") as f:
+            f.write("".join(a.to_json() + "\n" for a in annotations))
         checked = (
             pipeline
-            | "CreateAnnotations" >> beam.Create(annotations)
-            | "SpreadOverWorkers" >> beam.Reshuffle()
+            | "ReadAnnotations" >> beam.io.ReadFromText(rows_file)
+            | "ParseAnnotations" >> beam.Map(Annotation.from_json)
             | "ReadAndCheckImages" >> beam.ParDo(bt.ReadAndCheckImages(data, self._strict)).with_outputs(
                 bt.SKIPPED_TAG, main="checked")
         )
@@ -108,7 +115,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
         stats = assigned | "CountClasses" >> beam.CombineGlobally(bt.ClassCounts(self.schema))
         image_skipped = checked[bt.SKIPPED_TAG] | "CollectSkipped" >> beam.combiners.ToList()
-        out_dir = str(self.data_dir)
         _ = (
             pipeline
             | "SummaryTrigger" >> beam.Create([None])
@@ -117,11 +123,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 image_skipped=beam.pvalue.AsSingleton(image_skipped), stats=beam.pvalue.AsSingleton(stats),
                 groups=beam.pvalue.AsSingleton(groups), config=self._config_record())
         )
-        return {name: self._generate_examples(assigned, name) for name, _ in cfg.split_fractions}
+        names = [name for name, _ in cfg.split_fractions]
+        parts = assigned | "PartitionBySplit" >> beam.Partition(lambda e, n: names.index(e[0]), len(names))
+        return {name: self._generate_examples(parts[i], name) for i, name in enumerate(names)}
 
-    def _generate_examples(self, assigned: beam.PCollection, split: str) -> beam.PCollection:
-        """The (key, example) pairs of one split, from the shared PCollection of checked images."""
-        return assigned | f"Examples_{split}" >> beam.FlatMap(_to_example, split=split, schema=self.schema)
+    def _generate_examples(self, items: beam.PCollection, split: str) -> beam.PCollection:
+        """The (key, example) pairs of one split, from its share of the checked images."""
+        return items | f"Examples_{split}" >> beam.Map(_to_example, schema=self.schema)
 
     def _config_record(self) -> dict:
         cfg = self.builder_config
@@ -135,6 +143,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _download_and_prepare(self, dl_manager, download_config):
         super()._download_and_prepare(dl_manager, download_config)
+        tf.io.gfile.remove(posixpath.join(str(self.data_dir), ANNOTATIONS_FILE))
         with tf.io.gfile.GFile(posixpath.join(str(self.data_dir), SUMMARY_FILE)) as f:
             summary = json.load(f)
         cfg = self.builder_config
@@ -152,15 +161,13 @@ def _assign_split(item, groups, seed, fractions):
     return grouping.split_of(group, seed, fractions), group, item
 
 
-def _to_example(element, split: str, schema: Schema):
-    item_split, group, item = element
-    if item_split != split:
-        return
+def _to_example(element, schema: Schema):
+    _, group, item = element
     ann = item.annotation
     example = {"image": item.jpeg, "id": ann.image_id, "group": group}
     for a in schema.attributes:
         example[a.name] = np.asarray(ann.labels[a.name], np.uint8) if a.is_multi_label else ann.labels[a.name]
-    yield ann.image_id, example
+    return ann.image_id, example
 
 
 def _write_summary(_, out_dir, csv_rows, csv_skipped, image_skipped, stats, groups, config):
