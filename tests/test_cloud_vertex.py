@@ -9,6 +9,7 @@ import json
 import pytest
 
 from trainer import vertex
+from trainer.paths import job_paths
 
 IMAGE = "us-central1-docker.pkg.dev/p/person-attrs/person-attrs:v1"
 BASE = ["--image", IMAGE, "--data_dir", "gs://b/data", "--job_dir", "gs://b/jobs/r1", "--display_name", "t"]
@@ -101,6 +102,6 @@ def test_hypertune_metric_file(tmp_path, monkeypatch):
     assert set(lines[-1]) == {"timestamp", "trial", "val_mean_accuracy", "global_step"}
     assert (lines[-1]["trial"], lines[-1]["val_mean_accuracy"], lines[-1]["global_step"]) == ("7", "0.604", "104")
     assert lines[0]["global_step"] == "5" and isinstance(lines[0]["timestamp"], float)
-    assert vertex.trial_job_dir("gs://b/jobs/hp/") == "gs://b/jobs/hp/trial_7"
+    assert job_paths("gs://b/jobs/hp/").config_yaml == "gs://b/jobs/hp/trial_7/config.yaml"
     monkeypatch.delenv("CLOUD_ML_TRIAL_ID")
-    assert vertex.trial_job_dir("gs://b/jobs/r1") == "gs://b/jobs/r1"
+    assert job_paths("gs://b/jobs/r1").job_dir == "gs://b/jobs/r1"

@@ -77,3 +77,15 @@ def test_nan_loss_fails_loudly(tmp_path):
                              "train.epochs": 1, "train.steps_per_epoch": 4})
     with pytest.raises(NonFiniteLossError, match="non-finite training loss"):
         run(cfg)
+
+
+def test_vertex_tuning_trial_gets_its_own_dir_and_reports_its_metric(tmp_path, monkeypatch):
+    metric_file = tmp_path / "hypertune" / "output.metrics"
+    monkeypatch.setenv("CLOUD_ML_TRIAL_ID", "3")
+    monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(metric_file))
+    job = tmp_path / "tune"
+    result = run(fx.smoke_config(fx.fixture_data_dir(), str(job), **{"train.epochs": 1}))
+    assert (job / "trial_3" / "metrics.json").is_file() and not (job / "metrics.json").exists()
+    reported = json.loads(metric_file.read_text().splitlines()[-1])
+    assert reported["trial"] == "3" and reported["global_step"] == str(result["steps"])
+    assert float(reported["val_mean_accuracy"]) == pytest.approx(result["metrics"]["best_val_mean_accuracy"], abs=1e-6)

@@ -4,7 +4,8 @@
 
 On Vertex AI custom training, AIP_MODEL_DIR (exported model), AIP_CHECKPOINT_DIR (backups, checkpoints) and
 AIP_TENSORBOARD_LOG_DIR (TensorBoard) are set by the service and win over the JOB_DIR defaults, so the same
-command works locally and as a Vertex job.
+command works locally and as a Vertex job. Inside a tuning job (CLOUD_ML_TRIAL_ID set) each trial gets
+JOB_DIR/trial_<id>.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def job_paths(job_dir: str, environ: Mapping[str, str] | None = None) -> JobPath
     if not job_dir:
         raise ValueError("train.job_dir is empty: pass --job_dir DIR (local or gs://)")
     env = os.environ if environ is None else environ
+    if env.get("CLOUD_ML_TRIAL_ID"):
+        # A Vertex AI tuning job gives every trial the same args: parallel trials must not share a job dir.
+        job_dir = f"{job_dir.rstrip('/')}/trial_{env['CLOUD_ML_TRIAL_ID']}"
     ckpt = env.get("AIP_CHECKPOINT_DIR") or ""
     return JobPaths(
         job_dir=job_dir,

@@ -6,13 +6,12 @@ print(run(load_config(['--config', 'smoke', '--data_dir', 'out/data', '--job_dir
 JOB_DIR gets: config.yaml (written first), backup/ (BackupAndRestore; removed when the run finishes),
 checkpoints/best.keras (best val_mean_accuracy), history.csv (per epoch, with lr and momentum), logs/
 (TensorBoard), metrics.json (per-head validation accuracy and their mean), model.keras and model/ (the
-SavedModel from trainer.export, when that module is present). Starting the same command again after a crash
+SavedModel from trainer.export). Starting the same command again after a crash
 resumes from backup/ with the same step count, schedule and weights.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ import os
 import keras
 import tensorflow as tf
 
-from trainer import distribute
+from trainer import distribute, export, vertex
 from trainer.callbacks import MONITOR, make_callbacks
 from trainer.config import check_loss_weights
 from trainer.data import dataset_info, make_eval_dataset, make_train_dataset
@@ -80,7 +79,11 @@ def run(config, strategy: tf.distribute.Strategy | None = None, extra_callbacks=
         if chief:
             _write(paths.metrics_json, json.dumps(metrics, indent=2))
             model.save(paths.model_keras)
-            _export(model, config, schema, paths.model_dir)
+            export.export_model(model, config, schema, paths.model_dir)
+            if os.environ.get("CLOUD_ML_TRIAL_ID"):  # a Vertex AI tuning trial: tell the service how it did
+                best = metrics[f"best_{MONITOR}"]
+                vertex.report_hyperparameter_tuning_metric(MONITOR, best if best is not None else metrics[MONITOR],
+                                                           step=total_steps)
     finally:
         keras.config.set_dtype_policy(previous_policy)  # the policy is global: do not leak it into the caller
     return {"metrics": metrics, "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
@@ -95,14 +98,3 @@ def _final_metrics(history: dict, schema, callbacks) -> dict:
     return {"val_accuracy": per_head, MONITOR: float(last.get(MONITOR, float("nan"))),
             f"best_{MONITOR}": float(best[0]) if best and best[0] is not None else None,
             "epochs_completed": len(next(iter(history.values()), []))}
-
-
-def _export(model, config, schema, export_dir: str) -> None:
-    # trainer/export.py belongs to the evaluation work; until it lands the .keras model is the output.
-    if importlib.util.find_spec("trainer.export") is None:
-        log.warning("trainer.export is not available: skipping the SavedModel export to %s "
-                    "(model.keras and checkpoints/best.keras are written)", export_dir)
-        return
-    from trainer import export
-
-    export.export_model(model, config, schema, export_dir)

@@ -158,15 +158,6 @@ def report_hyperparameter_tuning_metric(tag: str, value: float, step: int | None
         f.write("".join(line + "\n" for line in entries))
 
 
-def trial_job_dir(job_dir: str) -> str:
-    """`job_dir`, made per trial inside a tuning job, so that parallel trials never share checkpoints.
-
-    Vertex gives every trial the same args but sets CLOUD_ML_TRIAL_ID; the trainer should call this once.
-    """
-    trial = os.environ.get("CLOUD_ML_TRIAL_ID")
-    return f"{job_dir.rstrip('/')}/trial_{trial}" if trial else job_dir
-
-
 def to_proto(spec: dict, kind: str = "custom"):
     """The SDK message for a spec; parsing rejects any field name or enum value the API does not have."""
     try:
