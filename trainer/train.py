@@ -69,7 +69,8 @@ def run(config, strategy: tf.distribute.Strategy | None = None, extra_callbacks=
             model.compile(optimizer=make_optimizer(config.optim, schedule), loss=losses, loss_weights=loss_weights,
                           metrics=head_metrics(schema), jit_compile=distribute.jit_compile(config))
         train_ds = make_train_dataset(config, global_batch, schema)
-        val_ds = make_eval_dataset(config, config.data.eval_split, global_batch, schema)
+        val_ds = make_eval_dataset(config, config.data.eval_split, _eval_batch(info, config, global_batch, replicas),
+                                   schema)
         callbacks = make_callbacks(paths, schema, config.train.backup_every_steps, chief, resuming)
         verbose = config.train.verbose if config.train.verbose == "auto" else int(config.train.verbose)
         history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps_per_epoch,
@@ -98,3 +99,14 @@ def _final_metrics(history: dict, schema, callbacks) -> dict:
     return {"val_accuracy": per_head, MONITOR: float(last.get(MONITOR, float("nan"))),
             f"best_{MONITOR}": float(best[0]) if best and best[0] is not None else None,
             "epochs_completed": len(next(iter(history.values()), []))}
+
+
+def _eval_batch(info, config, global_batch: int, replicas: int) -> int:
+    """The validation batch: the global batch, unless the split is smaller than that.
+
+    Under a strategy, Keras 3.15 builds the model by averaging the first validation batch over replicas
+    (`strategy.reduce` in `_maybe_symbolic_build`), which fails when that batch is partial and splits unevenly
+    (e.g. 6 images on 2 replicas of 4). A first batch that is a multiple of the replica count always splits evenly.
+    """
+    n_val = info.num_examples.get(config.data.eval_split, 0)
+    return min(global_batch, max(replicas, n_val - n_val % replicas))
