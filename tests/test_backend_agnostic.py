@@ -30,7 +30,13 @@ SCRIPT = textwrap.dedent("""
     y = {a.name: np.arange(16) % a.num_classes for a in HVC.attributes}
     h = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     out = model.predict(x[:2], verbose=0)
-    print("RESULT " + json.dumps({"backend": keras.backend.backend(), "loss": h.history["loss"],
+    # One layer that opts out of XLA (e.g. keras.layers.RandomTranslation) switches it off for the whole model.
+    jit = {}
+    for preset in ("smoke", "hvc"):
+        m = build_model(HVC, load_config(["--config", preset]))
+        m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", jit_compile="auto")
+        jit[preset] = bool(m.jit_compile)
+    print("RESULT " + json.dumps({"backend": keras.backend.backend(), "loss": h.history["loss"], "jit": jit,
                                   "shapes": {k: list(v.shape) for k, v in out.items()},
                                   "tensorflow_imported": "tensorflow" in sys.modules}))
 """)
@@ -47,3 +53,4 @@ def test_model_trains_under_jax_without_tensorflow():
     assert r["backend"] == "jax" and not r["tensorflow_imported"]
     assert all(v == v and v < 100 for v in r["loss"])  # finite
     assert r["shapes"]["age"] == [2, 5] and r["shapes"]["gender"] == [2, 2]
+    assert r["jit"] == {"smoke": True, "hvc": True}

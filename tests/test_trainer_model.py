@@ -82,3 +82,20 @@ def test_class_weights_and_head_loss_values():
     losses, weights = make_losses(HVC, load_config("hvc").loss)
     assert weights["age"] == 4.0 and set(losses) == set(HVC.names)
     assert make_losses(MULTI_SCHEMA, load_config("smoke").loss)[1] == {"gender": 1.0, "clothes": 1.0}
+
+
+def test_random_shift_moves_whole_pixels_with_black_fill_and_is_identity_at_inference():
+    from trainer.augment import RandomShift
+
+    x = np.arange(1, 1 + 4 * 10 * 8 * 3, dtype="float32").reshape(4, 10, 8, 3)
+    layer = RandomShift(0.3, 0.3, seed=7)
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    y = np.asarray(layer(x, training=True))
+    for img, out in zip(x, y):
+        nz = np.argwhere(out[..., 0] > 0)  # the kept block: a shifted copy of the original
+        (r0, c0), (r1, c1) = nz.min(0), nz.max(0)
+        block = out[r0 : r1 + 1, c0 : c1 + 1]
+        src = np.argwhere(img[..., 0] == block[0, 0, 0])[0]
+        assert np.array_equal(block, img[src[0] : src[0] + block.shape[0], src[1] : src[1] + block.shape[1]])
+        assert (out == 0).sum() == out.size - block.size  # everything else is black fill
+        assert abs(int(r0) - int(src[0])) <= 3 and abs(int(c0) - int(src[1])) <= 2

@@ -40,6 +40,7 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = "validation"
     shuffle_buffer: int = 2048
+    cache: bool = False  # keep the decoded train split in memory as uint8 (when it fits: H*W*3 bytes per image)
     cycle_length: int = 4  # files read in parallel (file-level interleave)
     seed: int = 1234
 
@@ -155,7 +156,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The real run on the HVC data: letterboxed 224x224 images, the person band resized to 128x64.
     "hvc": {
-        "data": {"height": 128, "width": 64},
+        "data": {"height": 128, "width": 64, "cache": True},
         "model": {"depth": 16, "width": 4, "dropout": 0.3},
         "augment": {"translate": 0.1, "erasing": 0.5, "color_jitter": 0.2},
         "optim": {"schedule": "one_cycle", "max_lr": 0.1},

@@ -81,11 +81,24 @@ def make_train_dataset(config, global_batch: int, schema: Schema | None = None) 
     d = config.data
     schema = schema or dataset_info(d).schema
     ds = _read(d, d.train_split, shuffle_files=True, seed=d.seed)
+    if d.cache:
+        # Decoding is a pure function of the bytes and augmentation runs in the model, so caching the decoded
+        # uint8 split is exact: from the second epoch on the input costs almost nothing (measured 17x,
+        # docs/performance.md). Memory: H x W x 3 bytes per image (138 MB for hvc at 128x64).
+        ds = ds.map(lambda ex: _as_uint8(example_to_inputs(ex, schema, d)), num_parallel_calls=AUTOTUNE).cache()
     ds = ds.repeat()
     if d.shuffle_buffer > 1:
         ds = ds.shuffle(d.shuffle_buffer, seed=d.seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda ex: example_to_inputs(ex, schema, d), num_parallel_calls=AUTOTUNE)
+    if d.cache:
+        ds = ds.map(lambda image, labels: (tf.cast(image, tf.float32), labels), num_parallel_calls=AUTOTUNE)
+    else:
+        ds = ds.map(lambda ex: example_to_inputs(ex, schema, d), num_parallel_calls=AUTOTUNE)
     return ds.batch(global_batch, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def _as_uint8(inputs):
+    image, labels = inputs
+    return tf.cast(tf.round(image), tf.uint8), labels
 
 
 def make_eval_dataset(config, split: str | None = None, batch: int = 64,
