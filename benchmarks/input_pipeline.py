@@ -142,6 +142,8 @@ def main(argv=None) -> dict:
     cfg = load_config(["--config", a.preset, "--data_dir", a.data_dir])
     d = cfg.data
     h, w = d.height, d.width
+    # Decoded every epoch (what the targets compare); the cache is measured on its own as project_crop_cached.
+    cfg = cfg.replace(**{"data.cache": False})
     nocrop = cfg.replace(**{"data.letterbox_crop": False})
     # The same bytes the pipeline reads, held in memory for the raw limit and the diagnostics.
     raw = builder(d).as_dataset(split=d.train_split, decoders={"image": tfds.decode.SkipDecoding()})

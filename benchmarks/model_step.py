@@ -79,8 +79,9 @@ def train_flops(cfg, n_out: int) -> float:
 def keras_step(cfg, x, y, force_jit=False):
     keras.utils.set_random_seed(0)
     model = build_model(HVC, cfg)
-    # keras.layers.RandomTranslation/RandomZoom set supports_jit=False, which makes compile() drop
-    # jit_compile for the WHOLE model: under JAX the step then runs op by op. force_jit = the proposed fix.
+    # One layer with supports_jit=False (keras.layers.RandomTranslation/RandomZoom) makes compile() drop
+    # jit_compile for the WHOLE model: under JAX the step then runs op by op. The project's augmentation is
+    # jit-compilable since RandomShift replaced RandomTranslation; jit_ok records it, force_jit checks it.
     jit_ok = all(layer.supports_jit for layer in model._flatten_layers())
     if force_jit:
         for layer in model._flatten_layers():

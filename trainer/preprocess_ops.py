@@ -22,8 +22,9 @@ _MIN_BAND_PX = 8  # a narrower "band" is noise: use the whole image
 def person_band(image: tf.Tensor, threshold: float = 16.0) -> tuple[tf.Tensor, tf.Tensor]:
     """(x offset, width) of the non-black column band of a decoded [H, W, C] image; the whole width if none."""
     width = tf.shape(image)[1]
-    # Mean over rows and channels, not max: JPEG ringing lights up single pixels of the bars next to the band.
-    column_mean = tf.reduce_mean(tf.cast(image, tf.float32), axis=(0, 2))
+    # Mean over rows, not max: JPEG ringing lights up single pixels of the bars next to the band. Every 8th row
+    # of the green channel estimates it as well as all pixels do, for 1/24 of the work.
+    column_mean = tf.reduce_mean(tf.cast(image[::8, :, 1], tf.float32), axis=0)
     lit = tf.cast(tf.where(column_mean > threshold)[:, 0], tf.int32)
     x, w = tf.cond(tf.size(lit) > 0, lambda: (tf.reduce_min(lit), tf.reduce_max(lit) + 1 - tf.reduce_min(lit)),
                    lambda: (tf.constant(0, tf.int32), width))
