@@ -80,7 +80,11 @@ def test_class_weights_and_head_loss_values():
     multi = HeadLoss(True, 2)
     assert float(multi(np.array([[1.0, 0.0]]), np.array([[0.5, 0.5]]))) == pytest.approx(math.log(2), rel=1e-4)
     losses, weights = make_losses(HVC, load_config("hvc").loss)
-    assert weights["age"] == 4.0 and set(losses) == set(HVC.names)
+    # hvc's weights (gender 2, ..., age 4, ..., emotion 4) sum to 23 over 8 heads: normalised to mean 1.
+    assert weights["age"] == pytest.approx(4 * 8 / 23) and weights["gender"] == pytest.approx(2 * 8 / 23)
+    assert sum(weights.values()) == pytest.approx(8) and set(losses) == set(HVC.names)
+    raw = make_losses(HVC, load_config(["--config", "hvc", "--loss.normalize_weights=false"]).loss)[1]
+    assert raw["age"] == 4.0 and sum(raw.values()) == 23
     assert make_losses(MULTI_SCHEMA, load_config("smoke").loss)[1] == {"gender": 1.0, "clothes": 1.0}
 
 

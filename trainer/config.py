@@ -92,6 +92,7 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     weights: Mapping[str, float] = dataclasses.field(default_factory=dict)  # by attribute; missing = 1.0
+    normalize_weights: bool = True  # divide the weights by their mean: the LR then does not depend on their sum
     label_smoothing: float = 0.0
     class_balance: str = "none"  # "inverse" frequency or "effective" number (Cui et al. 2019)
     class_balance_beta: float = 0.999

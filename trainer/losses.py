@@ -85,4 +85,9 @@ def make_losses(schema, loss_config, class_counts: Mapping[str, Sequence[float]]
         losses[a.name] = HeadLoss(a.is_multi_label, a.num_classes, loss_config.label_smoothing, cw,
                                   name=f"{a.name}_loss")
         weights[a.name] = float(loss_config.weights.get(a.name, 1.0))
+    if loss_config.normalize_weights:
+        # Relative weights, mean 1: the shared trunk's gradient then has the scale of one head's, so the
+        # learning rate (and an LR range test) means the same whatever the weights add up to (hvc's sum to 23).
+        mean = sum(weights.values()) / len(weights)
+        weights = {k: w / mean for k, w in weights.items()}
     return losses, weights
