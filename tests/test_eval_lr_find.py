@@ -23,7 +23,18 @@ def test_suggest_on_a_known_curve():
     assert s["min_loss_lr"] == pytest.approx(0.1)
     assert s["suggested_max_lr"] == pytest.approx(0.01)
     assert s["steepest_lr"] == pytest.approx(1e-3)
+    assert s["diverged"]
     assert lr_find.suggest(lrs[:2], [np.nan, np.nan])["suggested_max_lr"] is None
+
+
+def test_suggest_without_divergence_takes_the_knee():
+    # Falls from 2 to 0 around 1e-3 and then only creeps down: the minimum is at the sweep's end.
+    lrs = np.logspace(-5, 1, 61)
+    loss = 1 - np.tanh(2 * (np.log10(lrs) + 3)) - 0.001 * np.arange(61)
+    s = lr_find.suggest(lrs, loss)
+    assert not s["diverged"] and s["min_loss_lr"] == pytest.approx(10.0)
+    knee = lrs[np.argmax(loss <= loss.min() + 0.1 * (loss[0] - loss.min()))]
+    assert s["suggested_max_lr"] == pytest.approx(knee) and 1e-3 < knee < 1e-2
 
 
 def _linear_problem():

@@ -76,7 +76,15 @@ def suggest(lrs, smoothed, skip: int = 3) -> dict[str, float | None]:
         seg = slice(skip, i_min + 1)
         slope = np.gradient(sm[seg], np.log(lrs[seg]))
         steepest = float(lrs[seg][int(np.argmin(slope))])
-    return {"suggested_max_lr": float(lrs[i_min] / 10), "min_loss_lr": float(lrs[i_min]), "steepest_lr": steepest}
+    out = {"suggested_max_lr": float(lrs[i_min] / 10), "min_loss_lr": float(lrs[i_min]), "steepest_lr": steepest,
+           "diverged": i_min < len(sm) - max(3, len(sm) // 20)}
+    if not out["diverged"]:
+        # No blow-up within the sweep (common with batch norm): the minimum sits at the sweep's end and /10 of it
+        # means nothing. Use the knee instead: the lowest LR by which 90% of the loss drop had happened.
+        drop = sm[finite][0] - sm[i_min]
+        knee = int(np.argmax(sm[: i_min + 1] <= sm[i_min] + 0.1 * drop)) if drop > 0 else i_min
+        out["suggested_max_lr"] = float(lrs[knee])
+    return out
 
 
 def plot(path: str, result: dict) -> None:
@@ -160,7 +168,9 @@ def main(argv=None) -> int:
     print(f"{len(r['lrs'])} steps, LR {r['lrs'][0]:.2g} -> {r['lrs'][-1]:.2g}"
           f"{' (stopped: loss diverged)' if r['stopped_early'] else ''}")
     print(f"min smoothed loss at LR {fmt(r['min_loss_lr'])}; steepest descent at LR {fmt(r['steepest_lr'])}")
-    print(f"suggested max LR (min-loss LR / 10): {fmt(r['suggested_max_lr'])}   -> --optim.max_lr="
+    rule = "min-loss LR / 10" if r.get("diverged", True) else (
+        "the loss never diverged, so: the LR by which 90% of the loss drop had happened")
+    print(f"suggested max LR ({rule}): {fmt(r['suggested_max_lr'])}   -> --optim.max_lr="
           f"{fmt(r['suggested_max_lr'])}")
     print(f"wrote {os.path.join(out, 'lr_find.png')} and lr_find.json")
     return 0
