@@ -160,6 +160,8 @@ def main(argv=None) -> dict:
     variants = {
         "project_crop": lambda: iter(with_threads(make_train_dataset(cfg, a.batch), a.threads)),
         "project_nocrop": lambda: iter(with_threads(make_train_dataset(nocrop, a.batch), a.threads)),
+        "project_crop_dct_scaled": lambda: iter(with_threads(make_train_dataset(
+            cfg.replace(**{"data.dct_scaling": True}), a.batch), a.threads)),
         "raw_decode": lambda: in_memory(jpegs, lambda j: tf.io.decode_jpeg(j, channels=3), a.batch, a.threads),
         # Steady state from epoch 2 on: measure() skips one epoch first for this one (it fills the cache).
         "project_crop_cached": lambda: iter(with_threads(make_train_dataset(

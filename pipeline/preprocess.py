@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--schema", help="a YAML/JSON schema file for another CSV-labelled dataset (overrides --config)")
     p.add_argument("--split", default="80,10,10", help="train,validation,test shares (default 80,10,10)")
     p.add_argument("--split_seed", type=int, default=0, help="seed of the group -> split hash")
+    p.add_argument("--split_by", choices=grouping.SPLIT_BY, default="group",
+                   help="group: leak-proof hash of near-duplicate groups (default); row: CSV row order, the first "
+                        "80%% of the images train (the naive split of earlier work, for comparison only)")
     p.add_argument("--dedup_threshold", type=int, default=grouping.DEFAULT_THRESHOLD,
                    help="max Hamming distance (of 64 bits) between perceptual hashes of one near-duplicate group")
     p.add_argument("--strict", action="store_true", help="fail on the first row that would be skipped")
@@ -48,13 +51,16 @@ def make_builder(args: argparse.Namespace):
         raise SchemaError(f"--config {args.config!r} is not a built-in schema ({sorted(BUILTIN_SCHEMAS)}); "
                           "pass --schema FILE for your own")
     recipe = dict(split_seed=args.split_seed, split_fractions=grouping.parse_fractions(args.split),
-                  dedup_threshold=args.dedup_threshold)
+                  dedup_threshold=args.dedup_threshold, split_by=args.split_by)
     config = PersonAttrsConfig.from_schema(schema, **recipe)
     builtin = {c.name: c for c in Builder.BUILDER_CONFIGS}.get(config.name)
     if builtin is not None and builtin != config:
         # TFDS keeps one directory per config name: another split recipe must not overwrite the default one.
         shares = "-".join(f"{f:g}" for _, f in recipe["split_fractions"])
-        name = f"{schema.name}_seed{args.split_seed}_dedup{args.dedup_threshold}_split{shares}".replace(".", "p")
+        if args.split_by == "row":
+            name = f"{schema.name}_byrow_split{shares}".replace(".", "p")
+        else:
+            name = f"{schema.name}_seed{args.split_seed}_dedup{args.dedup_threshold}_split{shares}".replace(".", "p")
         config = dataclasses.replace(config, name=name)
     return Builder(config=builtin if builtin == config else config, data_dir=args.data_dir, strict=args.strict)
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests import trainer_fixtures as fx
 from trainer.data import dataset_info, make_eval_dataset, make_train_dataset
-from trainer.preprocess_ops import decode_image, person_band
+from trainer.preprocess_ops import decode_image, decode_jpeg_scaled, person_band
 
 
 def _letterboxed(left=80, right=150, size=224):
@@ -42,6 +42,21 @@ def test_decode_image_eager_and_in_map_agree():
     np.testing.assert_allclose(mapped.numpy(), eager.numpy())
     full = decode_image(jpeg, 64, 32, False)
     assert float(tf.reduce_mean(full[:, :4])) < 5  # without the crop the bars remain
+
+
+@pytest.mark.parametrize("size, decoded", [((128, 64), 224), ((96, 48), 112), ((56, 28), 56), ((16, 16), 28)])
+def test_scaled_decode_picks_the_smallest_scale_that_still_covers_the_output(size, decoded):
+    jpeg = _letterboxed()
+    assert decode_jpeg_scaled(jpeg, *size).shape == (decoded, decoded, 3)
+    mapped = next(iter(tf.data.Dataset.from_tensors(jpeg).map(lambda b: decode_jpeg_scaled(b, *size))))
+    assert mapped.shape == (decoded, decoded, 3)
+
+
+def test_scaled_decode_gives_nearly_the_same_image():
+    jpeg = _letterboxed()
+    full, scaled = (decode_image(jpeg, 96, 48, True, dct_scaling=s).numpy() for s in (False, True))
+    assert not np.array_equal(full, scaled)  # it really decoded at another scale
+    assert np.abs(full - scaled).mean() < 4  # a flat band: only its edges may differ
 
 
 @pytest.mark.parametrize("dataset", ["hvc", "multi_demo"])

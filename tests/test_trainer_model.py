@@ -56,7 +56,7 @@ def test_hvc_preset_shape_and_stem():
     assert [stem_stride(h) for h in (64, 128, 160, 224, 256)] == [1, 2, 2, 2, 4]
     cfg = load_config("hvc")
     model = build_model(HVC, cfg)
-    assert model.get_layer("g3b2_conv2").output.shape[1:] == (16, 8, 256)  # 128x64 / stem 2 / 2 / 2
+    assert model.get_layer("g3b2_conv2").output.shape[1:] == (24, 12, 128)  # 96x48 / stem 1 / 2 / 2, 64 * k=2
 
 
 def test_model_modules_use_keras_only():

@@ -37,6 +37,11 @@ class DataConfig:
     width: int = 64
     letterbox_crop: bool = True  # decode only the person band between black side bars
     letterbox_threshold: float = 16.0  # column-max luma (0..255) below which a column is a bar
+    # Decode at 1/2..1/8 scale when the source has >= 2x the output's pixels per side: ~1.5x faster uncached
+    # input (docs/performance.md). Off by default: a model must be evaluated and served with the decode it was
+    # trained with, and configs saved before this field existed decoded at full scale. In crop mode the check
+    # uses the whole width, so a narrow band may be upsampled horizontally.
+    dct_scaling: bool = False
     train_split: str = "train"
     eval_split: str = "validation"
     shuffle_buffer: int = 2048
@@ -149,7 +154,7 @@ class Config:
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a CPU: tiny input and net, a few steps.
     "smoke": {
-        "data": {"height": 64, "width": 32, "shuffle_buffer": 256},
+        "data": {"height": 64, "width": 32, "shuffle_buffer": 256, "dct_scaling": True},
         "model": {"depth": 10, "width": 1, "dropout": 0.0},
         "augment": {"erasing": 0.25, "translate": 0.05},
         "optim": {"max_lr": 0.05},

@@ -59,7 +59,7 @@ def dataset_info(data_cfg) -> DatasetInfo:
 def example_to_inputs(example, schema: Schema, data_cfg):
     """One TFDS example dict -> (image, {attribute: label}); pure, so it is tested eagerly and in map."""
     image = decode_image(example["image"], data_cfg.height, data_cfg.width, data_cfg.letterbox_crop,
-                         data_cfg.letterbox_threshold)
+                         data_cfg.letterbox_threshold, data_cfg.dct_scaling)
     labels = {a.name: tf.cast(example[a.name], tf.float32 if a.is_multi_label else tf.int32)
               for a in schema.attributes}
     return image, labels

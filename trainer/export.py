@@ -45,8 +45,9 @@ def model_outputs(model, images) -> dict[str, Any]:
 def decode_batch(image_bytes: tf.Tensor, config) -> tf.Tensor:
     """tf.string [N] -> float32 [N, H, W, 3], one image at a time (JPEGs of any size), as in evaluation."""
     d = config.data
-    return tf.map_fn(lambda b: decode_image(b, d.height, d.width, d.letterbox_crop, d.letterbox_threshold),
-                     image_bytes, fn_output_signature=tf.TensorSpec((d.height, d.width, 3), tf.float32))
+    decode = lambda b: decode_image(b, d.height, d.width, d.letterbox_crop, d.letterbox_threshold,  # noqa: E731
+                                    d.dct_scaling)
+    return tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec((d.height, d.width, 3), tf.float32))
 
 
 def serving_outputs(probs: Mapping[str, tf.Tensor], schema) -> dict[str, tf.Tensor]:

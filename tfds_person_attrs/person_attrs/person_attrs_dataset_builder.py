@@ -38,6 +38,7 @@ class PersonAttrsConfig(tfds.core.BuilderConfig):
     split_seed: int = 0
     split_fractions: tuple = grouping.DEFAULT_FRACTIONS
     dedup_threshold: int = grouping.DEFAULT_THRESHOLD
+    split_by: str = "group"  # one of grouping.SPLIT_BY
 
     @classmethod
     def from_schema(cls, schema: Schema, **kwargs) -> "PersonAttrsConfig":
@@ -110,8 +111,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             | "CollectFingerprints" >> beam.combiners.ToList()
             | "GroupNearDuplicates" >> beam.Map(bt.assign_groups, threshold=cfg.dedup_threshold)
         )
-        assigned = checked.checked | "AssignSplits" >> beam.Map(
-            _assign_split, groups=beam.pvalue.AsSingleton(groups), seed=cfg.split_seed, fractions=cfg.split_fractions)
+        if cfg.split_by == "row":
+            order = (checked.checked | "RowNumbers" >> beam.Map(lambda c: c.annotation.row)
+                     | "CollectRowNumbers" >> beam.combiners.ToList() | "SortRows" >> beam.Map(np.sort))
+            assigned = checked.checked | "AssignSplitsByRow" >> beam.Map(
+                _assign_split_by_row, groups=beam.pvalue.AsSingleton(groups), order=beam.pvalue.AsSingleton(order),
+                fractions=cfg.split_fractions)
+        else:
+            assigned = checked.checked | "AssignSplits" >> beam.Map(
+                _assign_split, groups=beam.pvalue.AsSingleton(groups), seed=cfg.split_seed,
+                fractions=cfg.split_fractions)
 
         stats = assigned | "CountClasses" >> beam.CombineGlobally(bt.ClassCounts(self.schema))
         image_skipped = checked[bt.SKIPPED_TAG] | "CollectSkipped" >> beam.combiners.ToList()
@@ -134,7 +143,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _config_record(self) -> dict:
         cfg = self.builder_config
         return {"schema": self.schema.name, "split_seed": cfg.split_seed,
-                "split_fractions": dict(cfg.split_fractions), "dedup_threshold": cfg.dedup_threshold}
+                "split_fractions": dict(cfg.split_fractions), "dedup_threshold": cfg.dedup_threshold,
+                "split_by": cfg.split_by}
 
     def _process_pipeline_result(self, pipeline_result) -> None:
         counters = pipeline_result.metrics().query(beam.metrics.MetricsFilter().with_namespace(bt.NAMESPACE))["counters"]
@@ -153,12 +163,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "split_seed": cfg.split_seed,
             "split_fractions": dict(cfg.split_fractions),
             "dedup_threshold": cfg.dedup_threshold,
+            "split_by": cfg.split_by,
         })
 
 
 def _assign_split(item, groups, seed, fractions):
     group = groups[item.annotation.image_id]
     return grouping.split_of(group, seed, fractions), group, item
+
+
+def _assign_split_by_row(item, groups, order, fractions):
+    rank = int(np.searchsorted(order, item.annotation.row))
+    return grouping.split_at(rank / len(order), fractions), groups[item.annotation.image_id], item
 
 
 def _to_example(element, schema: Schema):
