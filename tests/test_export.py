@@ -63,7 +63,8 @@ def test_exported_matches_in_memory_model(exported):
     model, config, out = exported
     jpegs = [letterboxed_jpeg(i) for i in range(3)] + [letterboxed_jpeg(9, size=(50, 120), band=(0, 50))]
     d = config.data
-    images = tf.stack([decode_image(tf.constant(b), d.height, d.width, d.letterbox_crop, dct_scaling=d.dct_scaling) for b in jpegs])
+    images = tf.stack([decode_image(tf.constant(b), d.height, d.width, d.letterbox_crop, dct_scaling=d.dct_scaling)
+                       for b in jpegs])
     expected = {k: np.asarray(v) for k, v in model(images, training=False).items()}
     serve = tf.saved_model.load(out).signatures["serving_default"]
     got = {k: v.numpy() for k, v in serve(image_bytes=tf.constant(jpegs)).items()}

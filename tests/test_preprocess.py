@@ -158,9 +158,11 @@ def test_row_order_split_puts_the_first_rows_in_train(tmp_path):
     src = fx.write_real_slice(tmp_path / "manual", 20, num_missing=3)
     summary = preprocess.run(["--manual_dir", str(src), "--data_dir", str(tmp_path / "data"),
                               "--split_by", "row", "--split", "50,25,25"])
-    builder = tfds.builder_from_directory(str(tmp_path / "data" / "person_attrs" / "hvc_byrow_split0p5-0p25-0p25" / "1.0.0"))
+    built = tmp_path / "data" / "person_attrs" / "hvc_byrow_split0p5-0p25-0p25" / "1.0.0"
+    builder = tfds.builder_from_directory(str(built))
     assert builder.info.metadata["split_by"] == "row" and summary["config"]["split_by"] == "row"
-    ids = {s: [ex["id"].decode() for ex in tfds.as_numpy(builder.as_dataset(split=s))] for s in ("train", "validation", "test")}
+    ids = {s: [ex["id"].decode() for ex in tfds.as_numpy(builder.as_dataset(split=s))]
+           for s in ("train", "validation", "test")}
     rows = [r["image_path"] for r in fx.real_rows()[1][:20]]
     assert sorted(ids["train"], key=rows.index) == rows[:10]
     assert sorted(ids["validation"], key=rows.index) == rows[10:15]

@@ -37,7 +37,7 @@ class DataConfig:
     width: int = 64
     letterbox_crop: bool = True  # decode only the person band between black side bars
     letterbox_threshold: float = 16.0  # column-max luma (0..255) below which a column is a bar
-    # Decode at 1/2..1/8 scale when the source has >= 2x the output's pixels per side: ~1.5x faster uncached
+    # Decode at 1/2..1/8 scale when the source has >= 2x the output's pixels per side: ~1.4x faster uncached
     # input (docs/performance.md). Off by default: a model must be evaluated and served with the decode it was
     # trained with, and configs saved before this field existed decoded at full scale. In crop mode the check
     # uses the whole width, so a narrow band may be upsampled horizontally.
