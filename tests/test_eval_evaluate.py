@@ -48,6 +48,7 @@ def test_evaluate_writes_metrics_and_report(job_dir, capsys):
     assert np.sum(g["confusion_matrix"]) == trainer_fixtures.num_examples(trainer_fixtures.MULTI_SCHEMA.name, "test")
     assert saved["heads"]["clothes"]["kind"] == "multi" and "mAP" in saved["heads"]["clothes"]
     assert saved["summary"]["mean_accuracy"] == pytest.approx(metrics["summary"]["mean_accuracy"])
+    assert saved["flip_tta"] is False
     for name in ("index.html", "confusion_gender.png", "curves_loss.png", "schedule.png", "samples/000.png"):
         assert os.path.exists(os.path.join(out, name)), name
     assert os.listdir(os.path.join(job, "logs", "eval_test"))  # TensorBoard events
@@ -90,3 +91,26 @@ def test_worst_examples_kept_across_batches(job_dir):
     assert list(pred["worst"].ids) == expected
     assert pred["worst"].images.shape[0] == 5 and pred["worst"].images.dtype == np.uint8
     assert len(pred["ids"]) == len(set(pred["ids"])) == trainer_fixtures.num_examples(trainer_fixtures.MULTI_SCHEMA.name, "test")
+
+
+def test_flip_tta_averages_each_image_with_its_mirror(job_dir):
+    """--flip_tta: every probability is the mean of the model's outputs on the image and on its mirror."""
+    import tensorflow as tf
+
+    from trainer import evaluate
+    from trainer.config import config_from_yaml
+    from trainer.data import dataset_info, make_eval_dataset
+
+    job, data_dir, model = job_dir
+    config = config_from_yaml(os.path.join(job, "config.yaml"))
+    schema = dataset_info(config.data).schema
+    plain = evaluate.predict_split(model, config, schema, "test")["probs"]["gender"]
+    tta = evaluate.predict_split(model, config, schema, "test", flip_tta=True)["probs"]["gender"]
+    expected = np.concatenate([
+        ((model(x, training=False)["gender"] + model(tf.reverse(x, [2]), training=False)["gender"]) / 2).numpy()
+        for x, _ in make_eval_dataset(config, split="test")])
+    np.testing.assert_allclose(tta, expected, atol=1e-5)
+    assert not np.allclose(tta, plain, atol=1e-4)  # the mirror changed something: the test can tell
+    metrics = evaluate.evaluate(job, data_dir, "test", max_images=3, flip_tta=True)
+    saved = json.load(open(os.path.join(job, "eval_test_flip", "metrics.json")))
+    assert saved["flip_tta"] is True and metrics["flip_tta"] is True

@@ -78,6 +78,23 @@ def test_exported_matches_in_memory_model(exported):
         "|".join(c for c, on in zip(SCHEMA["tags"].classes, row) if on) for row in active]
 
 
+def test_flip_tta_export_serves_the_mean_with_the_mirror(exported, tmp_path):
+    import tensorflow as tf
+
+    from trainer.export import export_model
+    from trainer.preprocess_ops import decode_image
+
+    model, config, _ = exported
+    out = export_model(model, config, SCHEMA, str(tmp_path / "model_tta"), flip_tta=True)
+    jpegs = [letterboxed_jpeg(i) for i in range(2)]
+    d = config.data
+    x = tf.stack([decode_image(tf.constant(b), d.height, d.width, d.letterbox_crop, dct_scaling=d.dct_scaling)
+                  for b in jpegs])
+    expected = (model(x, training=False)["age"] + model(tf.reverse(x, [2]), training=False)["age"]) / 2
+    got = tf.saved_model.load(out).signatures["serving_default"](image_bytes=tf.constant(jpegs))["age_probs"]
+    np.testing.assert_allclose(got.numpy(), np.asarray(expected), atol=1e-5)
+
+
 _CLEAN_LOAD = textwrap.dedent("""
     import sys
 

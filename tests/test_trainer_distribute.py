@@ -69,3 +69,15 @@ def test_global_batch_and_lr_scaling():
         global_batch_size(fixed, 4)
     assert is_chief({}) and not is_chief({"TF_CONFIG": json.dumps(
         {"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker", "index": 0}})})
+
+
+def test_cpu_bf16_detection_reads_the_flags(tmp_path):
+    from trainer.distribute import cpu_has_bf16
+
+    amd = tmp_path / "avx2"
+    amd.write_text("processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")
+    intel = tmp_path / "spr"
+    intel.write_text("processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 amx_tile\n")
+    assert not cpu_has_bf16(str(amd))
+    assert cpu_has_bf16(str(intel))
+    assert cpu_has_bf16(str(tmp_path / "absent"))  # unreadable: no warning rather than a false one

@@ -1,12 +1,14 @@
 """Evaluate a trained run on a split: per-head table with baselines, metrics.json and the HTML report.
 
-    python -m trainer.evaluate --model JOB_DIR --data_dir OUT --split test [--out JOB_DIR/eval_test]
+    python -m trainer.evaluate --model JOB_DIR --data_dir OUT --split test [--out JOB_DIR/eval_test] [--flip_tta]
 
 --model is a job dir (uses checkpoints/best.keras, else model.keras) or a .keras file inside one; the
 preprocessing comes from JOB_DIR/config.yaml so evaluation sees images exactly as training did. The majority
 baselines use the training split's class counts stored in the dataset's metadata. Output in --out:
 metrics.json (every number, per head, plus the summary) and index.html with its PNGs; the confusion matrices
 also go to TensorBoard (JOB_DIR/logs/eval_<split>, or AIP_TENSORBOARD_LOG_DIR) unless --no-tensorboard.
+--flip_tta averages each image's and its mirror's probabilities (default --out JOB_DIR/eval_<split>_flip);
+metrics.json records which was used.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from trainer.export import load_job, model_outputs
 
 
 def predict_split(model, config, schema, split: str, batch: int = 64, max_steps: int = 0,
-                  keep_worst: int = 48) -> dict[str, Any]:
-    """Runs the model over one pass of `split`.
+                  keep_worst: int = 48, flip_tta: bool = False) -> dict[str, Any]:
+    """Runs the model over one pass of `split` (flip_tta: averaged with the mirrored images).
 
     Returns {"labels", "probs"} (dicts of arrays over every example), "ids", and "worst": a report.Samples of
     the `keep_worst` examples with the highest summed loss. Only those images are kept (merged batch by batch),
@@ -39,7 +41,9 @@ def predict_split(model, config, schema, split: str, batch: int = 64, max_steps:
     labels: dict[str, list] = {a.name: [] for a in schema.attributes}
     probs: dict[str, list] = {a.name: [] for a in schema.attributes}
     ids, worst = [], None
-    infer = tf.function(lambda x: model_outputs(model, x))  # one trace, not eager per batch
+    if flip_tta and not config.augment.flip:
+        print("warning: --flip_tta on a model trained without augment.flip: mirrored images are new to it")
+    infer = tf.function(lambda x: model_outputs(model, x, flip_tta))  # one trace, not eager per batch
     for step, ((x, y), batch_ids) in enumerate(zip(ds, ids_ds)):
         if max_steps and step >= max_steps:
             break
@@ -96,19 +100,19 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | None = None, batch: int = 64,
              max_images: int = 48, max_steps: int = 0, tensorboard: bool = False,
-             embed: bool = False) -> dict[str, Any]:
+             embed: bool = False, flip_tta: bool = False) -> dict[str, Any]:
     """Loads, predicts, scores, writes metrics.json and the report; returns the metrics dict."""
     t0 = time.time()
     model, config, job_dir = load_job(model_path, data_dir)
     info = data_lib.dataset_info(config.data)
     schema = info.schema
-    pred = predict_split(model, config, schema, split, batch, max_steps, keep_worst=max_images)
+    pred = predict_split(model, config, schema, split, batch, max_steps, keep_worst=max_images, flip_tta=flip_tta)
     train_counts = info.class_counts.get(config.data.train_split)
     metrics = eval_metrics.evaluate_arrays(schema, pred["labels"], pred["probs"], train_counts)
     metrics.update({"model": model_path, "job_dir": job_dir, "data_dir": config.data.data_dir, "split": split,
                     "num_examples": len(pred["ids"]), "baseline_from": config.data.train_split,
-                    "schema": schema.to_dict(), "seconds": round(time.time() - t0, 1)})
-    out_dir = out_dir or os.path.join(job_dir, f"eval_{split}")
+                    "flip_tta": flip_tta, "schema": schema.to_dict(), "seconds": round(time.time() - t0, 1)})
+    out_dir = out_dir or os.path.join(job_dir, f"eval_{split}" + ("_flip" if flip_tta else ""))
     tf.io.gfile.makedirs(out_dir)
     with tf.io.gfile.GFile(os.path.join(out_dir, "metrics.json"), "w") as f:
         f.write(json.dumps(metrics, indent=2))
@@ -116,7 +120,8 @@ def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | N
                                title=f"{os.path.basename(job_dir.rstrip('/'))}: {split} split",
                                max_images=max_images, embed=embed,
                                notes=[f"model {model_path}", f"data {config.data.data_dir}",
-                                      f"{len(pred['ids'])} examples of split {split!r}"])
+                                      f"{len(pred['ids'])} examples of split {split!r}"
+                                      + (", each averaged with its mirror image (flip TTA)" if flip_tta else "")])
     if tensorboard:
         from trainer.paths import job_paths
 
@@ -139,8 +144,11 @@ def main(argv=None) -> None:
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                    help="also log the confusion matrices as images to JOB_DIR/logs/eval_<split> (default on)")
     p.add_argument("--embed", action="store_true", help="inline the images too: index.html works on its own")
+    p.add_argument("--flip_tta", action="store_true",
+                   help="average each image's and its mirror's probabilities (test-time augmentation)")
     a = p.parse_args(argv)
-    evaluate(a.model, a.data_dir, a.split, a.out, a.batch_size, a.max_images, a.max_steps, a.tensorboard, a.embed)
+    evaluate(a.model, a.data_dir, a.split, a.out, a.batch_size, a.max_images, a.max_steps, a.tensorboard, a.embed,
+             a.flip_tta)
 
 
 if __name__ == "__main__":

@@ -32,14 +32,22 @@ SIGNATURE = "serving_default"
 MULTI_LABEL_THRESHOLD = 0.5
 
 
-def model_outputs(model, images) -> dict[str, Any]:
-    """The model's outputs as {attribute: probabilities}, whether it returns a dict or a list of heads."""
+def model_outputs(model, images, flip_tta: bool = False) -> dict[str, Any]:
+    """The model's outputs as {attribute: probabilities}, whether it returns a dict or a list of heads.
+
+    flip_tta: also run the mirrored images and average the two probabilities (test-time augmentation; one
+    extra forward pass). Meant for models trained with augment.flip, whose classes do not depend on
+    left/right (no 'facing left' class).
+    """
     out = model(images, training=False)
     if isinstance(out, Mapping):
-        return dict(out)
-    if not isinstance(out, (list, tuple)):
-        out = [out]
-    return dict(zip(model.output_names, out))
+        out = dict(out)
+    else:
+        out = dict(zip(model.output_names, out if isinstance(out, (list, tuple)) else [out]))
+    if flip_tta:
+        mirrored = model_outputs(model, tf.reverse(images, axis=[2]))
+        out = {k: (v + mirrored[k]) / 2 for k, v in out.items()}
+    return out
 
 
 def decode_batch(image_bytes: tf.Tensor, config) -> tf.Tensor:
@@ -77,12 +85,15 @@ def labels_dict(schema) -> dict[str, Any]:
                            for a in schema.attributes}}
 
 
-def export_model(model, config, schema, export_dir: str) -> str:
-    """Writes the SavedModel, labels.json and config.yaml to export_dir (local or gs://); returns export_dir."""
+def export_model(model, config, schema, export_dir: str, flip_tta: bool = False) -> str:
+    """Writes the SavedModel, labels.json and config.yaml to export_dir (local or gs://); returns export_dir.
+
+    flip_tta: the signature averages each image's and its mirror's probabilities, as `evaluate --flip_tta`.
+    """
     import keras
 
     def serve(image_bytes):
-        return serving_outputs(model_outputs(model, decode_batch(image_bytes, config)), schema)
+        return serving_outputs(model_outputs(model, decode_batch(image_bytes, config), flip_tta), schema)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -138,6 +149,8 @@ def main(argv=None) -> None:
     p.add_argument("--job_dir", required=True, help="JOB_DIR, or a .keras file inside it")
     p.add_argument("--export_dir", help="default: JOB_DIR/model (AIP_MODEL_DIR on Vertex)")
     p.add_argument("--data_dir", help="override the config's data_dir (where the schema is read from)")
+    p.add_argument("--flip_tta", action="store_true",
+                   help="serve the average of each image's and its mirror's probabilities (as evaluate --flip_tta)")
     args = p.parse_args(argv)
     from trainer.data import dataset_info
     from trainer.paths import job_paths
@@ -145,8 +158,9 @@ def main(argv=None) -> None:
     model, config, job_dir = load_job(args.job_dir, args.data_dir)
     schema = dataset_info(config.data).schema
     out = args.export_dir or job_paths(job_dir).model_dir
-    export_model(model, config, schema, out)
-    print(f"exported to {out} (signature {SIGNATURE!r}, input {INPUT_KEY!r})")
+    export_model(model, config, schema, out, args.flip_tta)
+    print(f"exported to {out} (signature {SIGNATURE!r}, input {INPUT_KEY!r}"
+          + (", flip test-time augmentation)" if args.flip_tta else ")"))
 
 
 if __name__ == "__main__":
