@@ -49,7 +49,7 @@ def test_files_beside_the_saved_model(exported):
     assert os.path.exists(os.path.join(out, "saved_model.pb"))
     labels = json.load(open(os.path.join(out, "labels.json")))
     assert labels["attributes"]["age"]["classes"] == ["young", "mid", "old"]
-    assert labels["input"] == "image_bytes"
+    assert labels["input"] == "image_bytes" and labels["flip_tta"] is False
     from trainer.config import config_from_yaml
 
     assert config_from_yaml(os.path.join(out, "config.yaml")) == config
@@ -93,6 +93,7 @@ def test_flip_tta_export_serves_the_mean_with_the_mirror(exported, tmp_path):
     expected = (model(x, training=False)["age"] + model(tf.reverse(x, [2]), training=False)["age"]) / 2
     got = tf.saved_model.load(out).signatures["serving_default"](image_bytes=tf.constant(jpegs))["age_probs"]
     np.testing.assert_allclose(got.numpy(), np.asarray(expected), atol=1e-5)
+    assert json.load(open(os.path.join(out, "labels.json")))["flip_tta"] is True
 
 
 _CLEAN_LOAD = textwrap.dedent("""

@@ -101,7 +101,8 @@ def export_model(model, config, schema, export_dir: str, flip_tta: bool = False)
                          input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
     archive.write_out(export_dir, verbose=False)
     with tf.io.gfile.GFile(os.path.join(export_dir, "labels.json"), "w") as f:
-        f.write(json.dumps(labels_dict(schema), indent=2))
+        # flip_tta recorded so that whoever serves the folder can tell how its probabilities were made
+        f.write(json.dumps({**labels_dict(schema), "flip_tta": flip_tta}, indent=2))
     with tf.io.gfile.GFile(os.path.join(export_dir, "config.yaml"), "w") as f:
         f.write(config.to_yaml())
     return export_dir
