@@ -68,12 +68,16 @@ def test_evaluate_uses_the_models_predictions(job_dir):
     saved = json.load(open(os.path.join(job, "eval_test", "metrics.json")))
     config = config_from_yaml(os.path.join(job, "config.yaml"))
     right = total = 0
+    nll = 0.0
     for x, y in make_eval_dataset(config, split="test"):
         p = model(x, training=False)["gender"]
         right += int(tf.reduce_sum(tf.cast(tf.argmax(p, -1, output_type=tf.int32) == y["gender"], tf.int32)))
+        nll -= float(tf.reduce_sum(tf.math.log(tf.gather(p, y["gender"], batch_dims=1))))
         total += int(tf.shape(x)[0])
     assert saved["heads"]["gender"]["accuracy"] == pytest.approx(right / total)
-    assert "bal.acc" in evaluate.format_table(saved)
+    assert saved["heads"]["gender"]["log_loss"] == pytest.approx(nll / total, rel=1e-4)
+    assert saved["heads"]["gender"]["prior_log_loss"] > 0
+    assert "bal.acc" in evaluate.format_table(saved) and "logloss" in evaluate.format_table(saved)
 
 
 def test_worst_examples_kept_across_batches(job_dir):

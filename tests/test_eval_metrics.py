@@ -46,6 +46,30 @@ def test_single_label_matches_sklearn(seed):
     assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_log_loss_matches_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, 200)
+    probs = rng.random((200, 4))
+    probs /= probs.sum(1, keepdims=True)
+    assert em.single_label_metrics(y, probs)["log_loss"] == pytest.approx(skm.log_loss(y, probs, labels=range(4)))
+
+
+def test_prior_log_loss_is_what_answering_the_training_frequencies_scores():
+    y = np.array([0, 0, 1])
+    # train counts 3/1, add-one smoothed -> frequencies 4/6 and 2/6
+    by_hand = -(2 * np.log(4 / 6) + np.log(2 / 6)) / 3
+    assert em.prior_log_loss([3, 1], y) == pytest.approx(by_hand)
+    # a class never seen in training costs a finite amount
+    assert np.isfinite(em.prior_log_loss([5, 0], np.array([1, 1])))
+    prior_only = em.single_label_metrics(y, np.tile([4 / 6, 2 / 6], (3, 1)), train_counts=[3, 1])
+    assert prior_only["log_loss"] == pytest.approx(prior_only["prior_log_loss"])
+    informed = em.single_label_metrics(y, np.array([[0.9, 0.1], [0.9, 0.1], [0.2, 0.8]]), train_counts=[3, 1])
+    assert informed["log_loss"] < informed["prior_log_loss"]
+    # hard predictions carry no probabilities, so no log loss
+    assert "log_loss" not in em.single_label_metrics(y, np.array([0, 0, 0]), class_names=["a", "b"])
+
+
 def test_class_missing_from_labels_is_left_out_like_sklearn():
     y, pred = np.array([0, 0, 1]), np.array([0, 2, 1])  # class 2 predicted, never true
     cm = em.confusion_matrix(y, pred, 3)

@@ -55,6 +55,9 @@ def test_report_files_and_order(tmp_path):
     shown = [float(x) for x in re.findall(r"loss ([0-9.]+)</div>", text)]
     assert shown == sorted(shown, reverse=True) and len(shown) == 5  # worst mistakes first
     assert 'id="metrics"' in text and "majority baseline" in text
+    prior = metrics["heads"]["age"]["prior_log_loss"]
+    assert "prior's log loss" in text
+    assert f"<td>{prior:.3f}</td>" in text  # the age row shows its prior's log loss
 
 
 def test_missing_schedule_columns_are_noted(tmp_path):

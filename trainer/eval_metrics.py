@@ -5,7 +5,9 @@ they are the same whichever backend produced the predictions.
 
 Single-label heads: accuracy, balanced accuracy (mean per-class recall), macro-F1, confusion matrix and the
 majority-class baseline (the training split's most frequent class, scored on the evaluated labels) -- plain
-accuracy hides a head that only learned the prior (emotion is 72% "Neutral").
+accuracy hides a head that only learned the prior (emotion is 72% "Neutral"). Beside it the log loss and the
+prior's log loss (always answering the training class frequencies): a head whose log loss is not below its
+prior's has learnt nothing about the image, whatever its accuracy says.
 Multi-label attributes: mA (the pedestrian-attribute standard), instance-level accuracy/precision/recall/F1
 and mAP.
 
@@ -81,6 +83,23 @@ def majority_baseline(train_counts: Sequence[int], y_true) -> dict[str, Any]:
             "accuracy": accuracy(y_true, np.full(np.shape(y_true), cls))}
 
 
+def log_loss(y_true, probs) -> float:
+    """Mean negative log-probability of the true class, in nats (sklearn's log_loss, probabilities clipped)."""
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1.0)
+    return float(-np.mean(np.log(p[np.arange(y.size), y]))) if y.size else float("nan")
+
+
+def prior_log_loss(train_counts: Sequence[int], y_true) -> float:
+    """The log loss of answering every image with the training split's class frequencies, on these labels.
+
+    Add-one smoothed, so a class that never occurs in training costs a finite amount rather than infinity.
+    """
+    counts = np.asarray(train_counts, dtype=np.float64) + 1.0
+    n = np.size(y_true)
+    return log_loss(y_true, np.broadcast_to(counts / counts.sum(), (n, counts.size)))
+
+
 def single_label_metrics(y_true, probs, class_names: Sequence[str] | None = None,
                          train_counts: Sequence[int] | None = None) -> dict[str, Any]:
     """All single-label numbers for one head. y_true: int [N]; probs: float [N, C] (or int predictions [N])."""
@@ -106,6 +125,10 @@ def single_label_metrics(y_true, probs, class_names: Sequence[str] | None = None
         out["majority_class"] = (class_names[base["class_index"]] if class_names is not None
                                  else base["class_index"])
         out["majority_train_fraction"] = base["train_fraction"]
+    if probs.ndim == 2:
+        out["log_loss"] = log_loss(y_true, probs)
+        if train_counts is not None:
+            out["prior_log_loss"] = prior_log_loss(train_counts, y_true)
     return out
 
 

@@ -78,7 +78,7 @@ def _keep_worst(kept: dict | None, new: dict, k: int) -> dict:
 
 def format_table(metrics: dict[str, Any]) -> str:
     """The terminal table: one row per head, the baseline beside the accuracy, '<' where it does not beat it."""
-    lines = [f"{'head':<16}{'acc':>8}{'baseline':>10}{'bal.acc':>9}{'macroF1':>9}{'n':>7}"]
+    lines = [f"{'head':<16}{'acc':>8}{'baseline':>10}{'bal.acc':>9}{'macroF1':>9}{'logloss':>9}{'prior':>8}{'n':>7}"]
     for name, h in metrics["heads"].items():
         if h["kind"] == "multi":
             lines.append(f"{name:<16} mA {h['mA']:.3f}  mAP {h['mAP']:.3f}  inst.F1 {h['instance_f1']:.3f}"
@@ -87,14 +87,17 @@ def format_table(metrics: dict[str, Any]) -> str:
         base = h.get("majority_baseline")
         flag = " <" if base is not None and h["accuracy"] <= base else ""
         base_s = f"{base:10.3f}" if base is not None else f"{'-':>10}"
+        ll = f"{h['log_loss']:9.3f}" if "log_loss" in h else f"{'-':>9}"
+        prior = f"{h['prior_log_loss']:8.3f}" if "prior_log_loss" in h else f"{'-':>8}"
         lines.append(f"{name:<16}{h['accuracy']:8.3f}{base_s}{h['balanced_accuracy']:9.3f}{h['macro_f1']:9.3f}"
-                     f"{h['n']:7d}{flag}")
+                     f"{ll}{prior}{h['n']:7d}{flag}")
     s = metrics["summary"]
     if s.get("mean_accuracy") is not None:
         base = s.get("mean_majority_baseline")
         lines.append(f"{'mean':<16}{s['mean_accuracy']:8.3f}" + (f"{base:10.3f}" if base is not None else f"{'-':>10}")
                      + f"{s['mean_balanced_accuracy']:9.3f}{s['mean_macro_f1']:9.3f}")
-    lines.append("('<': not better than always answering the training split's most frequent class)")
+    lines.append("('<': not better than always answering the training split's most frequent class; "
+                 "prior: the log loss of always answering the training class frequencies)")
     return "\n".join(lines)
 
 

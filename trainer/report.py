@@ -186,7 +186,8 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
     """The table for evaluate_arrays() output; a red row is a head that does not beat its baseline."""
     heads, summary = metrics.get("heads", {}), metrics.get("summary", {})
     out = ['<table id="metrics"><tr><th>head</th><th>accuracy</th><th>majority baseline</th>'
-           '<th>(majority class)</th><th>balanced acc.</th><th>macro-F1</th><th>n</th></tr>']
+           '<th>(majority class)</th><th>balanced acc.</th><th>macro-F1</th><th>log loss</th>'
+           "<th>prior's log loss</th><th>n</th></tr>"]
     for name, h in heads.items():
         if h.get("kind") == "multi":
             continue
@@ -194,7 +195,8 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
         below = base is not None and h["accuracy"] <= base
         out.append(f'<tr class="{"below" if below else ""}"><td>{html.escape(name)}</td>'
                    + "".join(f"<td>{_fmt(h.get(k))}</td>" for k in
-                             ("accuracy", "majority_baseline", "majority_class", "balanced_accuracy", "macro_f1", "n"))
+                             ("accuracy", "majority_baseline", "majority_class", "balanced_accuracy", "macro_f1",
+                              "log_loss", "prior_log_loss", "n"))
                    + "</tr>")
     out.append("</table>")
     multi = {k: h for k, h in heads.items() if h.get("kind") == "multi"}
@@ -282,7 +284,9 @@ def write_report(out_dir: str, schema=None, metrics: Mapping[str, Any] | None = 
         page.add("<h2>Metrics</h2>")
         page.add(metrics_table(metrics) if "heads" in metrics else flat_metrics_table(metrics))
         page.add("<p>Red rows do not beat the majority-class baseline (the training split's most frequent class, "
-                 "scored on this split). Balanced accuracy is the mean per-class recall: 1/C for a constant guess.</p>")
+                 "scored on this split). Balanced accuracy is the mean per-class recall: 1/C for a constant guess. "
+                 "A log loss not below the prior's (always answering the training class frequencies) means the "
+                 "head has learnt nothing about the image.</p>")
     if history_csv and _exists(history_csv):
         page.add("<h2>Training</h2>")
         history_figures(page, read_history(history_csv), schema.names if schema else ())
