@@ -7,7 +7,7 @@ Single-label heads: accuracy, balanced accuracy (mean per-class recall), macro-F
 majority-class baseline (the training split's most frequent class, scored on the evaluated labels) -- plain
 accuracy hides a head that only learned the prior (emotion is 72% "Neutral"). Beside it the log loss and the
 prior's log loss (always answering the training class frequencies): a head whose log loss is not below its
-prior's has learnt nothing about the image, whatever its accuracy says.
+prior's tells no more about the image than the class frequencies do, whatever its accuracy says.
 Multi-label attributes: mA (the pedestrian-attribute standard), instance-level accuracy/precision/recall/F1
 and mAP.
 

@@ -286,7 +286,7 @@ def write_report(out_dir: str, schema=None, metrics: Mapping[str, Any] | None = 
         page.add("<p>Red rows do not beat the majority-class baseline (the training split's most frequent class, "
                  "scored on this split). Balanced accuracy is the mean per-class recall: 1/C for a constant guess. "
                  "A log loss not below the prior's (always answering the training class frequencies) means the "
-                 "head has learnt nothing about the image.</p>")
+                 "head's probabilities tell no more about the image than the class frequencies do.</p>")
     if history_csv and _exists(history_csv):
         page.add("<h2>Training</h2>")
         history_figures(page, read_history(history_csv), schema.names if schema else ())
