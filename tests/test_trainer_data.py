@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tests import trainer_fixtures as fx
-from trainer.data import dataset_info, make_eval_dataset, make_train_dataset
+from trainer.data import builder, dataset_info, make_eval_dataset, make_train_dataset, shard_split, split_examples
 from trainer.preprocess_ops import decode_image, decode_jpeg_scaled, person_band
 
 
@@ -87,3 +87,22 @@ def test_cached_train_split_gives_the_same_images_as_decoding_each_time():
     assert cached[0].dtype == tf.float32
     for name in plain[1]:
         np.testing.assert_array_equal(cached[1][name].numpy(), plain[1][name].numpy())
+
+
+def _ids(cfg, split):
+    return [x["id"].numpy().decode() for x in builder(cfg.data).as_dataset(split=split)]
+
+
+@pytest.mark.parametrize("split", ["train", "train[:16]"])
+def test_every_example_is_read_by_exactly_one_worker(split):
+    cfg = fx.smoke_config(fx.fixture_data_dir())
+    everything = _ids(cfg, split)
+    assert len(everything) == split_examples(cfg.data, split) and len(set(everything)) == len(everything)
+    for workers in (1, 2, 3, 7):
+        shards = [_ids(cfg, shard_split(cfg.data, split, workers, i)) for i in range(workers)]
+        assert sorted(sum(shards, [])) == sorted(everything)  # each example once: disjoint, and nothing left out
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    images, _ = next(iter(make_train_dataset(cfg, 4, num_shards=3, index=2)))
+    assert images.shape == (4, 32, 16, 3)
+    with pytest.raises(ValueError, match="fewer than the 17 workers"):
+        shard_split(cfg.data, "train[:16]", 17, 0)

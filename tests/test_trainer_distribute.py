@@ -1,4 +1,5 @@
-"""MirroredStrategy over two logical CPUs gives the same training as one device on the same global batch.
+"""MirroredStrategy over two logical CPUs (distribute.cpu_devices) trains like one device on the same global
+batch; global batch, LR scaling, TF_CONFIG parsing.
 
     python -m pytest -q -x tests/test_trainer_distribute.py
 
@@ -17,14 +18,12 @@ import numpy as np
 import pytest
 
 from tests import trainer_fixtures as fx
+from trainer import cluster
 from trainer.config import ConfigError, load_config
-from trainer.distribute import global_batch_size, is_chief, lr_scale
+from trainer.distribute import global_batch_size, lr_scale
 
 SCRIPT = textwrap.dedent("""
     import json, sys
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from tests.trainer_fixtures import smoke_config
     from trainer.distribute import make_strategy
     from trainer.train import run
@@ -33,8 +32,9 @@ SCRIPT = textwrap.dedent("""
     o = {"augment.enabled": False, "model.dropout": 0.0, "train.epochs": 1, "train.steps_per_epoch": 3,
          "train.global_batch_size": 8, "data.shuffle_buffer": 0, "distribute.jit_compile": "false"}
     out = {}
-    for name, strategy in (("one", "default"), ("two", "mirrored")):
-        cfg = smoke_config(data_dir, f"{job}/{name}", **o, **{"distribute.strategy": strategy})
+    # The two-device run first: the CPU can be split only before TensorFlow's runtime starts.
+    for name, cpus in (("two", 2), ("one", 0)):
+        cfg = smoke_config(data_dir, f"{job}/{name}", **o, **{"distribute.cpu_devices": cpus})
         s = make_strategy(cfg)
         r = run(cfg, strategy=s)
         out[name] = {"replicas": s.num_replicas_in_sync, "loss": r["history"]["loss"][-1],
@@ -67,8 +67,31 @@ def test_global_batch_and_lr_scaling():
     assert global_batch_size(fixed, 3) == 30
     with pytest.raises(ConfigError, match="not divisible"):
         global_batch_size(fixed, 4)
-    assert is_chief({}) and not is_chief({"TF_CONFIG": json.dumps(
-        {"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker", "index": 0}})})
+
+
+def test_tf_config_names_the_task_and_its_chief():
+    lone = cluster.from_env({})
+    assert lone.is_chief and not lone.is_multi_worker
+    with_chief = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
+    chief = cluster.parse(cluster.tf_config(with_chief, "chief", 0))
+    worker0 = cluster.parse(cluster.tf_config(with_chief, "worker", 0))
+    assert chief.is_chief and not worker0.is_chief and worker0.num_tasks == 3 and worker0.address == "b:1"
+    workers_only = {"worker": ["a:1", "b:1"]}
+    assert cluster.parse(cluster.tf_config(workers_only, "worker", 0)).is_chief
+    assert not cluster.parse(cluster.tf_config(workers_only, "worker", 1)).is_chief
+    assert worker0.scratch_dir("gs://b/job/") == "gs://b/job/.task_scratch/worker_0"
+    # Vertex AI adds fields of its own; a one-task cluster is a plain single-process run.
+    vertex_single = {"cluster": {"chief": ["h:2222"]}, "task": {"type": "chief", "index": 0, "trial": ""},
+                     "environment": "cloud", "job": {}}
+    assert not cluster.parse(json.dumps(vertex_single)).is_multi_worker
+    for bad, message in [("[1]", "must be a JSON object"),
+                         ('{"cluster": {"chief": ["a:1", "b:1"]}}', "2 chief tasks"),
+                         ('{"cluster": {"worker": ["a:1", "b:1"]}}', "no task"),
+                         ('{"cluster": {"worker": "a:1"}, "task": {"type": "worker"}}', "non-empty list"),
+                         ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "chief", "index": 0}}',
+                          "task type 'chief' is not in the cluster")]:
+        with pytest.raises(cluster.ClusterError, match=message):
+            cluster.parse(bad)
 
 
 def test_cpu_bf16_detection_reads_the_flags(tmp_path):

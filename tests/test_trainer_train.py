@@ -1,4 +1,4 @@
-"""run(config) end to end on the fixture dataset: outputs, resume after a crash, loud failure on NaN.
+"""run(config) end to end on the fixture dataset: outputs, resume after a crash, non-finite losses, atomic saves.
 
     python -m pytest -q -x tests/test_trainer_train.py
 """
@@ -6,6 +6,9 @@
 import csv
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -13,7 +16,9 @@ import pytest
 
 from tests import trainer_fixtures as fx
 from tfds_person_attrs.schema import HVC
+from trainer import backup, joblock
 from trainer.callbacks import NonFiniteLossError
+from trainer.config import ConfigError
 from trainer.train import run
 
 
@@ -42,14 +47,39 @@ class FirstBatchProbe(keras.callbacks.Callback):
             self.weights = [w.copy() for w in self.model.get_weights()]
 
 
+class BreakBatchNormBeforeValidation(keras.callbacks.Callback):
+    """In epoch `epoch`, after training and before validation: a negative moving variance makes inference NaN."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch, self.current = epoch, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_test_begin(self, logs=None):
+        if self.current == self.epoch:
+            bn = next(layer for layer in self.model.layers if isinstance(layer, keras.layers.BatchNormalization))
+            bn.moving_variance.assign(-np.ones(bn.moving_variance.shape, "float32"))
+
+
+def read_rows(job):
+    with open(f"{job}/history.csv") as f:
+        return list(csv.DictReader(f))
+
+
 def test_crash_resume_continues_and_writes_every_output(tmp_path):
     job = str(tmp_path / "job")
     cfg = fx.smoke_config(fx.fixture_data_dir(), job, **{"train.epochs": 2, "train.steps_per_epoch": 3})
     crash = CrashAfterFirstEpoch()
     with pytest.raises(Crash):
         run(cfg, extra_callbacks=[crash])
-    assert crash.step == 3 and os.path.exists(f"{job}/backup/latest.weights.h5")
+    assert crash.step == 3 and backup.read_state(f"{job}/backup").step == 3
+    assert not os.path.exists(f"{job}/.lock")  # released when the run ended, even by an exception
 
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with open(f"{job}/.lock", "w") as f:  # what a kill -9 leaves: the lock of a process that no longer runs
+        json.dump({"host": socket.gethostname(), "pid": int(gone.stdout), "boot_id": joblock._boot_id()}, f)
     probe = FirstBatchProbe()
     result = run(cfg, extra_callbacks=[probe])  # the same command again
     assert probe.step == 3  # continues at the step where the backup was taken ...
@@ -57,18 +87,37 @@ def test_crash_resume_continues_and_writes_every_output(tmp_path):
     assert probe.lr == pytest.approx(float(keras.ops.convert_to_numpy(sched(3))))  # ... on the same LR curve
     for a, b in zip(probe.weights, crash.weights):  # ... from the same weights (BN statistics included)
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    assert result["steps"] == 6 and len(result["history"]["loss"]) == 1
+    assert result["steps"] == 6 and len(result["history"]["loss"]) == 2  # every epoch of the run, not the last
 
-    for name in ("config.yaml", "history.csv", "metrics.json", "model.keras", "checkpoints/best.keras"):
+    for name in ("config.yaml", "history.csv", "metrics.json", "model.keras", "checkpoints/best.keras",
+                 "model/saved_model.pb", "model/labels.json"):
         assert os.path.exists(f"{job}/{name}"), name
     assert not os.path.exists(f"{job}/backup")  # removed once the run completed
-    with open(f"{job}/history.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["epoch"] for r in rows] == ["0", "1"]  # the resumed run appended its epoch
+    rows = read_rows(job)
+    assert [r["epoch"] for r in rows] == ["0", "1"]
     assert {"lr", "momentum", "val_mean_accuracy", "val_gender_accuracy"} <= set(rows[0])
     metrics = json.load(open(f"{job}/metrics.json"))
+    assert metrics["epochs_completed"] == 2
     assert set(metrics["val_accuracy"]) == set(HVC.names)
     assert metrics["val_mean_accuracy"] == pytest.approx(np.mean(list(metrics["val_accuracy"].values())))
+    assert metrics["best_val_mean_accuracy"] == pytest.approx(max(float(r["val_mean_accuracy"]) for r in rows))
+    assert not [n for n in os.listdir(job) + os.listdir(f"{job}/checkpoints") if n.startswith(".tmp-")]
+
+
+def test_resume_with_another_config_is_refused_unless_allowed(tmp_path):
+    job = str(tmp_path / "job")
+    cfg = fx.smoke_config(fx.fixture_data_dir(), job, **{"train.epochs": 2, "train.steps_per_epoch": 2})
+    with pytest.raises(Crash):
+        run(cfg, extra_callbacks=[CrashAfterFirstEpoch()])
+    changed = cfg.replace(**{"optim.max_lr": 0.2, "loss.label_smoothing": 0.1})
+    with pytest.raises(ConfigError) as refused:
+        run(changed)
+    assert "loss.label_smoothing: 0.0 -> 0.1" in str(refused.value) and "optim.max_lr: 0.05 -> 0.2" in str(refused.value)
+    assert "--train.allow_config_change=true" in str(refused.value)
+    assert backup.read_state(f"{job}/backup").epoch == 1  # refusing touched nothing
+    # The data moving elsewhere is not a change of the run.
+    result = run(changed.replace(**{"train.allow_config_change": True, "data.data_dir": cfg.data.data_dir + "/"}))
+    assert result["metrics"]["epochs_completed"] == 2
 
 
 def test_nan_loss_fails_loudly(tmp_path):
@@ -77,6 +126,53 @@ def test_nan_loss_fails_loudly(tmp_path):
                              "train.epochs": 1, "train.steps_per_epoch": 4})
     with pytest.raises(NonFiniteLossError, match="non-finite training loss"):
         run(cfg)
+
+
+def test_blown_up_weights_are_never_backed_up(tmp_path):
+    """With a backup every step, the step that makes the weights non-finite is refused, not committed."""
+    job = str(tmp_path / "job")
+    cfg = fx.smoke_config(fx.fixture_data_dir(), job, **{
+        "optim.schedule": "constant", "optim.max_lr": 1e30, "model.weight_decay": 0.0, "train.epochs": 1,
+        "train.steps_per_epoch": 4, "train.backup_every_steps": 1})
+    with pytest.raises((NonFiniteLossError, backup.NonFiniteWeightsError)):
+        run(cfg)
+    state = backup.read_state(f"{job}/backup")
+    if state is not None:
+        arrays = np.load(f"{job}/backup/{state.weights}")
+        assert all(np.isfinite(arrays[k]).all() for k in arrays.files if arrays[k].dtype.kind == "f")
+
+
+def test_nan_validation_loss_keeps_the_last_finite_state(tmp_path):
+    job = str(tmp_path / "job")
+    cfg = fx.smoke_config(fx.fixture_data_dir(), job, **{"train.epochs": 3, "train.steps_per_epoch": 2})
+    with pytest.raises(NonFiniteLossError, match="non-finite validation loss .* epoch 1"):
+        run(cfg, extra_callbacks=[BreakBatchNormBeforeValidation(epoch=1)])
+    state = backup.read_state(f"{job}/backup")
+    assert (state.epoch, state.step, len(state.history)) == (1, 2, 1)  # epoch 0's state, not the broken epoch's
+    assert [r["epoch"] for r in read_rows(job)] == ["0"]
+    best_before = os.path.getmtime(f"{job}/checkpoints/best.keras")
+
+    result = run(cfg)  # the same command resumes from the finite state and finishes
+    assert result["metrics"]["epochs_completed"] == 3 and [r["epoch"] for r in read_rows(job)] == ["0", "1", "2"]
+    assert all(np.isfinite(w).all() for w in result["model"].get_weights())
+    assert all(np.isfinite(float(r["val_loss"])) for r in read_rows(job))
+    assert os.path.getmtime(f"{job}/checkpoints/best.keras") >= best_before
+
+
+def test_a_save_interrupted_midway_leaves_no_partial_file(tmp_path, monkeypatch):
+    """What a kill during a save leaves: before, a truncated best.keras/model.keras; now, nothing partial."""
+    job = str(tmp_path / "job")
+
+    def save_half_then_fail(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as f:
+            f.write(b"PK\x03\x04 half a zip")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        run(fx.smoke_config(fx.fixture_data_dir(), job, **{"train.epochs": 1}))
+    assert not os.path.exists(f"{job}/checkpoints/best.keras") and not os.path.exists(f"{job}/model.keras")
+    assert not [n for n in os.listdir(f"{job}/checkpoints") if n.startswith(".tmp-")]
 
 
 def test_vertex_tuning_trial_gets_its_own_dir_and_reports_its_metric(tmp_path, monkeypatch):

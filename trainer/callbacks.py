@@ -1,22 +1,23 @@
-"""The run's callbacks: mean accuracy, LR/momentum logging, NaN guard, backups, best model, CSV, TensorBoard.
+"""The run's callbacks: mean accuracy, LR/momentum logging, non-finite guard, best model, TensorBoard.
 
     python -m trainer.task --config smoke --data_dir out/data --job_dir out/job   # uses all of them
 
 Order matters: callbacks that add keys to the epoch logs (MeanAccuracy, LogSchedule) come before the ones
-that read them (ModelCheckpoint monitors val_mean_accuracy; CSVLogger fixes its columns at the first epoch).
+that read them (the guard, BestCheckpoint monitors val_mean_accuracy, TensorBoard). The guard comes before
+BestCheckpoint, so a blown-up epoch is never saved as the best. Backups, history.csv and metrics.json are not
+callbacks: the loop commits them after every callback has seen the epoch (trainer.history).
 """
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import logging
 import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from trainer import atomic
 from trainer.metrics import MeanAccuracy
 
 log = logging.getLogger(__name__)
@@ -24,20 +25,35 @@ MONITOR = "val_mean_accuracy"
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
+    """Training or validation produced a NaN or infinite loss."""
+
+
+_ADVICE = ("Lower optim.max_lr, set optim.clipnorm, or use mixed_bfloat16 instead of mixed_float16. The last "
+           "backup (JOB_DIR/backup) holds the last finite state; resume from it with the fixed settings and "
+           "--train.allow_config_change=true")
+
+
+def _finite(value) -> bool:
+    return math.isfinite(float(np.asarray(value)))
 
 
 class RaiseOnNonFinite(keras.callbacks.Callback):
-    """Like TerminateOnNaN, but fails the run (non-zero exit) instead of stopping it quietly as if it finished."""
+    """Like TerminateOnNaN, but fails the run (non-zero exit) instead of stopping it quietly as if it finished;
+    checks the training loss every step and the validation loss every epoch."""
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(np.asarray(loss))):
+        if loss is not None and not _finite(loss):
             step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-            raise NonFiniteLossError(
-                f"non-finite training loss ({float(np.asarray(loss))}) at batch {batch} (global step {step}). "
-                "Lower optim.max_lr, set optim.clipnorm, or use mixed_bfloat16 instead of mixed_float16; the "
-                "last backup (JOB_DIR/backup) is kept so a fixed run can resume from it.")
+            raise NonFiniteLossError(f"non-finite training loss ({float(np.asarray(loss))}) at batch {batch} "
+                                     f"(global step {step}). {_ADVICE}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in ("loss", "val_loss"):
+            value = (logs or {}).get(key)
+            if value is not None and not _finite(value):
+                kind = "validation" if key == "val_loss" else "training"
+                raise NonFiniteLossError(f"non-finite {kind} loss ({float(value)}) in epoch {epoch}. {_ADVICE}")
 
 
 def _sgd(optimizer):
@@ -59,43 +75,27 @@ class LogSchedule(keras.callbacks.Callback):
             logs["momentum"] = float(keras.ops.convert_to_numpy(opt.current_momentum()))
 
 
-class Backup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore every epoch AND every N steps (Keras offers one or the other).
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the model whenever `monitor` beats the best so far (max), atomically: a kill mid-save leaves the
+    previous best whole. `best` carries the best of the epochs a resumed run has already done."""
 
-    The backup holds the weights and the optimizer state, step counter included, so the LR and momentum
-    (functions of that step) continue exactly. A run restored from a mid-epoch backup restarts that epoch from
-    its first batch with the step counter where it was; the extra steps run at the schedule's final value.
-    """
-
-    def __init__(self, backup_dir: str, every_steps: int = 0):
-        super().__init__(backup_dir, save_freq=every_steps if every_steps > 0 else "epoch")
+    def __init__(self, path: str, monitor: str = MONITOR, best: float | None = None):
+        super().__init__()
+        self.path, self.monitor, self.best = path, monitor, best
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
-        if self.save_freq != "epoch":
-            self._save_model()
-            self._batches_seen_since_last_saving = 0
+        value = (logs or {}).get(self.monitor)
+        if value is None or not _finite(value) or (self.best is not None and float(value) <= self.best):
+            return
+        log.debug("epoch %d: %s %s -> %s, saving %s", epoch, self.monitor, self.best, float(value), self.path)
+        self.best = float(value)
+        atomic.save_with(self.path, self.model.save)
 
 
-def best_so_far(history_csv: str, monitor: str = MONITOR) -> float | None:
-    """The best monitored value in an earlier, interrupted run's CSV, so a resumed run keeps a better best."""
-    if not tf.io.gfile.exists(history_csv):
-        return None
-    with tf.io.gfile.GFile(history_csv) as f:
-        values = [float(r[monitor]) for r in csv.DictReader(f) if r.get(monitor) not in (None, "")]
-    return max(values) if values else None
-
-
-def make_callbacks(paths, schema, backup_every_steps: int = 0, chief: bool = True, resuming: bool = False):
-    cbs = [MeanAccuracy(schema), LogSchedule(), RaiseOnNonFinite(), Backup(paths.backup_dir, backup_every_steps)]
-    if not chief:  # workers other than the chief only keep their backup state
+def make_callbacks(paths, schema, best: float | None = None, tensorboard: bool = True):
+    cbs = [MeanAccuracy(schema), LogSchedule(), RaiseOnNonFinite(), BestCheckpoint(paths.best_keras, MONITOR, best)]
+    if not tensorboard:
         return cbs
-    threshold = best_so_far(paths.history_csv) if resuming else None
-    cbs += [
-        keras.callbacks.ModelCheckpoint(paths.best_keras, monitor=MONITOR, mode="max", save_best_only=True,
-                                        initial_value_threshold=threshold, verbose=1),
-        keras.callbacks.CSVLogger(paths.history_csv, append=resuming),
-    ]
     # tf.summary needs the tensorboard package, which TensorFlow no longer pulls in itself.
     if importlib.util.find_spec("tensorboard") is None:
         log.warning("the tensorboard package is not installed: no TensorBoard logs in %s "

@@ -118,6 +118,9 @@ class TrainConfig:
     backup_every_steps: int = 0  # besides every epoch; 0 = epochs only
     verbose: str = "auto"  # Keras fit verbosity: auto, 0, 1, 2
     seed: int = 42
+    # Resuming from JOB_DIR/backup with a config that differs from the one that made it is refused (the
+    # message names the fields) unless this is true.
+    allow_config_change: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +128,7 @@ class DistributeConfig:
     strategy: str = "auto"  # auto: multi_worker if TF_CONFIG has a cluster, mirrored if >1 GPU, else default
     mixed_precision: str = "float32"
     jit_compile: str = "auto"  # auto | true | false (Keras turns XLA off under a strategy unless true)
+    cpu_devices: int = 0  # >0: mirror over this many logical CPU devices in one process (CPU-only machines)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +213,7 @@ def validate(c: Config) -> None:
     need(ds.strategy in STRATEGIES, "distribute.strategy", f"must be one of {STRATEGIES}")
     need(ds.mixed_precision in PRECISIONS, "distribute.mixed_precision", f"must be one of {PRECISIONS}")
     need(ds.jit_compile in ("auto", "true", "false"), "distribute.jit_compile", "must be auto, true or false")
+    need(ds.cpu_devices >= 0, "distribute.cpu_devices", f"must be >= 0, got {ds.cpu_devices}")
 
 
 def check_loss_weights(c: Config, attribute_names: Sequence[str]) -> None:

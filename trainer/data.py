@@ -7,6 +7,12 @@ Reads DATA_DIR/person_attrs/<dataset>/<version> with `tfds.builder_from_director
 code needed). Images come as bytes (SkipDecoding) so that `decode_image` can decode only the person band.
 Elements are (image float32 [B, H, W, 3] 0..255, {attribute: label}); labels are int32 class indices
 (single-label) or float32 multi-hot (multi-label). Augmentation is not here: it runs inside the model.
+
+Sharding (multi-worker): each input pipeline (one per worker) reads its own contiguous part of the split,
+`tfds.even_splits(split, n)[i]` (part sizes differ by at most one example), so within an epoch every example
+is read and decoded by exactly one worker, whatever the number of files per split (TFDS reads only the records
+of that range). docs/performance.md measures this against tf.data's DATA policy, which decodes every example
+on every worker and keeps 1/N of them.
 """
 
 from __future__ import annotations
@@ -65,7 +71,23 @@ def example_to_inputs(example, schema: Schema, data_cfg):
     return image, labels
 
 
-def _read(data_cfg, split: str, shuffle_files: bool, seed: int | None):
+def split_examples(data_cfg, split: str) -> int:
+    """Examples in `split`, which may be a TFDS slice such as "train[:64]"."""
+    return builder(data_cfg).info.splits[split].num_examples
+
+
+def shard_split(data_cfg, split: str, num_shards: int = 1, index: int = 0):
+    """The part of `split` that input pipeline `index` of `num_shards` reads (the whole split for one)."""
+    if num_shards == 1:
+        return split
+    n = split_examples(data_cfg, split)
+    if n < num_shards:
+        raise ValueError(f"split {split!r} has {n} example(s), fewer than the {num_shards} workers reading it: "
+                         "use fewer workers or a larger split")
+    return tfds.even_splits(split, n=num_shards)[index]
+
+
+def _read(data_cfg, split, shuffle_files: bool, seed: int | None):
     b = builder(data_cfg)
     read_config = tfds.ReadConfig(
         interleave_cycle_length=data_cfg.cycle_length,  # files read in parallel
@@ -76,11 +98,13 @@ def _read(data_cfg, split: str, shuffle_files: bool, seed: int | None):
                         decoders={"image": tfds.decode.SkipDecoding()})
 
 
-def make_train_dataset(config, global_batch: int, schema: Schema | None = None) -> tf.data.Dataset:
-    """Endless, shuffled, batched (drop_remainder: every step has the global batch) train split."""
+def make_train_dataset(config, batch: int, schema: Schema | None = None, num_shards: int = 1,
+                       index: int = 0) -> tf.data.Dataset:
+    """Endless, shuffled, batched (drop_remainder: every step has the same batch) train split, or shard `index`
+    of `num_shards` of it (one per worker; `batch` is then that pipeline's batch)."""
     d = config.data
     schema = schema or dataset_info(d).schema
-    ds = _read(d, d.train_split, shuffle_files=True, seed=d.seed)
+    ds = _read(d, shard_split(d, d.train_split, num_shards, index), shuffle_files=True, seed=d.seed)
     if d.cache:
         # Decoding is a pure function of the bytes and augmentation runs in the model, so caching the decoded
         # uint8 split is exact: from the second epoch on the input costs almost nothing (measured 17x,
@@ -93,7 +117,7 @@ def make_train_dataset(config, global_batch: int, schema: Schema | None = None) 
         ds = ds.map(lambda image, labels: (tf.cast(image, tf.float32), labels), num_parallel_calls=AUTOTUNE)
     else:
         ds = ds.map(lambda ex: example_to_inputs(ex, schema, d), num_parallel_calls=AUTOTUNE)
-    return ds.batch(global_batch, drop_remainder=True).prefetch(AUTOTUNE)
+    return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
 
 
 def _as_uint8(inputs):
@@ -101,11 +125,11 @@ def _as_uint8(inputs):
     return tf.cast(tf.round(image), tf.uint8), labels
 
 
-def make_eval_dataset(config, split: str | None = None, batch: int = 64,
-                      schema: Schema | None = None) -> tf.data.Dataset:
-    """One deterministic pass over a split (default: data.eval_split), last batch kept."""
+def make_eval_dataset(config, split: str | None = None, batch: int = 64, schema: Schema | None = None,
+                      num_shards: int = 1, index: int = 0) -> tf.data.Dataset:
+    """One deterministic pass over a split (default: data.eval_split) or shard `index` of it, last batch kept."""
     d = config.data
     schema = schema or dataset_info(d).schema
-    ds = _read(d, split or d.eval_split, shuffle_files=False, seed=None)
+    ds = _read(d, shard_split(d, split or d.eval_split, num_shards, index), shuffle_files=False, seed=None)
     ds = ds.map(lambda ex: example_to_inputs(ex, schema, d), num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.batch(batch).prefetch(AUTOTUNE)

@@ -2,49 +2,69 @@
 
     python -c "from trainer.config import load_config; from trainer.distribute import make_strategy; \
 print(make_strategy(load_config('smoke')))"
+    python -m trainer.task --config smoke --data_dir out/data --job_dir out/job --distribute.cpu_devices=2
 
 - `auto`: MultiWorkerMirroredStrategy when TF_CONFIG describes a cluster of >1 task, MirroredStrategy over the
-  GPUs when there are several, otherwise the default strategy (one GPU or the CPU).
-- `mirrored` forces MirroredStrategy over every visible GPU or, without GPUs, every logical CPU device
-  (that is how the tests run two replicas on one CPU).
+  GPUs when there are several (or over `distribute.cpu_devices` logical CPUs when set), else the default
+  strategy (one GPU or the CPU).
+- `mirrored` forces MirroredStrategy over every visible GPU or, without GPUs, every logical CPU device;
+  `distribute.cpu_devices=K` first splits the CPU into K logical devices, so a CPU-only machine can try
+  data-parallel training in one process (that is also how the tests run two replicas on one CPU).
+- The strategy is made before anything touches TensorFlow's devices: collective ops (multi-worker) and
+  logical devices can only be configured while the runtime is not yet initialised.
 - Global batch = per-replica batch x replicas (or train.global_batch_size, which must divide evenly).
 - Keras switches XLA off under a distribution strategy when jit_compile is "auto"; "true" forces it on.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import keras
 import tensorflow as tf
 
+from trainer import cluster as cluster_lib
 from trainer.config import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def _cluster_size(environ=None) -> int:
-    env = os.environ if environ is None else environ
-    tf_config = json.loads(env.get("TF_CONFIG") or "{}")
-    return sum(len(v) for v in tf_config.get("cluster", {}).values())
-
-
-def make_strategy(config) -> tf.distribute.Strategy:
+def make_strategy(config, task: cluster_lib.Task | None = None) -> tf.distribute.Strategy:
+    task = task or cluster_lib.from_env()
     kind = config.distribute.strategy
-    gpus = tf.config.list_logical_devices("GPU")
+    cpu_devices = config.distribute.cpu_devices
+    if cpu_devices:
+        _split_cpu(cpu_devices)
     if kind == "auto":
-        kind = "multi_worker" if _cluster_size() > 1 else "mirrored" if len(gpus) > 1 else "default"
+        if task.is_multi_worker:
+            kind = "multi_worker"
+        else:
+            kind = "mirrored" if cpu_devices or len(tf.config.list_physical_devices("GPU")) > 1 else "default"
     if kind == "multi_worker":
+        if not task.is_multi_worker:
+            raise ConfigError("distribute.strategy=multi_worker needs TF_CONFIG describing a cluster of 2 or more "
+                              "tasks (python -m trainer.launch --workers N -- ... sets it)")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     elif kind == "mirrored":
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        strategy = tf.distribute.MirroredStrategy(devices)
+        gpus = tf.config.list_logical_devices("GPU")
+        strategy = tf.distribute.MirroredStrategy([d.name for d in (gpus or tf.config.list_logical_devices("CPU"))])
     else:
         strategy = tf.distribute.get_strategy()
     log.info("strategy %s with %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
     return strategy
+
+
+def _split_cpu(count: int) -> None:
+    """K logical CPU devices; possible only before the runtime starts (or when it already has exactly K)."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is not None and len(current) == count:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError:
+        raise ConfigError(f"distribute.cpu_devices={count}: TensorFlow's devices are already initialised in this "
+                          "process with another layout; set it in a fresh process (the trainer.task command)") from None
 
 
 def global_batch_size(config, num_replicas: int) -> int:
@@ -86,15 +106,3 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     except OSError:
         return True
     return flags is None or bool({"avx512_bf16", "amx_bf16"} & set(flags))
-
-
-def is_chief(environ=None) -> bool:
-    """Only the chief writes the job dir's shared outputs: the `chief` task, else worker 0, else a lone process."""
-    env = os.environ if environ is None else environ
-    tf_config = json.loads(env.get("TF_CONFIG") or "{}")
-    task = tf_config.get("task", {})
-    if not task:
-        return True
-    if "chief" in tf_config.get("cluster", {}):
-        return task.get("type") == "chief"
-    return task.get("type") == "worker" and task.get("index", 0) == 0

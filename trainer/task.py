@@ -1,11 +1,17 @@
-"""Command line for a training run, the same locally and as a Vertex AI custom job.
+"""Command line for a training run, the same locally, on every task of a cluster and as a Vertex AI job.
 
     python -m trainer.task --data_dir out/data --job_dir out/job --config smoke
     python -m trainer.task --data_dir gs://b/data --job_dir gs://b/jobs/run1 --config hvc --train.epochs=60
     python -m trainer.task --config my.yaml --model.width=8 --distribute.mixed_precision=mixed_bfloat16
+    python -m trainer.task --config smoke --data_dir out/data --job_dir out/job --distribute.cpu_devices=2
+    python -m trainer.launch --workers 2 -- --config smoke --data_dir out/data --job_dir out/job
 
-On several GPUs it mirrors over all of them; with TF_CONFIG (multi-worker) it uses MultiWorkerMirroredStrategy.
-Restarting the same command after a crash resumes from JOB_DIR/backup.
+On several GPUs it mirrors over all of them; with TF_CONFIG (what Vertex AI and trainer.launch set on every
+task) it uses MultiWorkerMirroredStrategy, every task running this same command with the same --job_dir.
+Restarting the same command(s) after a crash resumes from JOB_DIR/backup.
+
+Exit status: 0 done; 2 bad input (config, TF_CONFIG, port in use, job dir in use, config changed since the
+backup); 1 the run failed (non-finite loss or weights, a lost worker). Each error is one line on stderr.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import logging
 import sys
 
+from trainer import cluster
 from trainer.config import ConfigError, load_config
 
 
@@ -25,15 +32,33 @@ def main(argv=None) -> int:
         return 0
     try:
         config = load_config(argv)
+        task = cluster.from_env()
+        cluster.check_port_free(task)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    # Imported after parsing so that a bad flag fails in a second, not after TensorFlow's start-up.
-    from trainer import distribute
-    from trainer.train import run
+    except cluster.ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # Imported after the checks above so that bad input fails in a second, not after TensorFlow's start-up.
+    from trainer.backup import BackupMismatchError, NonFiniteWeightsError
+    from trainer.callbacks import NonFiniteLossError
+    from trainer.joblock import JobDirInUse
+    from trainer.train import PeerLostError, run
 
-    result = run(config, strategy=distribute.make_strategy(config))
-    print(json.dumps(result["metrics"], indent=2))
+    try:
+        result = run(config)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except (JobDirInUse, BackupMismatchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (NonFiniteLossError, NonFiniteWeightsError, PeerLostError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if task.is_chief:
+        print(json.dumps(result["metrics"], indent=2))
     return 0
 
 

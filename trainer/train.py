@@ -3,26 +3,38 @@
     python -c "from trainer.config import load_config; from trainer.train import run; \
 print(run(load_config(['--config', 'smoke', '--data_dir', 'out/data', '--job_dir', 'out/job']))['metrics'])"
 
-JOB_DIR gets: config.yaml (written first), backup/ (BackupAndRestore; removed when the run finishes),
-checkpoints/best.keras (best val_mean_accuracy), history.csv (per epoch, with lr and momentum), logs/
-(TensorBoard), metrics.json (per-head validation accuracy and their mean), model.keras and model/ (the
-SavedModel from trainer.export). Starting the same command again after a crash
-resumes from backup/ with the same step count, schedule and weights.
+JOB_DIR gets: .lock (while the run lives), config.yaml (written first), backup/ (trainer.backup; removed when
+the run finishes), checkpoints/best.keras (best val_mean_accuracy), history.csv (per epoch, with lr and
+momentum), logs/ (TensorBoard), metrics.json (per-head validation accuracy, their mean, epochs completed),
+model.keras and model/ (the SavedModel from trainer.export). Every file appears whole (trainer.atomic).
+Starting the same command again after a crash resumes from backup/ with the same step count, schedule and
+weights; a different config is refused unless train.allow_config_change is set.
+
+Multi-worker (TF_CONFIG, every task runs the same command with the same --job_dir): only the chief holds the
+lock and writes JOB_DIR; every other task writes the same outputs into JOB_DIR/.task_scratch/<task>, removed
+at its end (saving can involve collectives, so every task saves), and every task restores from the chief's
+backup, which is why the job dir must be shared storage (gs://, NFS) across machines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
+import re
 
 import keras
 import tensorflow as tf
 
-from trainer import distribute, export, vertex
+from trainer import atomic, backup, cluster, distribute, export, vertex
 from trainer.callbacks import MONITOR, make_callbacks
-from trainer.config import check_loss_weights
-from trainer.data import dataset_info, make_eval_dataset, make_train_dataset
+from trainer.config import ConfigError, check_loss_weights
+from trainer.data import dataset_info, make_eval_dataset, make_train_dataset, split_examples
+from trainer.history import Recorder, best
+from trainer.joblock import JobLock
+from trainer.loop import Loop, Schedule, gather_steps
 from trainer.losses import make_losses
 from trainer.metrics import accuracy_keys, head_metrics
 from trainer.model import build_model
@@ -30,34 +42,95 @@ from trainer.paths import job_paths
 from trainer.schedules import make_optimizer, make_schedule
 
 log = logging.getLogger(__name__)
+# Fields that may change between a run and its resumption: where things are, how much is printed, and how the
+# replicas are laid out (the global batch and steps per epoch they lead to are compared instead).
+RESUME_MAY_CHANGE = ("data.data_dir", "train.job_dir", "train.verbose", "train.allow_config_change",
+                     "distribute.strategy", "distribute.cpu_devices", "distribute.jit_compile")
 
 
-def _write(path: str, text: str) -> None:
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(text)
+class PeerLostError(RuntimeError):
+    """Another task of the cluster stopped answering: the collectives cannot go on."""
 
 
 def run(config, strategy: tf.distribute.Strategy | None = None, extra_callbacks=()) -> dict:
     """Trains per `config`; returns {'metrics', 'steps', 'history', 'job_dir', 'model'}."""
+    task = cluster.from_env()
     paths = job_paths(config.train.job_dir)
+    with JobLock(paths.job_dir) if task.is_chief else contextlib.nullcontext():
+        state = backup.read_state(paths.backup_dir)
+        if state is not None:
+            _check_resume(config, backup.config_differences(state.config, config.to_dict(), RESUME_MAY_CHANGE),
+                          paths.backup_dir)
+        # Before anything touches TensorFlow's devices: collective ops must be configured at start-up.
+        strategy = strategy or distribute.make_strategy(config, task)
+        out = paths if task.is_chief else job_paths(task.scratch_dir(paths.job_dir), environ={})
+        if not task.is_chief:
+            _remove_scratch(out.job_dir)  # left by a killed run
+        try:
+            return _train(config, strategy, task, paths, out, state, extra_callbacks)
+        except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError,
+                tf.errors.AbortedError) as e:
+            if not task.is_multi_worker:
+                raise
+            raise PeerLostError(
+                f"{task.name} lost contact with the rest of the cluster ({_peer_error(e)}); training cannot "
+                f"continue without every task. Start every task's command again: they resume from "
+                f"{paths.backup_dir}") from None
+        finally:
+            if not task.is_chief:
+                _remove_scratch(out.job_dir)
+
+
+def _peer_error(e: tf.errors.OpError) -> str:
+    """The line of TensorFlow's error that says what happened to the peer (its first line is about graph nodes)."""
+    clues = ("unhealthy", "is down", "failed to connect", "connection refused", "aborted by", "deadline")
+    lines = [line.strip() for line in (e.message or "").splitlines() if line.strip()]
+    found = next((line for line in lines if any(c in line.lower() for c in clues)), type(e).__name__)
+    return re.sub(r"\{\{[^}]*\}\}\s*", "", found)[:200]
+
+
+def _remove_scratch(folder: str) -> None:
+    if tf.io.gfile.exists(folder):
+        tf.io.gfile.rmtree(folder)
+    if "://" not in folder:  # (object stores have no empty folders)
+        with contextlib.suppress(OSError):  # not empty: another task still uses it
+            os.rmdir(os.path.dirname(folder))
+
+
+def _check_resume(config, differences: list[str], backup_dir: str) -> None:
+    if not differences:
+        return
+    what = f"{backup_dir} was made by a run with another config: {'; '.join(differences)}"
+    if not config.train.allow_config_change:
+        raise ConfigError(f"{what}. Resume with the same config, pass --train.allow_config_change=true to resume "
+                          "with these changes, or start afresh with another --job_dir")
+    log.warning("resuming with a changed config (train.allow_config_change): %s", what)
+
+
+def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
     info = dataset_info(config.data)
     schema = info.schema
     check_loss_weights(config, schema.names)  # unknown head names fail before any work
-
-    strategy = strategy or distribute.make_strategy(config)
     replicas = strategy.num_replicas_in_sync
     global_batch = distribute.global_batch_size(config, replicas)
-    n_train = info.num_examples.get(config.data.train_split, 0)
-    steps_per_epoch = config.train.steps_per_epoch or max(1, n_train // global_batch)
+    n_train = split_examples(config.data, config.data.train_split)
+    steps_per_epoch = config.train.steps_per_epoch or n_train // global_batch
+    if steps_per_epoch < 1:
+        raise ConfigError(f"the train split has {n_train} examples, fewer than one global batch of {global_batch}"
+                          f" ({replicas} replica(s)); lower train.batch_size or set train.steps_per_epoch")
     total_steps = steps_per_epoch * config.train.epochs
-    chief = distribute.is_chief()
-    resuming = tf.io.gfile.exists(f"{paths.backup_dir}/training_metadata.json")
-    if chief:
-        _write(paths.config_yaml, config.to_yaml())
+    if state is not None:
+        _check_resume(config, [f"{name}: {a} -> {b}" for name, a, b in (
+            ("global batch", state.global_batch, global_batch), ("steps per epoch", state.steps_per_epoch,
+                                                                  steps_per_epoch)) if a != b], paths.backup_dir)
+    else:
+        state = backup.RunState(0, 0, (), config.to_dict(), global_batch, steps_per_epoch)
+    for folder in (out.job_dir, out.checkpoints_dir, out.backup_dir):
+        atomic.sweep(folder)  # temporary files of a killed run (this task alone writes these folders)
+    atomic.write_text(out.config_yaml, config.to_yaml())
     log.info("%s: %d train examples, global batch %d on %d replica(s), %d steps/epoch, %d steps%s",
              schema.name, n_train, global_batch, replicas, steps_per_epoch, total_steps,
-             " (resuming from backup)" if resuming else "")
+             f" (resuming after epoch {state.epoch}, step {state.step})" if state.step else "")
 
     keras.utils.set_random_seed(config.train.seed)
     previous_policy = distribute.set_precision(config)
@@ -68,45 +141,60 @@ def run(config, strategy: tf.distribute.Strategy | None = None, extra_callbacks=
             losses, loss_weights = make_losses(schema, config.loss, info.class_counts.get(config.data.train_split))
             model.compile(optimizer=make_optimizer(config.optim, schedule), loss=losses, loss_weights=loss_weights,
                           metrics=head_metrics(schema), jit_compile=distribute.jit_compile(config))
-        train_ds = make_train_dataset(config, global_batch, schema)
-        val_ds = make_eval_dataset(config, config.data.eval_split, _eval_batch(info, config, global_batch, replicas),
-                                   schema)
-        callbacks = make_callbacks(paths, schema, config.train.backup_every_steps, chief, resuming)
+        loop = Loop(model, strategy, make_eval_dataset(config, batch=1, schema=schema).element_spec)
+        if state.step:
+            backup.restore(model, paths.backup_dir, state)
+        steps_seen = gather_steps(strategy, state.step)
+        if len(set(steps_seen)) > 1:
+            raise ConfigError(f"the tasks restored different backups (steps {steps_seen}): every task must see the "
+                              f"chief's {paths.backup_dir}, so the job dir has to be shared storage (gs://, NFS)")
+        recorder = Recorder(out, state, config.train.backup_every_steps)
+        if state.history:
+            recorder.write_csv()  # drops rows of an epoch that was not committed before the crash
+
+        train_ds = strategy.distribute_datasets_from_function(lambda ctx: make_train_dataset(
+            config, ctx.get_per_replica_batch_size(global_batch), schema, ctx.num_input_pipelines,
+            ctx.input_pipeline_id))
+        val_ds = strategy.distribute_datasets_from_function(lambda ctx: _eval_pipeline(
+            config, ctx, global_batch, schema))
+        callbacks = [*make_callbacks(out, schema, best(state.history, MONITOR), tensorboard=task.is_chief),
+                     *extra_callbacks, recorder]  # the recorder last: it commits what the others logged
         verbose = config.train.verbose if config.train.verbose == "auto" else int(config.train.verbose)
-        history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps_per_epoch,
-                            validation_data=val_ds, validation_steps=config.train.validation_steps or None,
-                            callbacks=[*callbacks, *extra_callbacks], verbose=verbose)
-        metrics = _final_metrics(history.history, schema, callbacks)
-        if chief:
-            _write(paths.metrics_json, json.dumps(metrics, indent=2))
-            model.save(paths.model_keras)
-            export.export_model(model, config, schema, paths.model_dir)
-            if os.environ.get("CLOUD_ML_TRIAL_ID"):  # a Vertex AI tuning trial: tell the service how it did
-                best = metrics[f"best_{MONITOR}"]
-                vertex.report_hyperparameter_tuning_metric(MONITOR, best if best is not None else metrics[MONITOR],
-                                                           step=total_steps)
+        verbose = (1 if verbose == "auto" else verbose) if task.is_chief else 0
+        callback_list = keras.callbacks.CallbackList(callbacks, add_progbar=verbose != 0, model=model,
+                                                     verbose=verbose, epochs=config.train.epochs,
+                                                     steps=steps_per_epoch)
+        start_batch = min(steps_per_epoch, max(0, state.step - state.epoch * steps_per_epoch))
+        loop.fit(train_ds, val_ds, Schedule(config.train.epochs, steps_per_epoch, state.epoch,
+                                                             start_batch), callback_list)
+        metrics = _final_metrics(recorder.rows, schema)
+        atomic.write_text(out.metrics_json, json.dumps(metrics, indent=2))
+        atomic.save_with(out.model_keras, model.save)
+        atomic.replace_dir(out.model_dir, lambda d: export.export_model(model, config, schema, d))
+        if task.is_chief and os.environ.get("CLOUD_ML_TRIAL_ID"):  # a Vertex AI tuning trial: report how it did
+            top = metrics[f"best_{MONITOR}"]
+            vertex.report_hyperparameter_tuning_metric(MONITOR, top if top is not None else metrics[MONITOR],
+                                                       step=total_steps)
+        backup.remove(out.backup_dir)  # the run is complete: nothing to resume
     finally:
         keras.config.set_dtype_policy(previous_policy)  # the policy is global: do not leak it into the caller
+    history = {k: [r.get(k) for r in recorder.rows] for k in (recorder.rows[-1] if recorder.rows else {})}
     return {"metrics": metrics, "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
-            "history": history.history, "job_dir": paths.job_dir, "model": model}
+            "history": history, "job_dir": paths.job_dir, "model": model}
 
 
-def _final_metrics(history: dict, schema, callbacks) -> dict:
-    """The last epoch's per-head validation accuracy and mean, plus the best mean seen by the checkpoint."""
-    last = {k: v[-1] for k, v in history.items() if v}
+def _eval_pipeline(config, ctx, global_batch: int, schema) -> tf.data.Dataset:
+    """This worker's share of the validation split, in per-replica batches (validation_steps caps the steps)."""
+    ds = make_eval_dataset(config, config.data.eval_split, ctx.get_per_replica_batch_size(global_batch), schema,
+                           ctx.num_input_pipelines, ctx.input_pipeline_id)
+    if config.train.validation_steps:
+        ds = ds.take(config.train.validation_steps * ctx.num_replicas_in_sync // ctx.num_input_pipelines)
+    return ds
+
+
+def _final_metrics(rows, schema) -> dict:
+    """The last epoch's per-head validation accuracy and mean, the best mean of the run, and the epoch count."""
+    last = rows[-1] if rows else {}
     per_head = {name: float(last[key]) for name, key in accuracy_keys(schema, "val_").items() if key in last}
-    best = [cb.best for cb in callbacks if isinstance(cb, keras.callbacks.ModelCheckpoint)]
-    return {"val_accuracy": per_head, MONITOR: float(last.get(MONITOR, float("nan"))),
-            f"best_{MONITOR}": float(best[0]) if best and best[0] is not None else None,
-            "epochs_completed": len(next(iter(history.values()), []))}
-
-
-def _eval_batch(info, config, global_batch: int, replicas: int) -> int:
-    """The validation batch: the global batch, unless the split is smaller than that.
-
-    Under a strategy, Keras 3.15 builds the model by averaging the first validation batch over replicas
-    (`strategy.reduce` in `_maybe_symbolic_build`), which fails when that batch is partial and splits unevenly
-    (e.g. 6 images on 2 replicas of 4). A first batch that is a multiple of the replica count always splits evenly.
-    """
-    n_val = info.num_examples.get(config.data.eval_split, 0)
-    return min(global_batch, max(replicas, n_val - n_val % replicas))
+    return {"val_accuracy": per_head, MONITOR: float(last.get(MONITOR, math.nan)),
+            f"best_{MONITOR}": best(rows, MONITOR), "epochs_completed": len(rows)}

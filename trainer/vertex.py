@@ -62,6 +62,20 @@ def worker_pool_specs(image, args, machine_type, accelerator_type=None, accelera
     return pools
 
 
+# The TF_CONFIG task type Vertex AI gives the replicas of each worker pool, in pool order.
+POOL_TASK_TYPES = ("chief", "worker", "ps", "evaluator")
+
+
+def cluster_tasks(job_spec: dict) -> list[dict]:
+    """The tasks a CustomJob spec starts, as TF_CONFIG will name them: [{'name': 'chief:0', 'argv': [...]}, ...]."""
+    out = []
+    for kind, pool in zip(POOL_TASK_TYPES, job_spec["workerPoolSpecs"]):
+        container = pool["containerSpec"]
+        out += [{"name": f"{kind}:{i}", "argv": [*container["command"], *container["args"]]}
+                for i in range(int(pool["replicaCount"]))]
+    return out
+
+
 def custom_job_spec(image, data_dir, job_dir, trainer_args=(), display_name=None, machine_type=None,
                     accelerator_type=None, accelerator_count=0, replica_count=1, env=None, service_account=None,
                     spot=False, timeout_hours=None):
