@@ -51,9 +51,10 @@ class Loop:
         def test_step(data):
             strategy.run(model.test_step, args=(data,))
 
-        step = tf.function(train_step, jit_compile=jit, reduce_retracing=True)
+        # One batch -> the cluster's mean running loss (benchmarks/multiworker.py reads its graph's collectives).
+        self.step_function = tf.function(train_step, jit_compile=jit, reduce_retracing=True)
         # The iterator is advanced outside the compiled step, as fit does.
-        self._train = tf.function(lambda iterator: step(next(iterator)))
+        self._train = tf.function(lambda iterator: self.step_function(next(iterator)))
         self._test = tf.function(test_step, jit_compile=jit, reduce_retracing=True)
 
     def metrics(self, prefix: str = "") -> dict[str, float]:

@@ -135,12 +135,8 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
     keras.utils.set_random_seed(config.train.seed)
     previous_policy = distribute.set_precision(config)
     try:
-        with strategy.scope():
-            model = build_model(schema, config)
-            schedule = make_schedule(config.optim, total_steps, steps_per_epoch, distribute.lr_scale(config, replicas))
-            losses, loss_weights = make_losses(schema, config.loss, info.class_counts.get(config.data.train_split))
-            model.compile(optimizer=make_optimizer(config.optim, schedule), loss=losses, loss_weights=loss_weights,
-                          metrics=head_metrics(schema), jit_compile=distribute.jit_compile(config))
+        model = compiled_model(config, schema, strategy, steps_per_epoch,
+                               info.class_counts.get(config.data.train_split))
         loop = Loop(model, strategy, make_eval_dataset(config, batch=1, schema=schema).element_spec)
         if state.step:
             backup.restore(model, paths.backup_dir, state)
@@ -181,6 +177,18 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
     history = {k: [r.get(k) for r in recorder.rows] for k in (recorder.rows[-1] if recorder.rows else {})}
     return {"metrics": metrics, "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
             "history": history, "job_dir": paths.job_dir, "model": model}
+
+
+def compiled_model(config, schema, strategy, steps_per_epoch: int, class_counts=None) -> keras.Model:
+    """The model with its optimizer, schedule, losses and metrics, made in the strategy's scope."""
+    with strategy.scope():
+        model = build_model(schema, config)
+        lr_scale = distribute.lr_scale(config, strategy.num_replicas_in_sync)
+        schedule = make_schedule(config.optim, steps_per_epoch * config.train.epochs, steps_per_epoch, lr_scale)
+        losses, loss_weights = make_losses(schema, config.loss, class_counts)
+        model.compile(optimizer=make_optimizer(config.optim, schedule), loss=losses, loss_weights=loss_weights,
+                      metrics=head_metrics(schema), jit_compile=distribute.jit_compile(config))
+    return model
 
 
 def _eval_pipeline(config, ctx, global_batch: int, schema) -> tf.data.Dataset:
