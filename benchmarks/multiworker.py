@@ -8,7 +8,9 @@ batch per replica (the input costs nothing), so the figures are compute + commun
 - `one_b` / `one_2b`: one process, default strategy, batch b / 2b, TensorFlow's default threads (all cores);
 - `two`: two MultiWorkerMirroredStrategy workers (as trainer.launch starts them), per-replica batch b, default
   threads (each process sizes its pools for all cores);
-- `two_1thread`: the same with TF_NUM_INTRAOP_THREADS=1 / TF_NUM_INTEROP_THREADS=1 per worker (one core each).
+- `two_1thread`: the same with TF_NUM_INTRAOP_THREADS=1 / TF_NUM_INTEROP_THREADS=1 per worker (one core each);
+- `two_1thread_nosyncbn`: the same with model.sync_batchnorm=false, to tell the cost of batch norm's per-layer
+  all-reduces (two small collectives per BN layer, forward and backward) from the rest.
 Per round each variant runs `--steps` timed steps after 2 warm-up steps (tracing excluded); the median step is
 kept, rounds are interleaved, the best round wins. Images/s = global batch / median step.
 
@@ -39,10 +41,11 @@ from trainer.launch import free_ports  # noqa: E402
 COLLECTIVES = ("CollectiveReduceV2", "CollectiveReduce", "CollectiveReduceScatterV2")
 
 
-def _config(preset: str, batch: int, width: int = 0):
+def _config(preset: str, batch: int, width: int = 0, sync_bn: bool = True):
     from trainer.config import load_config
 
-    overrides = {"train.batch_size": batch, "train.epochs": 1, "augment.enabled": True}
+    overrides = {"train.batch_size": batch, "train.epochs": 1, "augment.enabled": True,
+                 "model.sync_batchnorm": sync_bn}
     if width:
         overrides["model.width"] = width
     return load_config(preset).replace(**overrides)
@@ -80,7 +83,7 @@ def worker(a) -> dict:
     from trainer.loop import Loop
     from trainer.train import compiled_model
 
-    config = _config(a.preset, a.batch)
+    config = _config(a.preset, a.batch, sync_bn=not a.no_sync_bn)
     strategy = distribute.make_strategy(config)
     distribute.set_precision(config)
     replicas = strategy.num_replicas_in_sync
@@ -152,16 +155,17 @@ def driver(a) -> dict:
     me = [sys.executable, os.path.abspath(__file__), "--worker", "--preset", a.preset, "--steps", str(a.steps)]
     one_thread = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
 
-    def two(extra_env):
+    def two(extra_env, *flags):
         layout = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
         envs = [{**base, **extra_env, "TF_CONFIG": cluster.tf_config(layout, "worker", i)} for i in range(2)]
-        return _run([*me, "--batch", str(a.batch), "--bytes_widths", a.bytes_widths], envs)[0]
+        return _run([*me, "--batch", str(a.batch), "--bytes_widths", a.bytes_widths, *flags], envs)[0]
 
     variants = {
         "one_b": lambda: _run([*me, "--batch", str(a.batch)], [base])[0],
         "one_2b": lambda: _run([*me, "--batch", str(2 * a.batch)], [base])[0],
         "two": lambda: two({}),
         "two_1thread": lambda: two(one_thread),
+        "two_1thread_nosyncbn": lambda: two(one_thread, "--no_sync_bn", "--bytes_widths", ""),
     }
     rounds = {k: [] for k in variants}
     for r in range(a.rounds):
@@ -175,7 +179,7 @@ def driver(a) -> dict:
         "benchmark": "multiworker", "preset": a.preset, "batch_per_replica": a.batch, "steps": a.steps,
         "rounds": a.rounds, "machine": {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version()},
         "best": best,
-        "ratio_two_vs_best_one": {k: round(best[k]["images_per_s"] / ref, 3) for k in ("two", "two_1thread")},
+        "ratio_two_vs_best_one": {k: round(best[k]["images_per_s"] / ref, 3) for k in best if k.startswith("two")},
         "all_rounds_step_s": {k: [round(x["step_s"], 3) for x in v] for k, v in rounds.items()},
     }
 
@@ -188,6 +192,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--bytes_widths", default="2,8", help="WRN widths whose step is traced for collective bytes")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no_sync_bn", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     print(json.dumps(worker(a) if a.worker else driver(a), indent=None if a.worker else 1), flush=True)
 

@@ -54,7 +54,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         prep.set_cpu_limit("4").set_memory_limit("16G")  # the launcher (or DirectRunner itself) runs here
 
         train = steps.train(data=prep.outputs["data"], config=train_config, overrides=train_overrides)
-        # A retry reuses the same job dir, so BackupAndRestore resumes from the last epoch instead of restarting.
+        # A retry reuses the same job dir, so it resumes from JOB_DIR/backup instead of restarting.
         train.set_display_name("train").set_retry(2, backoff_duration="120s")
         train.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerator_count)
         train.set_cpu_limit("8").set_memory_limit("32G")

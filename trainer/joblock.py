@@ -2,16 +2,19 @@
 
     python -c "from trainer.joblock import JobLock; l = JobLock('/tmp/job'); l.acquire(); print(open(l.path).read())"
 
-A second run into a job dir in use fails at once with one line naming the holder. A lock is stale, and is
-replaced with a note saying so, when its process is gone: on the same machine (same host name and boot) the
-recorded pid no longer runs, or runs a process started at another time (pids are reused); from another machine
-its heartbeat, rewritten every HEARTBEAT_S seconds while the run lives, is older than STALE_AFTER_S. In a
-multi-worker run only the chief holds the lock. Local creation is exclusive (hard link of a complete file); on
+A second run into a job dir in use fails with one line naming the holder. A lock is stale, and is replaced
+with a note saying so, when its process is gone: on the same machine (same host name and boot) the recorded pid
+no longer runs, or runs a process started at another time (pids are reused); from another machine its
+heartbeat, rewritten every HEARTBEAT_S seconds while the run lives, is older than STALE_AFTER_S. A fresh lock
+from another machine is watched until its heartbeat moves (alive: refused) or ages past STALE_AFTER_S (a chief
+that died just before Vertex AI or Kubeflow restarted the job: taken over). In a multi-worker run only the
+chief holds the lock. Local creation is exclusive (hard link of a complete file); on
 gs:// it is check-then-write, which leaves a window of a second or so for two runs started together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -27,8 +30,8 @@ from trainer import atomic
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
-HEARTBEAT_S = 20.0
-STALE_AFTER_S = 120.0
+HEARTBEAT_S = 15.0
+STALE_AFTER_S = 90.0
 
 
 class JobDirInUse(RuntimeError):
@@ -87,13 +90,16 @@ class JobLock:
                 break
             holder = self._read()
             reason = self._stale_reason(holder)
+            if reason is None and not self._same_machine(holder):
+                reason = self._watch(holder)
             if reason is None:
                 raise JobDirInUse(
                     f"job dir {self.job_dir} is in use by another run: host {holder.get('host')} pid "
                     f"{holder.get('pid')}, started {holder.get('started')} ({holder.get('command', '?')}). Wait for "
                     f"it to end, or pick another --job_dir; if that run is gone, delete {self.path}")
             log.warning("taking over %s: %s", self.path, reason)
-            tf.io.gfile.remove(self.path)
+            with contextlib.suppress(tf.errors.NotFoundError):  # its owner may have just released it
+                tf.io.gfile.remove(self.path)
         else:
             raise JobDirInUse(f"could not take the lock {self.path}: another run took it at the same moment")
         self._thread = threading.Thread(target=self._beat, name="joblock-heartbeat", daemon=True)
@@ -134,11 +140,29 @@ class JobLock:
         except (tf.errors.NotFoundError, json.JSONDecodeError):
             return {}
 
+    @staticmethod
+    def _same_machine(holder: dict) -> bool:
+        return holder.get("host") == socket.gethostname() and holder.get("boot_id") == _boot_id()
+
+    def _watch(self, holder: dict) -> str | None:
+        """Waits for another machine's fresh lock to beat (None: alive) or to go stale (the reason)."""
+        log.warning("job dir %s is locked by host %s pid %s; waiting up to %.0f s to see whether that run is alive",
+                    self.job_dir, holder.get("host"), holder.get("pid"), STALE_AFTER_S)
+        while True:
+            time.sleep(min(5.0, HEARTBEAT_S))
+            now = self._read()
+            if not now:
+                return "its run released it"
+            if now.get("heartbeat") != holder.get("heartbeat") or now.get("pid") != holder.get("pid"):
+                return None
+            reason = self._stale_reason(now)
+            if reason is not None:
+                return reason
+
     def _stale_reason(self, holder: dict) -> str | None:
         if not holder:
             return "the lock file is unreadable (written by something else, or damaged)"
-        same_machine = holder.get("host") == socket.gethostname() and holder.get("boot_id") == _boot_id()
-        if same_machine:
+        if self._same_machine(holder):
             pid = int(holder.get("pid", -1))
             start = _process_start(pid)
             if start is None:

@@ -22,7 +22,7 @@ class JobPaths:
     history_csv: str
     metrics_json: str
     logs_dir: str  # TensorBoard
-    backup_dir: str  # BackupAndRestore state
+    backup_dir: str  # fault-tolerance state (trainer.backup)
     checkpoints_dir: str  # best.keras
     model_dir: str  # exported SavedModel
     model_keras: str  # the final Keras model

@@ -2,7 +2,7 @@
 
     python -c "from trainer.schedules import one_cycle_lr; print(float(one_cycle_lr(25, 100, 0.1)))"
 
-Because every value is computed from the optimizer's step counter, a run restored by BackupAndRestore (which
+Because every value is computed from the optimizer's step counter, a run restored from its backup (which
 restores that counter) continues on exactly the same curve. `StepSchedule` wraps the functions as a
 serialisable LearningRateSchedule that also answers `momentum(step)`; `ScheduledSGD` applies that momentum on
 every update (Keras' SGD bakes `self.momentum` into the traced graph as a constant, so setting it from a

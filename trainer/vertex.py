@@ -96,7 +96,7 @@ def custom_job_spec(image, data_dir, job_dir, trainer_args=(), display_name=None
     }
     scheduling = {}
     if replica_count > 1:
-        # A lost worker breaks MultiWorkerMirroredStrategy's collectives: restart all, resume from BackupAndRestore.
+        # A lost worker breaks MultiWorkerMirroredStrategy's collectives: restart all, resume from JOB_DIR/backup.
         scheduling["restartJobOnWorkerRestart"] = True
     if spot:
         scheduling["strategy"] = "SPOT"
