@@ -61,7 +61,7 @@ def loop_step_s(loop, iterator, steps) -> float:
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        float(loop._train(iterator))  # as in the loop: the loss is read every step (the non-finite guard)
+        float(loop.train_step(iterator))  # as in the loop: the loss is read every step (the non-finite guard)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -83,7 +83,7 @@ def main(argv=None):
         loop = Loop(compiled_model(cfg, HVC, strategy, steps_per_epoch=1000), strategy, synthetic(cfg, 1).element_spec)
         iterator = iter(ds)
         fit_model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # trace outside the timing
-        loop._train(iterator)
+        loop.train_step(iterator)
         t = {"fit": [], "loop": []}
         for _ in range(a.rounds):
             t["fit"].append(fit_step_s(fit_model, ds, n))

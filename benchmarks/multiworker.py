@@ -93,16 +93,16 @@ def worker(a) -> dict:
         data = strategy.distribute_datasets_from_function(lambda ctx: _synthetic(cfg, HVC, cfg.train.batch_size))
         loop = Loop(model, strategy, _synthetic(cfg, HVC, 1).element_spec)
         it = iter(data)
-        loop._train(it)  # trace
+        loop.train_step(it)  # trace
         out = {"model": f"WRN-{cfg.model.depth}-{cfg.model.width}",
                "trainable_params": int(sum(v.numpy().size for v in model.trainable_variables)),
                "collective_bytes": _collective_bytes(loop.step_function.get_concrete_function(next(it)).graph)}
         if run_steps:
-            float(loop._train(it))
+            float(loop.train_step(it))
             times = []
             for _ in range(a.steps):
                 t0 = time.perf_counter()
-                float(loop._train(it))  # float(): wait for the step, not just its dispatch
+                float(loop.train_step(it))  # float(): wait for the step, not just its dispatch
                 times.append(time.perf_counter() - t0)
             out["step_s"] = statistics.median(times)
             out["images_per_s"] = cfg.train.batch_size * replicas / out["step_s"]

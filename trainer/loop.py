@@ -44,18 +44,19 @@ class Loop:
             model._symbolic_build(data_batch=element_spec)
         jit = bool(model.jit_compile)  # Keras' own resolution of "auto" (off under a strategy)
 
-        def train_step(data):
+        def on_every_replica(data):
             logs = strategy.run(model.train_step, args=(data,))
             return strategy.reduce("MEAN", logs["loss"], axis=None)
 
-        def test_step(data):
+        def test_on_every_replica(data):
             strategy.run(model.test_step, args=(data,))
 
         # One batch -> the cluster's mean running loss (benchmarks/multiworker.py reads its graph's collectives).
-        self.step_function = tf.function(train_step, jit_compile=jit, reduce_retracing=True)
-        # The iterator is advanced outside the compiled step, as fit does.
-        self._train = tf.function(lambda iterator: self.step_function(next(iterator)))
-        self._test = tf.function(test_step, jit_compile=jit, reduce_retracing=True)
+        self.step_function = tf.function(on_every_replica, jit_compile=jit, reduce_retracing=True)
+        # train_step(iterator): one step on the next batch; the iterator is advanced outside the compiled
+        # function, as fit does.
+        self.train_step = tf.function(lambda iterator: self.step_function(next(iterator)))
+        self._test = tf.function(test_on_every_replica, jit_compile=jit, reduce_retracing=True)
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}{k}": float(v) for k, v in self.model.get_metrics_result().items()}
@@ -65,7 +66,7 @@ class Loop:
         callbacks.on_epoch_begin(epoch)
         for batch in batches:
             callbacks.on_train_batch_begin(batch)
-            loss = self._train(iterator)
+            loss = self.train_step(iterator)
             callbacks.on_train_batch_end(batch, {"loss": float(loss)})
         return self.metrics()
 
