@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfds_person_attrs.schema import Schema, schema_from_dict
+from trainer.config import ConfigError
 from trainer.preprocess_ops import decode_image
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -82,8 +83,8 @@ def shard_split(data_cfg, split: str, num_shards: int = 1, index: int = 0):
         return split
     n = split_examples(data_cfg, split)
     if n < num_shards:
-        raise ValueError(f"split {split!r} has {n} example(s), fewer than the {num_shards} workers reading it: "
-                         "use fewer workers or a larger split")
+        raise ConfigError(f"split {split!r} has {n} example(s), fewer than the {num_shards} workers reading it: "
+                          "use fewer workers or a larger split")
     return tfds.even_splits(split, n=num_shards)[index]
 
 
