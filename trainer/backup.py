@@ -10,8 +10,8 @@ every epoch appears once) and the config that made it (a resumed run compares it
 
 Only finite weights are committed: a step that blew the weights up raises instead, and the last finite backup
 stays, so resuming never continues from blown-up weights. Variables are saved by value in a fixed order
-(model.variables, random seed states included, then optimizer.variables) instead of `save_weights`, whose file also holds metric state that
-does not exist yet when a run restores before its first step.
+(model.variables, random seed states included, then optimizer.variables) instead of `save_weights`, whose
+file also holds metric state that does not exist yet when a run restores before its first step.
 """
 
 from __future__ import annotations

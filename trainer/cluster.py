@@ -75,7 +75,8 @@ def parse(text: str) -> Task:
         tf_config = json.loads(text)
     except json.JSONDecodeError as e:
         raise ClusterError(f"TF_CONFIG is not valid JSON ({e.msg} at character {e.pos}); expected "
-                           '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}') from None
+                           '{"cluster": {"worker": ["host:port", ...]}, '
+                           '"task": {"type": "worker", "index": 0}}') from None
     if not isinstance(tf_config, dict):
         raise ClusterError(f"TF_CONFIG must be a JSON object with 'cluster' and 'task', got {type(tf_config).__name__}")
     raw_cluster = tf_config.get("cluster") or {}

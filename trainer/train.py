@@ -6,9 +6,9 @@ print(run(load_config(['--config', 'smoke', '--data_dir', 'out/data', '--job_dir
 JOB_DIR gets: .lock (while the run lives), config.yaml (written first), backup/ (trainer.backup; removed when
 the run finishes), checkpoints/best.keras (best val_mean_accuracy), history.csv (per epoch, with lr and
 momentum), logs/ (TensorBoard), metrics.json (per-head validation accuracy, their mean, epochs completed),
-model.keras and model/ (the SavedModel from trainer.export). Every file appears whole (trainer.atomic).
-Starting the same command again after a crash resumes from backup/ with the same step count, schedule and
-weights; a different config is refused unless train.allow_config_change is set.
+model.keras and model/ (the SavedModel from trainer.export). All but TensorBoard's files appear whole
+(trainer.atomic). Starting the same command again after a crash resumes from backup/ with the same step count,
+schedule and weights; a different config is refused unless train.allow_config_change is set.
 
 Multi-worker (TF_CONFIG, every task runs the same command with the same --job_dir): only the chief holds the
 lock and writes JOB_DIR; every other task writes the same outputs into JOB_DIR/.task_scratch/<task>, removed
