@@ -22,33 +22,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from strategy_overhead import StepTimes, synthetic  # noqa: E402  (a sibling script: same batch, same timer)
 from tfds_person_attrs.schema import HVC  # noqa: E402
 from trainer.config import load_config  # noqa: E402
 from trainer.loop import Loop  # noqa: E402
 from trainer.train import compiled_model  # noqa: E402
-
-
-def synthetic(config, batch):
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (batch, config.data.height, config.data.width, 3)).astype("float32")
-    y = {a.name: rng.integers(0, a.num_classes, (batch,)).astype("int32") for a in HVC.attributes}
-    return tf.data.Dataset.from_tensors((x, y)).repeat()
-
-
-class StepTimes(keras.callbacks.Callback):
-    """Wall time of each step inside fit (fit's per-call start-up is not a per-step cost)."""
-
-    def on_train_begin(self, logs=None):
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.t = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self.t)
 
 
 def fit_step_s(model, ds, steps) -> float:
