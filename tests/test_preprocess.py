@@ -107,16 +107,16 @@ def test_class_counts_are_in_the_metadata(messy):
 
 
 def test_strict_fails_naming_the_first_bad_row(tmp_path, capsys):
-    src = fx.write_real_slice(tmp_path / "manual", 6, num_missing=1)
+    src = fx.write_real_slice(tmp_path / "manual", 30, num_missing=1)
     code = preprocess.main(["--manual_dir", str(src), "--data_dir", str(tmp_path / "data"), "--strict"])
     err = capsys.readouterr().err
     assert code == 3
-    assert "--strict: row 7 (resized/7001.jpg) was skipped: missing_image" in err
+    assert "--strict: row 31 (resized/7001.jpg) was skipped: missing_image" in err
     assert not (tmp_path / "data" / "person_attrs" / "hvc" / "1.0.0" / "dataset_info.json").exists()
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("missing_column", "lacks column(s) ['carryingbag']"),
+    ("missing_column", "hvc_annotations.csv lacks column(s) ['carryingbag']"),
     ("empty_csv", "is empty: it needs a header row"),
     ("not_utf8", "is not UTF-8 (bad byte at line 3"),
     ("no_manual_dir", "does not exist; pass --manual_dir"),

@@ -17,8 +17,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from tfds_person_attrs import grouping
-from tfds_person_attrs.annotations import Annotation, ManualData, Skipped
-from tfds_person_attrs.images import BadImageError, inspect_image
+from tfds_person_attrs.annotations import OUTSIDE_REASON, Annotation, ManualData, OutsideManualDataError, Skipped
+from tfds_person_attrs.images import DEFAULT_MAX_PIXELS, BadImageError, inspect_image
 from tfds_person_attrs.schema import Schema
 
 NAMESPACE = "person_attrs"
@@ -29,6 +29,11 @@ _PROGRESS_EVERY = 1000
 
 class StrictModeError(RuntimeError):
     """A record was skipped while --strict was set."""
+
+
+def _not_a_strict_stop(record: logging.LogRecord) -> bool:
+    """Beam logs every exception a DoFn raises with its traceback; a --strict stop is reported once, by the caller."""
+    return not (record.exc_info and isinstance(record.exc_info[1], StrictModeError))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,23 +52,32 @@ def skip_message_for_strict(s: Skipped) -> str:
 class ReadAndCheckImages(beam.DoFn):
     """Annotation -> CheckedImage, or a Skipped on the `skipped` output (missing or undecodable image)."""
 
-    def __init__(self, data: ManualData, strict: bool):
+    def __init__(self, data: ManualData, strict: bool, max_pixels: int = DEFAULT_MAX_PIXELS):
         self._data = data
         self._strict = strict
+        self._max_pixels = max_pixels
         self._read = Metrics.counter(NAMESPACE, "images_read")
         self._converted = Metrics.counter(NAMESPACE, "images_converted")
 
     def setup(self):
         self._seen = 0
         self._start = time.time()
+        if self._strict:
+            beam_log = logging.getLogger("apache_beam.runners.common")
+            if _not_a_strict_stop not in beam_log.filters:
+                beam_log.addFilter(_not_a_strict_stop)
 
     def process(self, ann: Annotation):
-        data = self._data.read_image(ann.image_id)
+        try:
+            data = self._data.read_image(ann.image_id)
+        except OutsideManualDataError as e:
+            yield from self._skip(ann, OUTSIDE_REASON, f"row {ann.row}: {e}")
+            return
         if data is None:
             yield from self._skip(ann, "missing_image", f"row {ann.row}: image file {ann.image_id} not found in {self._data}")
             return
         try:
-            checked = inspect_image(data)
+            checked = inspect_image(data, self._max_pixels)
         except BadImageError as e:
             yield from self._skip(ann, e.reason, f"row {ann.row}: {ann.image_id}: {e}")
             return

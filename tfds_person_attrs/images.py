@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import sys
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -23,6 +25,9 @@ _BAR_LEVEL = 12
 # Decode at 1/4 scale (224 -> 56): enough detail for a 64-bit DCT hash, 10x cheaper than a full decode.
 _THUMB_SIDE = 56
 _CONVERTED_QUALITY = 95
+# PIL's own decompression-bomb limit (~89 megapixels): a full decode of such an image takes ~270 MB. Above it
+# an image is skipped before any pixel is decoded, so a worker's memory stays bounded whatever the input.
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 # The pHash recipe of imagehash.phash (32x32 grayscale, 2-D DCT-II, top-left 8x8 against its median) with the
 # DCT as one precomputed matrix: the same bits, 10x cheaper than going through scipy per image.
 _HASH_SIDE, _HASH_BITS_SIDE = 32, 8
@@ -47,18 +52,31 @@ class InspectedImage:
     converted_from: str | None = None  # "png", "grayscale", "cmyk", ... when the bytes were re-encoded
 
 
-def inspect_image(data: bytes) -> InspectedImage:
-    """Checks `data` decodes completely and returns what the dataset stores; raises BadImageError."""
+def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> InspectedImage:
+    """Checks `data` decodes completely and returns what the dataset stores; raises BadImageError.
+
+    An image of more than `max_pixels` is refused from its header, before decoding.
+    """
     if not data:
         raise BadImageError("unreadable_image", "the file is empty (0 bytes)")
     try:
-        im = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below says it per image
+            im = Image.open(io.BytesIO(data))
         fmt, mode, size = im.format, im.mode, im.size
+        if size[0] * size[1] > max_pixels:
+            raise _too_large(size, max_pixels)
         if fmt == "JPEG" and mode == "RGB":
             im.draft("L", (max(1, size[0] * _THUMB_SIDE // max(size)), max(1, size[1] * _THUMB_SIDE // max(size))))
             im.load()
             return InspectedImage(jpeg=data, phash=perceptual_hash(im), width=size[0], height=size[1])
         im.load()
+    except BadImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        # PIL refuses twice its own limit inside Image.open, before the size can be read from the image.
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(int(pixels.group(1)) if pixels else None, max_pixels) from None
     except UnidentifiedImageError:
         raise BadImageError("unreadable_image", "not an image file PIL can identify (corrupt or not an image)") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -71,6 +89,15 @@ def inspect_image(data: bytes) -> InspectedImage:
     return InspectedImage(
         jpeg=out.getvalue(), phash=perceptual_hash(rgb), width=size[0], height=size[1], converted_from=converted_from
     )
+
+
+def _too_large(size: tuple[int, int] | int | None, max_pixels: int) -> BadImageError:
+    if isinstance(size, tuple):
+        what = f"{size[0]}x{size[1]} = {size[0] * size[1] / 1e6:.0f} megapixels"
+    else:
+        what = f"{size / 1e6:.0f} megapixels" if size else "over PIL's own limit"
+    return BadImageError("image_too_large", f"the image is {what}, more than the {max_pixels / 1e6:.0f} megapixels "
+                                            "allowed; shrink it, or raise --max_image_pixels")
 
 
 def _conversion_reason(fmt: str | None, mode: str) -> str:

@@ -10,7 +10,9 @@ one split chosen by a stable hash. See README.md beside this file for features a
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import datetime
 import json
 import logging
 import posixpath
@@ -23,6 +25,7 @@ import tensorflow_datasets as tfds
 from tfds_person_attrs import beam_transforms as bt
 from tfds_person_attrs import grouping
 from tfds_person_attrs.annotations import Annotation, ManualData, ManualDataError, parse_annotations
+from tfds_person_attrs.images import DEFAULT_MAX_PIXELS
 from tfds_person_attrs.schema import BUILTIN_SCHEMAS, HVC, Schema, schema_from_dict
 
 SUMMARY_FILE = "build_summary.json"
@@ -57,8 +60,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         "them such as hvc_data.zip, in the manual dir, and pass --manual_dir DIR (local or gs://)."
     )
 
-    def __init__(self, *, strict: bool = False, **kwargs):
+    def __init__(self, *, strict: bool = False, max_image_pixels: int = DEFAULT_MAX_PIXELS,
+                 manual_source: str | None = None, **kwargs):
+        """manual_source: the zip or folder to read, when it is not TFDS's manual dir itself (TFDS takes folders
+        only, so a named zip comes here and its folder goes to TFDS)."""
         self._strict = strict
+        self._max_image_pixels = max_image_pixels
+        self._manual_source = manual_source
         super().__init__(**kwargs)
 
     @property
@@ -84,12 +92,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager, pipeline):
         cfg = self.builder_config
-        data = ManualData(str(dl_manager.manual_dir), self.schema)
-        annotations, csv_skipped = parse_annotations(data.read_csv_bytes(), self.schema, source=str(data))
+        data = ManualData(self._manual_source or str(dl_manager.manual_dir), self.schema)
+        annotations, csv_skipped = parse_annotations(data.read_csv_bytes(), self.schema, source=data.csv_path)
         if self._strict and csv_skipped:
             raise bt.StrictModeError(bt.skip_message_for_strict(csv_skipped[0]))
         if not annotations:
-            raise ManualDataError(f"{data}: no usable rows ({len(csv_skipped)} skipped, first: {csv_skipped[0].message})")
+            raise ManualDataError(f"{data.csv_path}: no usable rows ({len(csv_skipped)} skipped, first: "
+                                  f"{csv_skipped[0].message})")
+        check_every_split_gets_rows(annotations, cfg)
+        source = data.fingerprint()
         logging.info("person_attrs: %d usable CSV rows, %d skipped before reading images", len(annotations), len(csv_skipped))
 
         # Workers read the validated rows from a file rather than from the job graph: beam.Create would pickle
@@ -102,7 +113,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             pipeline
             | "ReadAnnotations" >> beam.io.ReadFromText(rows_file)
             | "ParseAnnotations" >> beam.Map(Annotation.from_json)
-            | "ReadAndCheckImages" >> beam.ParDo(bt.ReadAndCheckImages(data, self._strict)).with_outputs(
+            | "ReadAndCheckImages" >> beam.ParDo(bt.ReadAndCheckImages(
+                data, self._strict, self._max_image_pixels)).with_outputs(
                 bt.SKIPPED_TAG, main="checked")
         )
         groups = (
@@ -130,7 +142,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             | "WriteSummary" >> beam.Map(
                 _write_summary, out_dir=out_dir, csv_rows=len(annotations) + len(csv_skipped), csv_skipped=csv_skipped,
                 image_skipped=beam.pvalue.AsSingleton(image_skipped), stats=beam.pvalue.AsSingleton(stats),
-                groups=beam.pvalue.AsSingleton(groups), config=self._config_record())
+                groups=beam.pvalue.AsSingleton(groups), config=self._config_record(), source=source)
         )
         names = [name for name, _ in cfg.split_fractions]
         parts = assigned | "PartitionBySplit" >> beam.Partition(lambda e, n: names.index(e[0]), len(names))
@@ -144,7 +156,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         return {"schema": self.schema.name, "split_seed": cfg.split_seed,
                 "split_fractions": dict(cfg.split_fractions), "dedup_threshold": cfg.dedup_threshold,
-                "split_by": cfg.split_by}
+                "split_by": cfg.split_by, "max_image_pixels": self._max_image_pixels}
 
     def _process_pipeline_result(self, pipeline_result) -> None:
         counters = pipeline_result.metrics().query(beam.metrics.MetricsFilter().with_namespace(bt.NAMESPACE))["counters"]
@@ -164,7 +176,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "split_fractions": dict(cfg.split_fractions),
             "dedup_threshold": cfg.dedup_threshold,
             "split_by": cfg.split_by,
+            "source_sha256": summary["source"]["sha256"],
         })
+        _remove_abandoned_builds(str(self.data_dir))
 
 
 def _assign_split(item, groups, seed, fractions):
@@ -186,11 +200,56 @@ def _to_example(element, schema: Schema):
     return ann.image_id, example
 
 
-def _write_summary(_, out_dir, csv_rows, csv_skipped, image_skipped, stats, groups, config):
+def _write_summary(_, out_dir, csv_rows, csv_skipped, image_skipped, stats, groups, config, source):
     summary = bt.build_summary(csv_rows, csv_skipped, image_skipped, stats, groups, config)
+    summary["source"] = source
+    summary["built_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     bt.write_json(posixpath.join(out_dir, SUMMARY_FILE), summary)
     with tf.io.gfile.GFile(posixpath.join(out_dir, SKIPPED_FILE), "w") as f:
         f.write(bt.skipped_rows_csv(csv_skipped, image_skipped))
+
+
+def check_every_split_gets_rows(annotations: list[Annotation], cfg: PersonAttrsConfig) -> None:
+    """Refuses, before Beam starts, a recipe that would leave a split without a single row.
+
+    Counts each usable row in the split of its own group (or of its row rank for --split_by row); grouping
+    near-duplicates can only merge groups, so a split empty here is empty after the build too.
+    """
+    counts = _provisional_split_counts(annotations, cfg, cfg.split_seed)
+    if all(counts.values()):
+        return
+    names = [name for name, _ in cfg.split_fractions]
+    said = ", ".join(f"{n} {counts[n]}" for n in names)
+    shares = ",".join(f"{f * 100:g}" for _, f in cfg.split_fractions)
+    advice = "add rows, or give the empty split a larger share with --split"
+    if cfg.split_by == "group":
+        seed = next((s for s in range(1, 1000) if all(_provisional_split_counts(annotations, cfg, s).values())), None)
+        if seed is not None:
+            advice += f", or try --split_seed {seed} (it gives every split a row)"
+    raise ManualDataError(f"{len(annotations)} usable rows split {shares} give {said}: every split needs at least one "
+                          f"image; {advice}")
+
+
+def _provisional_split_counts(annotations: list[Annotation], cfg: PersonAttrsConfig, seed: int) -> dict[str, int]:
+    counts = collections.Counter({name: 0 for name, _ in cfg.split_fractions})
+    if cfg.split_by == "row":
+        for rank in range(len(annotations)):
+            counts[grouping.split_at(rank / len(annotations), cfg.split_fractions)] += 1
+    else:
+        for a in annotations:
+            counts[grouping.split_of(a.group or a.image_id, seed, cfg.split_fractions)] += 1
+    return counts
+
+
+def _remove_abandoned_builds(building_dir: str) -> None:
+    """Deletes the `incomplete.*` folders that killed builds of this version left beside the one being finished."""
+    parent, own = posixpath.split(building_dir.rstrip("/"))
+    version = own.rsplit("_", 1)[-1]
+    for name in tf.io.gfile.listdir(parent):
+        name = name.rstrip("/")
+        if name.startswith("incomplete.") and name.endswith("_" + version) and name != own:
+            tf.io.gfile.rmtree(posixpath.join(parent, name))
+            logging.info("person_attrs: removed %s, left by an interrupted build", posixpath.join(parent, name))
 
 
 def schema_of(builder_or_info) -> Schema:
