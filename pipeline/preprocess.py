@@ -37,8 +37,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--split_by", choices=grouping.SPLIT_BY, default="group",
                    help="group: leak-proof hash of near-duplicate groups (default); row: CSV row order, the first "
                         "80%% of the images train (the naive split of earlier work, for comparison only)")
-    p.add_argument("--dedup_threshold", type=int, default=grouping.DEFAULT_THRESHOLD,
-                   help="max Hamming distance (of 64 bits) between perceptual hashes of one near-duplicate group")
+    p.add_argument("--dedup_threshold", type=float, default=grouping.DEFAULT_THRESHOLD,
+                   help="least similarity (cosine of image signatures, 0-1; mirror images count) for two images "
+                        "to share a near-duplicate group (default %(default)s)")
     p.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="skip (and report) images larger than this many pixels, before decoding them "
                         "(default: PIL's limit, %(default)s)")
@@ -55,6 +56,9 @@ def make_builder(args: argparse.Namespace):
     if schema is None:
         raise SchemaError(f"--config {args.config!r} is not a built-in schema ({sorted(BUILTIN_SCHEMAS)}); "
                           "pass --schema FILE for your own")
+    if not 0 < args.dedup_threshold <= 1:
+        raise ValueError(f"--dedup_threshold {args.dedup_threshold}: give a similarity in (0, 1], e.g. "
+                         f"{grouping.DEFAULT_THRESHOLD} (the default); higher joins fewer images")
     recipe = dict(split_seed=args.split_seed, split_fractions=grouping.parse_fractions(args.split),
                   dedup_threshold=args.dedup_threshold, split_by=args.split_by)
     config = PersonAttrsConfig.from_schema(schema, **recipe)

@@ -17,10 +17,13 @@ import json
 import logging
 import posixpath
 
+import contextlib
+
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import example_serializer, split_builder
 
 from tfds_person_attrs import beam_transforms as bt
 from tfds_person_attrs import grouping
@@ -40,7 +43,7 @@ class PersonAttrsConfig(tfds.core.BuilderConfig):
     schema: Schema = HVC
     split_seed: int = 0
     split_fractions: tuple = grouping.DEFAULT_FRACTIONS
-    dedup_threshold: int = grouping.DEFAULT_THRESHOLD
+    dedup_threshold: float = grouping.DEFAULT_THRESHOLD
     split_by: str = "group"  # one of grouping.SPLIT_BY
 
     @classmethod
@@ -109,48 +112,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         rows_file = posixpath.join(out_dir, ANNOTATIONS_FILE)
         with tf.io.gfile.GFile(rows_file, "w") as f:
             f.write("".join(a.to_json() + "\n" for a in annotations))
-        checked = (
+        parts = (
             pipeline
             | "ReadAnnotations" >> beam.io.ReadFromText(rows_file)
             | "ParseAnnotations" >> beam.Map(Annotation.from_json)
-            | "ReadAndCheckImages" >> beam.ParDo(bt.ReadAndCheckImages(
-                data, self._strict, self._max_image_pixels)).with_outputs(
-                bt.SKIPPED_TAG, main="checked")
+            | "BuildSplits" >> bt.BuildSplits(
+                data, self.schema, threshold=cfg.dedup_threshold, split_seed=cfg.split_seed,
+                fractions=cfg.split_fractions, split_by=cfg.split_by, strict=self._strict,
+                max_pixels=self._max_image_pixels, csv_rows=len(annotations) + len(csv_skipped),
+                csv_skipped=csv_skipped, config=self._config_record())
         )
-        groups = (
-            checked.checked
-            | "Fingerprints" >> beam.Map(lambda c: (c.annotation.image_id, c.phash, c.annotation.group))
-            | "CollectFingerprints" >> beam.combiners.ToList()
-            | "GroupNearDuplicates" >> beam.Map(bt.assign_groups, threshold=cfg.dedup_threshold)
-        )
-        if cfg.split_by == "row":
-            order = (checked.checked | "RowNumbers" >> beam.Map(lambda c: c.annotation.row)
-                     | "CollectRowNumbers" >> beam.combiners.ToList() | "SortRows" >> beam.Map(np.sort))
-            assigned = checked.checked | "AssignSplitsByRow" >> beam.Map(
-                _assign_split_by_row, groups=beam.pvalue.AsSingleton(groups), order=beam.pvalue.AsSingleton(order),
-                fractions=cfg.split_fractions)
-        else:
-            assigned = checked.checked | "AssignSplits" >> beam.Map(
-                _assign_split, groups=beam.pvalue.AsSingleton(groups), seed=cfg.split_seed,
-                fractions=cfg.split_fractions)
+        _ = parts["summary"] | "WriteSummary" >> beam.Map(_write_summary, out_dir=out_dir, source=source)
+        _ = (parts["skipped"] | "CollectSkippedRows" >> beam.combiners.ToList()
+             | "WriteSkippedRows" >> beam.Map(_write_skipped_rows, out_dir=out_dir, csv_skipped=csv_skipped))
+        return {name: parts[name] for name, _ in cfg.split_fractions}
 
-        stats = assigned | "CountClasses" >> beam.CombineGlobally(bt.ClassCounts(self.schema))
-        image_skipped = checked[bt.SKIPPED_TAG] | "CollectSkipped" >> beam.combiners.ToList()
-        _ = (
-            pipeline
-            | "SummaryTrigger" >> beam.Create([None])
-            | "WriteSummary" >> beam.Map(
-                _write_summary, out_dir=out_dir, csv_rows=len(annotations) + len(csv_skipped), csv_skipped=csv_skipped,
-                image_skipped=beam.pvalue.AsSingleton(image_skipped), stats=beam.pvalue.AsSingleton(stats),
-                groups=beam.pvalue.AsSingleton(groups), config=self._config_record(), source=source)
-        )
-        names = [name for name, _ in cfg.split_fractions]
-        parts = assigned | "PartitionBySplit" >> beam.Partition(lambda e, n: names.index(e[0]), len(names))
-        return {name: self._generate_examples(parts[i], name) for i, name in enumerate(names)}
-
-    def _generate_examples(self, items: beam.PCollection, split: str) -> beam.PCollection:
-        """The (key, example) pairs of one split, from its share of the checked images."""
-        return items | f"Examples_{split}" >> beam.Map(_to_example, schema=self.schema)
+    def _generate_examples(self, **_):
+        """Unused: `_split_generators` returns each split's examples from `BuildSplits` directly."""
+        raise NotImplementedError
 
     def _config_record(self) -> dict:
         cfg = self.builder_config
@@ -164,7 +143,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             logging.info("person_attrs counter %s = %s", c.key.metric.name, c.committed)
 
     def _download_and_prepare(self, dl_manager, download_config):
-        super()._download_and_prepare(dl_manager, download_config)
+        with _deterministic_serialization():
+            super()._download_and_prepare(dl_manager, download_config)
         tf.io.gfile.remove(posixpath.join(str(self.data_dir), ANNOTATIONS_FILE))
         with tf.io.gfile.GFile(posixpath.join(str(self.data_dir), SUMMARY_FILE)) as f:
             summary = json.load(f)
@@ -181,32 +161,38 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         _remove_abandoned_builds(str(self.data_dir))
 
 
-def _assign_split(item, groups, seed, fractions):
-    group = groups[item.annotation.image_id]
-    return grouping.split_of(group, seed, fractions), group, item
-
-
-def _assign_split_by_row(item, groups, order, fractions):
-    rank = int(np.searchsorted(order, item.annotation.row))
-    return grouping.split_at(rank / len(order), fractions), groups[item.annotation.image_id], item
-
-
-def _to_example(element, schema: Schema):
-    _, group, item = element
-    ann = item.annotation
-    example = {"image": item.jpeg, "id": ann.image_id, "group": group}
-    for a in schema.attributes:
-        example[a.name] = np.asarray(ann.labels[a.name], np.uint8) if a.is_multi_label else ann.labels[a.name]
-    return ann.image_id, example
-
-
-def _write_summary(_, out_dir, csv_rows, csv_skipped, image_skipped, stats, groups, config, source):
-    summary = bt.build_summary(csv_rows, csv_skipped, image_skipped, stats, groups, config)
+def _write_summary(summary: dict, out_dir: str, source: dict) -> None:
     summary["source"] = source
     summary["built_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     bt.write_json(posixpath.join(out_dir, SUMMARY_FILE), summary)
+
+
+def _write_skipped_rows(image_skipped: list, out_dir: str, csv_skipped: list) -> None:
     with tf.io.gfile.GFile(posixpath.join(out_dir, SKIPPED_FILE), "w") as f:
         f.write(bt.skipped_rows_csv(csv_skipped, image_skipped))
+
+
+class _DeterministicExampleSerializer(example_serializer.ExampleSerializer):
+    """TFDS's tf.train.Example serializer with the feature map written in key order.
+
+    Protobuf writes a map's entries in an order that differs from process to process, so without this two
+    builds of the same data (or the in-process and multi-process DirectRunner) give different record bytes.
+    Defined here, it is pickled into the Beam workers by reference, so they import and use it too.
+    """
+
+    def serialize_example(self, example):
+        return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+
+@contextlib.contextmanager
+def _deterministic_serialization():
+    """TFDS builds its writer's serializer inside SplitBuilder; this build's writer gets the one above."""
+    original = split_builder.example_serializer.ExampleSerializer
+    split_builder.example_serializer.ExampleSerializer = _DeterministicExampleSerializer
+    try:
+        yield
+    finally:
+        split_builder.example_serializer.ExampleSerializer = original
 
 
 def check_every_split_gets_rows(annotations: list[Annotation], cfg: PersonAttrsConfig) -> None:
