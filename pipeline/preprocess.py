@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="skip (and report) images larger than this many pixels, before decoding them "
                         "(default: PIL's limit, %(default)s)")
+    p.add_argument("--num_shards", type=int, default=None,
+                   help="TFRecord files per split (default: TFDS's choice by size); more files let more readers, "
+                        "e.g. multi-worker training's FILE sharding, each take whole files")
     p.add_argument("--strict", action="store_true", help="fail on the first row that would be skipped")
     p.add_argument("--overwrite", action="store_true",
                    help="rebuild even if the dataset exists (needed when its source has changed since)")
@@ -109,7 +112,8 @@ def run(argv: list[str] | None = None) -> dict:
     start = time.time()
     logging.info("building %s into %s with Beam options %s", builder.info.full_name, builder.data_dir, beam_args)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=posixpath.dirname(source.source_file), beam_options=beam_options(beam_args), download_mode=mode))
+        manual_dir=posixpath.dirname(source.source_file), beam_options=beam_options(beam_args), download_mode=mode,
+        num_shards=args.num_shards))
     with tf.io.gfile.GFile(summary_path) as f:
         summary = json.load(f)
     summary["seconds"] = round(time.time() - start, 1)

@@ -157,8 +157,9 @@ def test_row_order_split_puts_the_first_rows_in_train(tmp_path):
     """--split_by row: the naive split of earlier work, kept apart from the leak-proof default config."""
     src = fx.write_real_slice(tmp_path / "manual", 20, num_missing=3)
     summary = preprocess.run(["--manual_dir", str(src), "--data_dir", str(tmp_path / "data"),
-                              "--split_by", "row", "--split", "50,25,25"])
+                              "--split_by", "row", "--split", "50,25,25", "--num_shards", "2"])
     built = tmp_path / "data" / "person_attrs" / "hvc_byrow_split0p5-0p25-0p25" / "1.0.0"
+    assert len(list(built.glob("*-train.tfrecord-*-of-00002"))) == 2  # --num_shards files per split
     builder = tfds.builder_from_directory(str(built))
     assert builder.info.metadata["split_by"] == "row" and summary["config"]["split_by"] == "row"
     ids = {s: [ex["id"].decode() for ex in tfds.as_numpy(builder.as_dataset(split=s))]

@@ -4,11 +4,13 @@
                                                                    -> (image id, group) for images that have one
 
 1. Blocking: each signature is made mirror-invariant (odd horizontal frequencies by absolute value, centred
-   on the mean of all images: one 63-float global mean) and hashed by TABLES tables of BITS random
-   hyperplanes (SimHash), giving a cell per table. An image is stored in its cell of each table and probes
-   that cell plus the FLIPS cells reached by flipping its least certain bits (those whose projection is
-   closest to zero): a near-duplicate is missed only when in every table one of the bits that differ between
-   the two was certain for the prober. Keys are Beam keys, so cells spread over workers.
+   on the mean of all images: one 63-float global mean) and hashed by TABLES tables of `bits` random
+   hyperplanes (SimHash), giving a cell per table; `bits` is log2(images / 64), at least 12 (12 up to
+   262,144 images, 14 at a million), so that a cell holds about 64 images at any size. An image is stored
+   in its cell of each table and probes that cell plus the FLIPS cells reached by flipping its least certain
+   bits (those whose projection is closest to zero): a near-duplicate is missed only when in every table one
+   of the bits that differ between the two was certain for the prober. Keys are Beam keys, so cells spread
+   over workers.
 2. Verification: within a cell, every probe is compared with every stored image by the exact criterion
    (`grouping.similar_pairs`: cosine >= threshold, as is or mirrored), as one matrix product.
 3. Components: ROUNDS rounds of min-label propagation over the verified pairs (a join and a min per round);
@@ -31,34 +33,41 @@ from tfds_person_attrs.grouping import similar_pairs
 from tfds_person_attrs.images import SIGNATURE_SIDE, SIGNATURE_SIZE
 
 NAMESPACE = "person_attrs"
-TABLES, BITS, FLIPS = 8, 12, 2
+TABLES, FLIPS = 8, 2
+MIN_BITS, MAX_BITS, CELL_TARGET = 12, 20, 64
 ROUNDS = 3
+# Images whose blocking keys are computed together; their entries for one cell travel as one Beam element,
+# which cuts the elements the shuffle handles by about the number of them that share a cell.
+_BATCH = 16384
 # Probes compared with a cell's stored images at once; bounds a hot cell's memory to CHUNK x its size floats.
 _CHUNK = 4096
-_HYPERPLANES = np.random.default_rng(15).standard_normal((TABLES * BITS, SIGNATURE_SIZE)).astype(np.float32)
+_HYPERPLANES = np.random.default_rng(15).standard_normal((TABLES, MAX_BITS, SIGNATURE_SIZE)).astype(np.float32)
 _ODD = np.tile(np.arange(SIGNATURE_SIDE) % 2 == 1, SIGNATURE_SIDE)[1:]
 _STORE, _PROBE, _BOTH = 0, 1, 2
 
 
 def mirror_invariant(signatures: np.ndarray) -> np.ndarray:
     """The blocking vector: the same for an image and its mirror (odd horizontal frequencies only change sign)."""
-    out = np.array(signatures, dtype=np.float32, copy=True)
+    out = np.array(signatures, dtype=np.float32)
     out[..., _ODD] = np.abs(out[..., _ODD])
     return out
 
 
-def blocking_keys(signature: np.ndarray, center: np.ndarray) -> list[tuple[int, int]]:
-    """[(cell key, role)]: the image's own cell in each table (stored and probed) and its probe-only cells."""
-    proj = (_HYPERPLANES @ (mirror_invariant(signature) - center)).reshape(TABLES, BITS)
-    bits = (proj > 0).astype(np.int64) << np.arange(BITS)
-    cells = bits.sum(axis=1)
-    least_certain = np.argsort(np.abs(proj), axis=1)[:, :FLIPS]
-    keys = []
-    for table in range(TABLES):
-        base = table << BITS
-        keys.append((base | int(cells[table]), _BOTH))
-        keys.extend((base | int(cells[table] ^ (1 << int(b))), _PROBE) for b in least_certain[table])
-    return keys
+def bits_for(num_images: int) -> int:
+    """Hyperplanes per table: about CELL_TARGET images per cell, within [MIN_BITS, MAX_BITS]."""
+    return int(np.clip(np.ceil(np.log2(max(num_images, 1) / CELL_TARGET)), MIN_BITS, MAX_BITS))
+
+
+def blocking_keys(signatures: np.ndarray, center: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """For a batch of signatures [n, 63]: own cells [n, TABLES] (stored and probed) and probe-only cells
+    [n, TABLES, FLIPS] (the own cell with one of its least certain bits flipped). A cell id includes its table."""
+    vectors = mirror_invariant(signatures) - center
+    proj = np.einsum("nd,tbd->ntb", vectors, _HYPERPLANES[:, :bits])
+    cells = ((proj > 0).astype(np.int64) << np.arange(bits)).sum(axis=2)
+    least_certain = np.argsort(np.abs(proj), axis=2)[:, :, :FLIPS]
+    probes = cells[:, :, None] ^ (np.int64(1) << least_certain)
+    table = (np.arange(TABLES, dtype=np.int64) << bits)
+    return cells | table, probes | table[:, None]
 
 
 class _SumVectors(beam.CombineFn):
@@ -79,28 +88,29 @@ class _SumVectors(beam.CombineFn):
 
 
 class _VerifyCell(beam.DoFn):
-    """(cell, [(role, id, signature bytes)]) -> verified pairs (smaller id, larger id)."""
+    """(cell, [packed entries]) -> verified pairs (smaller id, larger id)."""
 
     def __init__(self, threshold: float):
         self._threshold = threshold
         self._candidates = Metrics.counter(NAMESPACE, "grouping_candidate_pairs")
         self._cell_size = Metrics.distribution(NAMESPACE, "grouping_cell_size")
 
-    def process(self, cell_members):
-        _, members = cell_members
-        stored = [(i, s) for role, i, s in members if role != _PROBE]
-        probes = [(i, s) for role, i, s in members if role != _STORE]
+    def process(self, cell_entries):
+        _, packs = cell_entries
+        packs = list(packs)
+        roles = np.frombuffer(b"".join(p[0] for p in packs), np.int8)
+        ids = [i for p in packs for i in p[1]]
+        sigs = np.frombuffer(b"".join(p[2] for p in packs), np.float16).reshape(len(ids), -1)
+        stored, probes = np.flatnonzero(roles != _PROBE), np.flatnonzero(roles != _STORE)
         self._cell_size.update(len(stored))
-        if not stored or len(stored) + len(probes) <= 2 and stored[0][0] == probes[0][0]:
+        if len(stored) == 0 or len(ids) == 1:
             return
-        stored_ids = [i for i, _ in stored]
-        stored_sig = np.frombuffer(b"".join(s for _, s in stored), np.float32).reshape(len(stored), -1)
+        stored_sig = sigs[stored]
         for start in range(0, len(probes), _CHUNK):
             chunk = probes[start : start + _CHUNK]
             self._candidates.inc(len(chunk) * len(stored))
-            probe_sig = np.frombuffer(b"".join(s for _, s in chunk), np.float32).reshape(len(chunk), -1)
-            for p, q in zip(*similar_pairs(probe_sig, stored_sig, self._threshold)):
-                a, b = chunk[p][0], stored_ids[q]
+            for p, q in zip(*similar_pairs(sigs[chunk], stored_sig, self._threshold)):
+                a, b = ids[chunk[p]], ids[stored[q]]
                 if a != b:
                     yield (a, b) if a < b else (b, a)
 
@@ -166,7 +176,7 @@ def _count_unsettled(pair):
 
 
 class NearDuplicateGroups(beam.PTransform):
-    """(image id, signature float32 [63]) -> (image id, group) for every image with a near-duplicate.
+    """(image id, signature float16 [63]) -> (image id, group) for every image with a near-duplicate.
 
     The group is the smallest id of the images joined to it; images without a near-duplicate are not output
     (each is its own group).
@@ -180,9 +190,12 @@ class NearDuplicateGroups(beam.PTransform):
     def expand(self, signatures):
         center = (signatures | "BlockingVectors" >> beam.Map(lambda kv: mirror_invariant(kv[1]))
                   | "MeanBlockingVector" >> beam.CombineGlobally(_SumVectors()))
+        bits = signatures | "CountImages" >> beam.combiners.Count.Globally() | "Bits" >> beam.Map(bits_for)
         edges = (
             signatures
-            | "BlockingKeys" >> beam.FlatMap(_keyed_by_cell, center=beam.pvalue.AsSingleton(center))
+            | "Batch" >> beam.BatchElements(min_batch_size=_BATCH, max_batch_size=_BATCH)
+            | "BlockingKeys" >> beam.FlatMap(_keyed_by_cell, center=beam.pvalue.AsSingleton(center),
+                                             bits=beam.pvalue.AsSingleton(bits))
             | "GroupByCell" >> beam.GroupByKey()
             | "VerifyCells" >> beam.ParDo(_VerifyCell(self._threshold))
             | "DistinctPairs" >> beam.Distinct()
@@ -190,9 +203,18 @@ class NearDuplicateGroups(beam.PTransform):
         return edges | "Components" >> ConnectedComponents(self._rounds)  # pylint: disable=no-value-for-parameter
 
 
-def _keyed_by_cell(id_signature, center):
-    image_id, sig = id_signature
-    sig = np.asarray(sig, np.float32)
-    data = sig.tobytes()
-    for key, role in blocking_keys(sig, center):
-        yield key, (role, image_id, data)
+def _keyed_by_cell(batch, center, bits):
+    """A batch of (id, signature) -> (cell, (roles int8 bytes, ids, signatures float16 bytes)), one per cell."""
+    ids = [i for i, _ in batch]
+    sigs = np.stack([np.asarray(sig, np.float16) for _, sig in batch])
+    own, probes = blocking_keys(sigs, center, bits)
+    n = len(ids)
+    cells = np.concatenate([own.reshape(-1), probes.reshape(-1)])
+    who = np.concatenate([np.repeat(np.arange(n), TABLES), np.repeat(np.arange(n), TABLES * FLIPS)])
+    roles = np.concatenate([np.full(n * TABLES, _BOTH, np.int8), np.full(n * TABLES * FLIPS, _PROBE, np.int8)])
+    order = np.argsort(cells, kind="stable")
+    cells, who, roles = cells[order], who[order], roles[order]
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(cells)) + 1, [len(cells)]])
+    for lo, hi in zip(starts[:-1], starts[1:]):
+        members = who[lo:hi]
+        yield int(cells[lo]), (roles[lo:hi].tobytes(), [ids[i] for i in members], sigs[members].tobytes())
