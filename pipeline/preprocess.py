@@ -112,7 +112,7 @@ def run(argv: list[str] | None = None) -> dict:
     start = time.time()
     logging.info("building %s into %s with Beam options %s", builder.info.full_name, builder.data_dir, beam_args)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=posixpath.dirname(source.source_file), beam_options=beam_options(beam_args), download_mode=mode,
+        manual_dir=posixpath.dirname(source.source_file) or ".", beam_options=beam_options(beam_args), download_mode=mode,
         num_shards=args.num_shards))
     with tf.io.gfile.GFile(summary_path) as f:
         summary = json.load(f)

@@ -202,7 +202,7 @@ class BuildSplits(beam.PTransform):
     "skipped" (a Skipped record for every row the images step refused; those refused from the CSV came in).
 
     The near-duplicate map joins the checked images as a side input that holds only images that have a
-    near-duplicate (70 of the 7,000 real ones), so image bytes cross no shuffle before TFDS's writer.
+    near-duplicate (about 50 of the 7,000 real ones), so image bytes cross no shuffle before TFDS's writer.
     """
 
     def __init__(self, data: ManualData, schema: Schema, *, threshold: float, split_seed: int, fractions,

@@ -157,7 +157,6 @@ def ConnectedComponents(edges, rounds: int = ROUNDS):  # noqa: N802 - Beam's PTr
         {"label": labels, "edge": by_first}
         | "LabelFirst" >> beam.CoGroupByKey()
         | "KeyBySecond" >> beam.FlatMap(lambda kv: [(b, kv[1]["label"][0]) for b in kv[1]["edge"]])
-        | "Regroup" >> beam.Map(lambda kv: kv)
     )
     unsettled = (
         {"first_label": unsettled, "label": labels}
