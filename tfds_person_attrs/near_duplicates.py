@@ -152,21 +152,23 @@ def ConnectedComponents(edges, rounds: int = ROUNDS):  # noqa: N802 - Beam's PTr
             | f"Propagate{r}" >> beam.FlatMap(_propagate)
             | f"MinLabel{r}" >> beam.CombinePerKey(min)
         )
+    # Pairs whose two ends still carry different labels: (label of the first end, label of the second end).
     by_first = edges | "KeyByFirst" >> beam.Map(lambda e: (e[0], e[1]))
-    unsettled = (
+    second_with_first_label = (
         {"label": labels, "edge": by_first}
         | "LabelFirst" >> beam.CoGroupByKey()
         | "KeyBySecond" >> beam.FlatMap(lambda kv: [(b, kv[1]["label"][0]) for b in kv[1]["edge"]])
     )
     unsettled = (
-        {"first_label": unsettled, "label": labels}
+        {"first_label": second_with_first_label, "label": labels}
         | "LabelSecond" >> beam.CoGroupByKey()
         | "Disagreeing" >> beam.FlatMap(
             lambda kv: [(a, kv[1]["label"][0]) for a in kv[1]["first_label"] if a != kv[1]["label"][0]])
     )
     merged = (unsettled | "CountUnsettled" >> beam.Map(_count_unsettled)
               | "CollectUnsettled" >> beam.combiners.ToList() | "UnionFind" >> beam.Map(_union_labels))
-    return labels | "ApplyMerges" >> beam.Map(lambda kv, m: (kv[0], m.get(kv[1], kv[1])), m=beam.pvalue.AsSingleton(merged))
+    return labels | "ApplyMerges" >> beam.Map(
+        lambda kv, merges: (kv[0], merges.get(kv[1], kv[1])), merges=beam.pvalue.AsSingleton(merged))
 
 
 def _count_unsettled(pair):
