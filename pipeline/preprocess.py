@@ -22,6 +22,7 @@ import time
 
 from tfds_person_attrs import grouping
 from tfds_person_attrs.annotations import ManualData, ManualDataError
+from tfds_person_attrs.images import DEFAULT_MAX_PIXELS
 from tfds_person_attrs.schema import BUILTIN_SCHEMAS, SchemaError, load_schema
 
 
@@ -36,10 +37,18 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--split_by", choices=grouping.SPLIT_BY, default="group",
                    help="group: leak-proof hash of near-duplicate groups (default); row: CSV row order, the first "
                         "80%% of the images train (the naive split of earlier work, for comparison only)")
-    p.add_argument("--dedup_threshold", type=int, default=grouping.DEFAULT_THRESHOLD,
-                   help="max Hamming distance (of 64 bits) between perceptual hashes of one near-duplicate group")
+    p.add_argument("--dedup_threshold", type=float, default=grouping.DEFAULT_THRESHOLD,
+                   help="least similarity (cosine of image signatures, 0-1; mirror images count) for two images "
+                        "to share a near-duplicate group (default %(default)s)")
+    p.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="skip (and report) images larger than this many pixels, before decoding them "
+                        "(default: PIL's limit, %(default)s)")
+    p.add_argument("--num_shards", type=int, default=None,
+                   help="TFRecord files per split (default: TFDS's choice by size); more files let more readers, "
+                        "e.g. multi-worker training's FILE sharding, each take whole files")
     p.add_argument("--strict", action="store_true", help="fail on the first row that would be skipped")
-    p.add_argument("--overwrite", action="store_true", help="rebuild even if the dataset exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rebuild even if the dataset exists (needed when its source has changed since)")
     return p.parse_known_args(argv)
 
 
@@ -50,6 +59,9 @@ def make_builder(args: argparse.Namespace):
     if schema is None:
         raise SchemaError(f"--config {args.config!r} is not a built-in schema ({sorted(BUILTIN_SCHEMAS)}); "
                           "pass --schema FILE for your own")
+    if not 0 < args.dedup_threshold <= 1:
+        raise ValueError(f"--dedup_threshold {args.dedup_threshold}: give a similarity in (0, 1], e.g. "
+                         f"{grouping.DEFAULT_THRESHOLD} (the default); higher joins fewer images")
     recipe = dict(split_seed=args.split_seed, split_fractions=grouping.parse_fractions(args.split),
                   dedup_threshold=args.dedup_threshold, split_by=args.split_by)
     config = PersonAttrsConfig.from_schema(schema, **recipe)
@@ -62,7 +74,8 @@ def make_builder(args: argparse.Namespace):
         else:
             name = f"{schema.name}_seed{args.split_seed}_dedup{args.dedup_threshold}_split{shares}".replace(".", "p")
         config = dataclasses.replace(config, name=name)
-    return Builder(config=builtin if builtin == config else config, data_dir=args.data_dir, strict=args.strict)
+    return Builder(config=builtin if builtin == config else config, data_dir=args.data_dir, strict=args.strict,
+                   max_image_pixels=args.max_image_pixels, manual_source=args.manual_dir)
 
 
 def beam_options(beam_args: list[str]):
@@ -85,21 +98,57 @@ def run(argv: list[str] | None = None) -> dict:
 
     args, beam_args = parse_args(argv)
     builder = make_builder(args)
-    ManualData(args.manual_dir, builder.schema)  # fails fast, with advice, before TFDS or Beam start
-    manual_dir = posixpath.dirname(args.manual_dir) if args.manual_dir.endswith(".zip") else args.manual_dir
+    source = ManualData(args.manual_dir, builder.schema)  # fails fast, with advice, before TFDS or Beam start
+    summary_path = posixpath.join(str(builder.data_dir), SUMMARY_FILE)
+    if not args.overwrite and tf.io.gfile.exists(posixpath.join(str(builder.data_dir), "dataset_info.json")):
+        summary = _reused_summary(summary_path, source)
+        print(f"reused the dataset built from {summary['source']['file']} at {summary['built_at']} "
+              f"(sha256 {summary['source']['sha256'][:16]}...; --overwrite rebuilds it)")
+        print(format_summary(summary))
+        return summary
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if args.overwrite:
         mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
     start = time.time()
     logging.info("building %s into %s with Beam options %s", builder.info.full_name, builder.data_dir, beam_args)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir, beam_options=beam_options(beam_args), download_mode=mode))
-    with tf.io.gfile.GFile(posixpath.join(str(builder.data_dir), SUMMARY_FILE)) as f:
+        manual_dir=posixpath.dirname(source.source_file) or ".", beam_options=beam_options(beam_args), download_mode=mode,
+        num_shards=args.num_shards))
+    with tf.io.gfile.GFile(summary_path) as f:
         summary = json.load(f)
     summary["seconds"] = round(time.time() - start, 1)
     summary["dataset_dir"] = str(builder.data_dir)
     print(format_summary(summary))
     return summary
+
+
+def _reused_summary(summary_path: str, source: ManualData) -> dict:
+    """The summary of the dataset already built here, if it was built from this very source; else an error."""
+    import tensorflow as tf
+
+    dataset_dir = posixpath.dirname(summary_path)
+    recorded = {}
+    if tf.io.gfile.exists(summary_path):
+        with tf.io.gfile.GFile(summary_path) as f:
+            recorded = json.load(f)
+    now = source.fingerprint()
+    if _content(recorded.get("source")) != _content(now):
+        was = recorded.get("source") or {"file": "an unrecorded source", "sha256": "unknown"}
+        raise StaleDatasetError(
+            f"{dataset_dir} was built from {was['file']} (sha256 {was['sha256'][:16]}...), but {now['file']} "
+            f"(sha256 {now['sha256'][:16]}...) is not that data any more: pass --overwrite to rebuild it, or another "
+            "--data_dir to keep both")
+    recorded["dataset_dir"] = dataset_dir
+    return recorded
+
+
+def _content(fingerprint: dict | None) -> dict:
+    """A source fingerprint without its path: the same data reached by another path is still the same data."""
+    return {k: v for k, v in (fingerprint or {}).items() if k != "file"}
+
+
+class StaleDatasetError(ValueError):
+    """The dataset in --data_dir was built from other data than the source named now."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import sys
 def format_summary(s: dict) -> str:
     lines = [
         f"person_attrs build summary ({s.get('dataset_dir', '')})",
+        f"  source       {s['source']['file']} (sha256 {s['source']['sha256']})" if "source" in s else "",
         f"  CSV rows     {s['csv_rows']:>8}",
         f"  written      {s['written']:>8}   " + "  ".join(f"{k} {v}" for k, v in s["splits"].items()),
         f"  skipped      {s['skipped']:>8}",
@@ -28,7 +29,7 @@ def format_summary(s: dict) -> str:
     lines.append("  every CSV row accounted for: " + ("yes" if s["accounted"] else "NO - please report this as a bug"))
     if "seconds" in s:
         lines.append(f"  took {s['seconds']} s; every skipped row is listed in build_skipped.csv beside the dataset")
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line)
 
 
 if __name__ == "__main__":

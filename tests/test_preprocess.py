@@ -107,16 +107,16 @@ def test_class_counts_are_in_the_metadata(messy):
 
 
 def test_strict_fails_naming_the_first_bad_row(tmp_path, capsys):
-    src = fx.write_real_slice(tmp_path / "manual", 6, num_missing=1)
+    src = fx.write_real_slice(tmp_path / "manual", 30, num_missing=1)
     code = preprocess.main(["--manual_dir", str(src), "--data_dir", str(tmp_path / "data"), "--strict"])
     err = capsys.readouterr().err
     assert code == 3
-    assert "--strict: row 7 (resized/7001.jpg) was skipped: missing_image" in err
+    assert "--strict: row 31 (resized/7001.jpg) was skipped: missing_image" in err
     assert not (tmp_path / "data" / "person_attrs" / "hvc" / "1.0.0" / "dataset_info.json").exists()
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("missing_column", "lacks column(s) ['carryingbag']"),
+    ("missing_column", "hvc_annotations.csv lacks column(s) ['carryingbag']"),
     ("empty_csv", "is empty: it needs a header row"),
     ("not_utf8", "is not UTF-8 (bad byte at line 3"),
     ("no_manual_dir", "does not exist; pass --manual_dir"),
@@ -157,8 +157,9 @@ def test_row_order_split_puts_the_first_rows_in_train(tmp_path):
     """--split_by row: the naive split of earlier work, kept apart from the leak-proof default config."""
     src = fx.write_real_slice(tmp_path / "manual", 20, num_missing=3)
     summary = preprocess.run(["--manual_dir", str(src), "--data_dir", str(tmp_path / "data"),
-                              "--split_by", "row", "--split", "50,25,25"])
+                              "--split_by", "row", "--split", "50,25,25", "--num_shards", "2"])
     built = tmp_path / "data" / "person_attrs" / "hvc_byrow_split0p5-0p25-0p25" / "1.0.0"
+    assert len(list(built.glob("*-train.tfrecord-*-of-00002"))) == 2  # --num_shards files per split
     builder = tfds.builder_from_directory(str(built))
     assert builder.info.metadata["split_by"] == "row" and summary["config"]["split_by"] == "row"
     ids = {s: [ex["id"].decode() for ex in tfds.as_numpy(builder.as_dataset(split=s))]

@@ -7,6 +7,7 @@ import json
 import zipfile
 
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -15,7 +16,7 @@ from tests import data_fixtures as fx
 from tfds_person_attrs import grouping
 from tfds_person_attrs.annotations import Annotation, ManualData
 from tfds_person_attrs.beam_transforms import SKIPPED_TAG, ReadAndCheckImages
-from tfds_person_attrs.images import inspect_image
+from tfds_person_attrs.images import inspect_image, mirrored
 from tfds_person_attrs.schema import HVC, SchemaError, load_schema, schema_from_dict
 
 
@@ -53,14 +54,19 @@ def test_bad_schemas_name_the_field(tmp_path, bad, message):
     assert message in str(e.value) and str(path) in str(e.value)
 
 
-def test_near_duplicates_join_transitively_and_name_the_group_by_its_smallest_id():
-    a = 0
-    b = a ^ 0b1111  # 4 bits from a
-    c = b ^ (0b1111 << 8)  # 4 bits from b, 8 from a
-    far = (1 << 64) - 1  # 64 bits from a
-    groups = grouping.near_duplicate_groups(["z", "y", "x", "w"], [a, b, c, far], threshold=5)
-    assert groups == {"z": "x", "y": "x", "x": "x", "w": "w"}
-    assert grouping.near_duplicate_groups(["z", "y"], [a, b], threshold=3) == {"z": "z", "y": "y"}
+def test_near_duplicates_join_transitively_mirrored_too_and_name_the_group_by_its_smallest_id():
+    a = np.zeros(63, np.float32)
+    a[[0, 1]] = 1.0  # (0,1) has an odd horizontal frequency: mirroring negates it
+    b = a.copy()
+    b[2] = 0.75  # cos(a, b) = 0.88
+    c = b.copy()
+    c[3] = 0.9  # cos(b, c) = 0.87, cos(a, c) = 0.77: joined only through b
+    far = np.zeros(63, np.float32)
+    far[10] = 1.0
+    sigs = [v / np.linalg.norm(v) for v in (a, b, c, far, mirrored(a))]
+    groups = grouping.near_duplicate_groups(["z", "y", "x", "w", "m"], sigs, threshold=0.85)
+    assert groups == {"z": "m", "y": "m", "x": "m", "w": "w", "m": "m"}
+    assert grouping.near_duplicate_groups(["z", "x"], [sigs[0], sigs[2]], threshold=0.85) == {"z": "z", "x": "x"}
 
 
 def test_split_of_is_stable_and_follows_the_fractions():

@@ -12,9 +12,12 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import hashlib
 import io
 import json
+import os
 import posixpath
+import stat
 import sys
 import zipfile
 
@@ -25,6 +28,13 @@ from tfds_person_attrs.schema import HVC, Schema
 
 class ManualDataError(ValueError):
     """Manual data that cannot be used at all (missing, empty, wrong columns); says what to do."""
+
+
+class OutsideManualDataError(ValueError):
+    """An image path that resolves outside the manual data (a symlink pointing elsewhere); it is never read."""
+
+
+OUTSIDE_REASON = "path_outside_manual_dir"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,13 +62,18 @@ class Skipped:
 
 
 class ManualData:
-    """A folder holding the CSV and images, or a zip with them at its root (or one folder down)."""
+    """The one source the user named: a zip, or a folder holding the CSV and images (local or gs://).
+
+    A folder that holds the CSV and also a zip with it, or several such zips, is refused: the rows would be
+    accounted against a file the user may not have meant. Image paths are read strictly inside the source.
+    """
 
     def __init__(self, location: str, schema: Schema):
         self.location = location.rstrip("/")
         self.schema = schema
         self.zip_path, self.prefix = self._find(self.location, schema.csv_name)
         self._zip: zipfile.ZipFile | None = None
+        self._real_prefix: str | None = None
 
     @staticmethod
     def _find(location: str, csv_name: str) -> tuple[str | None, str]:
@@ -70,24 +85,46 @@ class ManualData:
         if not gfile.isdir(location):
             raise ManualDataError(f"manual data folder {location} does not exist; pass --manual_dir pointing at the "
                                   f"folder that holds {csv_name} and the images, or a zip of them")
+        sources = []
         if gfile.exists(posixpath.join(location, csv_name)):
-            return None, location
+            sources.append(posixpath.join(location, csv_name))
         zips = sorted(n for n in gfile.listdir(location) if n.endswith(".zip"))
         for name in zips:
             path = posixpath.join(location, name)
             with gfile.GFile(path, "rb") as f, zipfile.ZipFile(f) as z:
                 if any(n == csv_name or n.endswith("/" + csv_name) for n in z.namelist()):
-                    return path, ""
-        raise ManualDataError(f"no {csv_name} in {location} (nor in a .zip there: {zips or 'none'}); put the CSV and "
-                              f"its images there, or point --manual_dir at the right folder")
+                    sources.append(path)
+        if len(sources) > 1:
+            raise ManualDataError(f"{location} holds more than one source of {csv_name}: {', '.join(sources)}; pass "
+                                  f"--manual_dir naming the one to read (a zip itself, or a folder holding only one)")
+        if not sources:
+            raise ManualDataError(f"no {csv_name} in {location} (nor in a .zip there: {zips or 'none'}); put the CSV "
+                                  f"and its images there, or point --manual_dir at the right folder")
+        if sources[0].endswith(".zip"):
+            return sources[0], ""
+        return None, location
+
+    @property
+    def csv_path(self) -> str:
+        """Where the CSV is, as error messages name it: a file path, or zip:member."""
+        if self.zip_path:
+            self._open_zip()
+            return f"{self.zip_path}:{self._zip_root}{self.schema.csv_name}"
+        return posixpath.join(self.prefix, self.schema.csv_name)
+
+    @property
+    def source_file(self) -> str:
+        """The file the build reads its rows from (the zip, or the CSV of a folder)."""
+        return self.zip_path or posixpath.join(self.prefix, self.schema.csv_name)
 
     def _open_zip(self) -> zipfile.ZipFile:
         if self._zip is None:
             self._zip = zipfile.ZipFile(_open(self.zip_path))
-            names = self._zip.namelist()
-            csv_at = next(n for n in names if n == self.schema.csv_name or n.endswith("/" + self.schema.csv_name))
+            infos = self._zip.infolist()
+            csv_at = next(i.filename for i in infos
+                          if i.filename == self.schema.csv_name or i.filename.endswith("/" + self.schema.csv_name))
             self._zip_root = csv_at[: -len(self.schema.csv_name)]
-            self._zip_names = set(names)
+            self._zip_infos = {i.filename: i for i in infos}
         return self._zip
 
     def read_csv_bytes(self) -> bytes:
@@ -98,17 +135,57 @@ class ManualData:
             return f.read()
 
     def read_image(self, image_id: str) -> bytes | None:
-        """The image's bytes, or None when the file does not exist."""
+        """The image's bytes, or None when the file does not exist.
+
+        `image_id` has passed `unsafe_path_reason` (relative, no `..`); a symlink (in a folder or stored in the
+        zip) that points outside the source raises OutsideManualDataError before anything is opened.
+        """
         if self.zip_path:
             z = self._open_zip()
-            name = self._zip_root + image_id
-            return z.read(name) if name in self._zip_names else None
+            info = self._zip_infos.get(self._zip_root + image_id)
+            if info is None:
+                return None
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise OutsideManualDataError(f"{image_id} is a symbolic link inside {self.zip_path}; links are "
+                                             "not followed, store the image itself")
+            return z.read(info)
         path = posixpath.join(self.prefix, image_id)
+        if "://" not in path:
+            real = os.path.realpath(path)
+            if os.path.commonpath([real, self._real_root()]) != self._real_root():
+                raise OutsideManualDataError(f"{image_id} resolves to {real}, outside {self.prefix}; it was not read. "
+                                             "Copy the image into the manual dir instead of linking to it")
+            path = real
         try:
             with _open(path) as f:
                 return f.read()
-        except (FileNotFoundError, tf.errors.NotFoundError):
+        except (FileNotFoundError, IsADirectoryError, tf.errors.NotFoundError):
             return None
+
+    def _real_root(self) -> str:
+        if self._real_prefix is None:
+            self._real_prefix = os.path.realpath(self.prefix)
+        return self._real_prefix
+
+    def fingerprint(self) -> dict:
+        """What identifies this source's content, recorded in the dataset so that a stale rebuild is caught.
+
+        A zip: the sha256 of its bytes. A local folder: the sha256 of its CSV, plus a digest of the size and
+        modification time of every image the CSV names (a copied folder therefore looks changed: rebuild it).
+        A gs:// folder: the CSV only, since a stat per image would cost a request each.
+        """
+        record = {"file": self.source_file, "sha256": _sha256(self.source_file)}
+        if not self.zip_path and "://" not in self.prefix:
+            text = self.read_csv_bytes().decode("utf-8-sig", errors="replace")
+            listing = hashlib.sha256()
+            for row in csv.DictReader(io.StringIO(text, newline="")):
+                image_id = (row.get(self.schema.image_column) or "").strip()
+                path = os.path.join(self.prefix, image_id)
+                if image_id and not unsafe_path_reason(image_id) and os.path.isfile(path):
+                    st = os.stat(path)
+                    listing.update(f"{image_id}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            record["images_sha256"] = listing.hexdigest()
+        return record
 
     def __getstate__(self):  # Beam pickles this into workers; each opens its own zip handle
         state = dict(self.__dict__)
@@ -117,6 +194,23 @@ class ManualData:
 
     def __str__(self) -> str:
         return self.zip_path or self.prefix
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with _open(path) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def unsafe_path_reason(image_id: str) -> str | None:
+    """Why an image path from the CSV may not be read (it names a file outside the manual data), or None."""
+    if "://" in image_id or image_id.startswith(("/", "\\")) or (len(image_id) > 1 and image_id[1] == ":"):
+        return "is absolute"
+    if ".." in image_id.replace("\\", "/").split("/"):
+        return "climbs out with '..'"
+    return None
 
 
 def _open(path: str):
@@ -149,6 +243,12 @@ def parse_annotations(csv_bytes: bytes, schema: Schema, source: str = "CSV") -> 
         image_id = (row.get(schema.image_column) or "").strip()
         if not image_id:
             skipped.append(Skipped(row_num, "", "missing_image_path", f"row {row_num}: column {schema.image_column!r} is empty"))
+            continue
+        unsafe = unsafe_path_reason(image_id)
+        if unsafe:
+            skipped.append(Skipped(row_num, image_id, OUTSIDE_REASON,
+                                   f"row {row_num}: image path {image_id!r} {unsafe}; image paths must be relative "
+                                   f"to the manual dir and stay inside it, so it was not read"))
             continue
         if image_id in first_row_of:
             skipped.append(Skipped(row_num, image_id, "duplicate_id",
@@ -190,7 +290,7 @@ def _parse_label(attr, row: dict):
 
 def main(argv: list[str]) -> int:
     data = ManualData(argv[0], HVC)
-    kept, skipped = parse_annotations(data.read_csv_bytes(), HVC, source=str(data))
+    kept, skipped = parse_annotations(data.read_csv_bytes(), HVC, source=data.csv_path)
     print(f"{data}: {len(kept)} usable rows, {len(skipped)} skipped: {dict(collections.Counter(s.reason for s in skipped))}")
     return 0
 

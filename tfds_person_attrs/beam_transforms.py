@@ -1,8 +1,13 @@
-"""The Beam steps of the build: read and check images, group near-duplicates, assign splits, summarise.
+"""The Beam part of the build as one composite transform, `BuildSplits`: validated CSV rows in, the examples
+of each split and a summary out.
 
-Every annotation that enters `ReadAndCheckImages` leaves it either as a checked example or on the
-`skipped` output with a reason; `BuildSummary` adds them up, so the summary accounts for every CSV row.
-Bad records also count in Beam metrics (namespace `person_attrs`), which Dataflow's UI shows live.
+    rows -> ReadAndCheckImages -> NearDuplicateGroups (near_duplicates.py) -> AssignSplits -> examples per split
+                 `-> skipped rows (with reasons) ------------------------------------------> summary
+
+Every annotation that enters `ReadAndCheckImages` leaves it either as a checked image or on the `skipped`
+output with a reason; the summary adds them up, so it accounts for every CSV row. Bad records also count in
+Beam metrics (namespace `person_attrs`), which Dataflow's UI shows live. Tested under TestPipeline in
+tests/test_build_transform.py.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import logging
 import time
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 
 from tfds_person_attrs import grouping
-from tfds_person_attrs.annotations import Annotation, ManualData, Skipped
-from tfds_person_attrs.images import BadImageError, inspect_image
+from tfds_person_attrs.near_duplicates import NearDuplicateGroups
+from tfds_person_attrs.annotations import OUTSIDE_REASON, Annotation, ManualData, OutsideManualDataError, Skipped
+from tfds_person_attrs.images import DEFAULT_MAX_PIXELS, BadImageError, inspect_image
 from tfds_person_attrs.schema import Schema
 
 NAMESPACE = "person_attrs"
@@ -31,11 +38,16 @@ class StrictModeError(RuntimeError):
     """A record was skipped while --strict was set."""
 
 
+def _not_a_strict_stop(record: logging.LogRecord) -> bool:
+    """Beam logs every exception a DoFn raises with its traceback; a --strict stop is reported once, by the caller."""
+    return not (record.exc_info and isinstance(record.exc_info[1], StrictModeError))
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckedImage:
     annotation: Annotation
     jpeg: bytes
-    phash: int
+    signature: np.ndarray
     converted_from: str | None
 
 
@@ -47,23 +59,32 @@ def skip_message_for_strict(s: Skipped) -> str:
 class ReadAndCheckImages(beam.DoFn):
     """Annotation -> CheckedImage, or a Skipped on the `skipped` output (missing or undecodable image)."""
 
-    def __init__(self, data: ManualData, strict: bool):
+    def __init__(self, data: ManualData, strict: bool, max_pixels: int = DEFAULT_MAX_PIXELS):
         self._data = data
         self._strict = strict
+        self._max_pixels = max_pixels
         self._read = Metrics.counter(NAMESPACE, "images_read")
         self._converted = Metrics.counter(NAMESPACE, "images_converted")
 
     def setup(self):
         self._seen = 0
         self._start = time.time()
+        if self._strict:
+            beam_log = logging.getLogger("apache_beam.runners.common")
+            if _not_a_strict_stop not in beam_log.filters:
+                beam_log.addFilter(_not_a_strict_stop)
 
     def process(self, ann: Annotation):
-        data = self._data.read_image(ann.image_id)
+        try:
+            data = self._data.read_image(ann.image_id)
+        except OutsideManualDataError as e:
+            yield from self._skip(ann, OUTSIDE_REASON, f"row {ann.row}: {e}")
+            return
         if data is None:
             yield from self._skip(ann, "missing_image", f"row {ann.row}: image file {ann.image_id} not found in {self._data}")
             return
         try:
-            checked = inspect_image(data)
+            checked = inspect_image(data, self._max_pixels)
         except BadImageError as e:
             yield from self._skip(ann, e.reason, f"row {ann.row}: {ann.image_id}: {e}")
             return
@@ -75,7 +96,7 @@ class ReadAndCheckImages(beam.DoFn):
         if self._seen % _PROGRESS_EVERY == 0:
             rate = self._seen / max(time.time() - self._start, 1e-9)
             logging.info("person_attrs: this worker has checked %d images (%.0f/s)", self._seen, rate)
-        yield CheckedImage(ann, checked.jpeg, checked.phash, checked.converted_from)
+        yield CheckedImage(ann, checked.jpeg, checked.signature, checked.converted_from)
 
     def _skip(self, ann: Annotation, reason: str, message: str):
         Metrics.counter(NAMESPACE, f"skipped_{reason}").inc()
@@ -83,15 +104,6 @@ class ReadAndCheckImages(beam.DoFn):
         if self._strict:
             raise StrictModeError(skip_message_for_strict(skipped))
         yield beam.pvalue.TaggedOutput(SKIPPED_TAG, skipped)
-
-
-def assign_groups(fingerprints: list[tuple[str, int, str | None]], threshold: int) -> dict[str, str]:
-    """image id -> group: the CSV's group where given, else its near-duplicate cluster."""
-    given = {i: g for i, _, g in fingerprints if g}
-    rest = [(i, h) for i, h, g in fingerprints if not g]
-    groups = grouping.near_duplicate_groups([i for i, _ in rest], [h for _, h in rest], threshold)
-    groups.update(given)
-    return groups
 
 
 class ClassCounts(beam.CombineFn):
@@ -138,7 +150,7 @@ class ClassCounts(beam.CombineFn):
 
 
 def build_summary(csv_rows: int, csv_skipped: list[Skipped], image_skipped: list[Skipped], stats: dict,
-                  groups: dict[str, str], config: dict) -> dict:
+                  group_sizes: dict[int, int], config: dict) -> dict:
     """The one-screen account of a build: every CSV row is written to a split or skipped with a reason."""
     skipped = sorted(csv_skipped + image_skipped, key=lambda s: s.row)
     by_reason: dict[str, list[Skipped]] = collections.defaultdict(list)
@@ -146,7 +158,6 @@ def build_summary(csv_rows: int, csv_skipped: list[Skipped], image_skipped: list
         by_reason[s.reason].append(s)
     split_counts = {split: sum(next(iter(c.values()))) if c else 0 for split, c in stats["class_counts"].items()}
     written = sum(split_counts.values())
-    multi_groups = [g for g, n in collections.Counter(groups.values()).items() if n > 1]
     summary = {
         "csv_rows": csv_rows,
         "written": written,
@@ -157,8 +168,9 @@ def build_summary(csv_rows: int, csv_skipped: list[Skipped], image_skipped: list
         "skipped_examples": {r: [dataclasses.asdict(s) for s in v[:_EXAMPLES_PER_REASON]] for r, v in sorted(by_reason.items())},
         "converted": stats["converted"],
         "converted_examples": stats["converted_examples"],
-        "groups": {"count": len(set(groups.values())), "multi_image_groups": len(multi_groups),
-                   "size_histogram": {str(k): v for k, v in grouping.group_size_histogram(groups).items()}},
+        "groups": {"count": sum(group_sizes.values()),
+                   "multi_image_groups": sum(n for size, n in group_sizes.items() if size > 1),
+                   "size_histogram": {str(k): v for k, v in sorted(group_sizes.items())}},
         "class_counts": stats["class_counts"],
         "config": config,
     }
@@ -183,3 +195,86 @@ def write_json(path: str, obj) -> None:
 
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(json.dumps(obj, indent=2, sort_keys=False))
+
+
+class BuildSplits(beam.PTransform):
+    """Annotations -> {split name: (key, example)} for each split, plus "summary" (one summary dict) and
+    "skipped" (a Skipped record for every row the images step refused; those refused from the CSV came in).
+
+    The near-duplicate map joins the checked images as a side input that holds only images that have a
+    near-duplicate (about 50 of the 7,000 real ones), so image bytes cross no shuffle before TFDS's writer.
+    """
+
+    def __init__(self, data: ManualData, schema: Schema, *, threshold: float, split_seed: int, fractions,
+                 split_by: str = "group", strict: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 csv_rows: int = 0, csv_skipped: tuple[Skipped, ...] = (), config: dict | None = None):
+        """csv_rows and csv_skipped: the CSV's row count and the rows refused before Beam, for the summary's
+        account; config: the build recipe the summary records."""
+        super().__init__()
+        self._data, self._schema = data, schema
+        self._threshold, self._seed, self._fractions, self._split_by = threshold, split_seed, fractions, split_by
+        self._strict, self._max_pixels = strict, max_pixels
+        self._csv_rows, self._csv_skipped = csv_rows, list(csv_skipped)
+        self._config = config or {}
+
+    def expand(self, annotations):
+        checked = annotations | "ReadAndCheckImages" >> beam.ParDo(
+            ReadAndCheckImages(self._data, self._strict, self._max_pixels)).with_outputs(SKIPPED_TAG, main="checked")
+        images = checked.checked
+        near = (images | "UngroupedSignatures" >> beam.FlatMap(
+                    lambda c: [] if c.annotation.group else [(c.annotation.image_id, c.signature)])
+                | "NearDuplicates" >> NearDuplicateGroups(self._threshold))
+        groups = beam.pvalue.AsDict(near)
+        if self._split_by == "row":
+            order = (images | "RowNumbers" >> beam.Map(lambda c: c.annotation.row)
+                     | "CollectRowNumbers" >> beam.combiners.ToList() | "SortRows" >> beam.Map(np.sort))
+            assigned = images | "AssignSplitsByRow" >> beam.Map(
+                _assign_split_by_row, groups=groups, order=beam.pvalue.AsSingleton(order), fractions=self._fractions)
+        else:
+            assigned = images | "AssignSplits" >> beam.Map(
+                _assign_split, groups=groups, seed=self._seed, fractions=self._fractions)
+
+        stats = assigned | "CountClasses" >> beam.CombineGlobally(ClassCounts(self._schema))
+        group_sizes = (assigned | "GroupOfEach" >> beam.Map(lambda e: (e[1], 1))
+                       | "GroupSizes" >> beam.CombinePerKey(sum) | "SizeOfEach" >> beam.Values()
+                       | "SizeHistogram" >> beam.combiners.Count.PerElement() | "AsDict" >> beam.combiners.ToDict())
+        image_skipped = checked[SKIPPED_TAG] | "CollectSkipped" >> beam.combiners.ToList()
+        summary = (
+            annotations.pipeline
+            | "SummaryTrigger" >> beam.Create([None])
+            | "Summarise" >> beam.Map(
+                _summarise, csv_rows=self._csv_rows, csv_skipped=self._csv_skipped,
+                image_skipped=beam.pvalue.AsSingleton(image_skipped), stats=beam.pvalue.AsSingleton(stats),
+                group_sizes=beam.pvalue.AsSingleton(group_sizes), config=self._config)
+        )
+        names = [name for name, _ in self._fractions]
+        parts = assigned | "PartitionBySplit" >> beam.Partition(lambda e, n: names.index(e[0]), len(names))
+        out = {name: parts[i] | f"Examples_{name}" >> beam.Map(_to_example, schema=self._schema)
+               for i, name in enumerate(names)}
+        out["summary"] = summary
+        out["skipped"] = checked[SKIPPED_TAG]
+        return out
+
+
+def _assign_split(item: CheckedImage, groups: dict, seed: int, fractions):
+    group = item.annotation.group or groups.get(item.annotation.image_id, item.annotation.image_id)
+    return grouping.split_of(group, seed, fractions), group, item
+
+
+def _assign_split_by_row(item: CheckedImage, groups: dict, order, fractions):
+    rank = int(np.searchsorted(order, item.annotation.row))
+    group = item.annotation.group or groups.get(item.annotation.image_id, item.annotation.image_id)
+    return grouping.split_at(rank / len(order), fractions), group, item
+
+
+def _to_example(element, schema: Schema):
+    _, group, item = element
+    ann = item.annotation
+    example = {"image": item.jpeg, "id": ann.image_id, "group": group}
+    for a in schema.attributes:
+        example[a.name] = np.asarray(ann.labels[a.name], np.uint8) if a.is_multi_label else ann.labels[a.name]
+    return ann.image_id, example
+
+
+def _summarise(_, csv_rows, csv_skipped, image_skipped, stats, group_sizes, config):
+    return build_summary(csv_rows, csv_skipped, image_skipped, stats, group_sizes, config)

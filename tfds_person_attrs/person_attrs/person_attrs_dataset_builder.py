@@ -10,19 +10,25 @@ one split chosen by a stable hash. See README.md beside this file for features a
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import datetime
 import json
 import logging
 import posixpath
+
+import contextlib
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import example_serializer, split_builder
 
 from tfds_person_attrs import beam_transforms as bt
 from tfds_person_attrs import grouping
 from tfds_person_attrs.annotations import Annotation, ManualData, ManualDataError, parse_annotations
+from tfds_person_attrs.images import DEFAULT_MAX_PIXELS
 from tfds_person_attrs.schema import BUILTIN_SCHEMAS, HVC, Schema, schema_from_dict
 
 SUMMARY_FILE = "build_summary.json"
@@ -37,7 +43,7 @@ class PersonAttrsConfig(tfds.core.BuilderConfig):
     schema: Schema = HVC
     split_seed: int = 0
     split_fractions: tuple = grouping.DEFAULT_FRACTIONS
-    dedup_threshold: int = grouping.DEFAULT_THRESHOLD
+    dedup_threshold: float = grouping.DEFAULT_THRESHOLD
     split_by: str = "group"  # one of grouping.SPLIT_BY
 
     @classmethod
@@ -57,8 +63,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         "them such as hvc_data.zip, in the manual dir, and pass --manual_dir DIR (local or gs://)."
     )
 
-    def __init__(self, *, strict: bool = False, **kwargs):
+    def __init__(self, *, strict: bool = False, max_image_pixels: int = DEFAULT_MAX_PIXELS,
+                 manual_source: str | None = None, **kwargs):
+        """manual_source: the zip or folder to read, when it is not TFDS's manual dir itself (TFDS takes folders
+        only, so a named zip comes here and its folder goes to TFDS)."""
         self._strict = strict
+        self._max_image_pixels = max_image_pixels
+        self._manual_source = manual_source
         super().__init__(**kwargs)
 
     @property
@@ -84,12 +95,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager, pipeline):
         cfg = self.builder_config
-        data = ManualData(str(dl_manager.manual_dir), self.schema)
-        annotations, csv_skipped = parse_annotations(data.read_csv_bytes(), self.schema, source=str(data))
+        data = ManualData(self._manual_source or str(dl_manager.manual_dir), self.schema)
+        annotations, csv_skipped = parse_annotations(data.read_csv_bytes(), self.schema, source=data.csv_path)
         if self._strict and csv_skipped:
             raise bt.StrictModeError(bt.skip_message_for_strict(csv_skipped[0]))
         if not annotations:
-            raise ManualDataError(f"{data}: no usable rows ({len(csv_skipped)} skipped, first: {csv_skipped[0].message})")
+            raise ManualDataError(f"{data.csv_path}: no usable rows ({len(csv_skipped)} skipped, first: "
+                                  f"{csv_skipped[0].message})")
+        check_every_split_gets_rows(annotations, cfg)
+        source = data.fingerprint()
         logging.info("person_attrs: %d usable CSV rows, %d skipped before reading images", len(annotations), len(csv_skipped))
 
         # Workers read the validated rows from a file rather than from the job graph: beam.Create would pickle
@@ -98,53 +112,30 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         rows_file = posixpath.join(out_dir, ANNOTATIONS_FILE)
         with tf.io.gfile.GFile(rows_file, "w") as f:
             f.write("".join(a.to_json() + "\n" for a in annotations))
-        checked = (
+        parts = (
             pipeline
             | "ReadAnnotations" >> beam.io.ReadFromText(rows_file)
             | "ParseAnnotations" >> beam.Map(Annotation.from_json)
-            | "ReadAndCheckImages" >> beam.ParDo(bt.ReadAndCheckImages(data, self._strict)).with_outputs(
-                bt.SKIPPED_TAG, main="checked")
+            | "BuildSplits" >> bt.BuildSplits(
+                data, self.schema, threshold=cfg.dedup_threshold, split_seed=cfg.split_seed,
+                fractions=cfg.split_fractions, split_by=cfg.split_by, strict=self._strict,
+                max_pixels=self._max_image_pixels, csv_rows=len(annotations) + len(csv_skipped),
+                csv_skipped=csv_skipped, config=self._config_record())
         )
-        groups = (
-            checked.checked
-            | "Fingerprints" >> beam.Map(lambda c: (c.annotation.image_id, c.phash, c.annotation.group))
-            | "CollectFingerprints" >> beam.combiners.ToList()
-            | "GroupNearDuplicates" >> beam.Map(bt.assign_groups, threshold=cfg.dedup_threshold)
-        )
-        if cfg.split_by == "row":
-            order = (checked.checked | "RowNumbers" >> beam.Map(lambda c: c.annotation.row)
-                     | "CollectRowNumbers" >> beam.combiners.ToList() | "SortRows" >> beam.Map(np.sort))
-            assigned = checked.checked | "AssignSplitsByRow" >> beam.Map(
-                _assign_split_by_row, groups=beam.pvalue.AsSingleton(groups), order=beam.pvalue.AsSingleton(order),
-                fractions=cfg.split_fractions)
-        else:
-            assigned = checked.checked | "AssignSplits" >> beam.Map(
-                _assign_split, groups=beam.pvalue.AsSingleton(groups), seed=cfg.split_seed,
-                fractions=cfg.split_fractions)
+        _ = parts["summary"] | "WriteSummary" >> beam.Map(_write_summary, out_dir=out_dir, source=source)
+        _ = (parts["skipped"] | "CollectSkippedRows" >> beam.combiners.ToList()
+             | "WriteSkippedRows" >> beam.Map(_write_skipped_rows, out_dir=out_dir, csv_skipped=csv_skipped))
+        return {name: parts[name] for name, _ in cfg.split_fractions}
 
-        stats = assigned | "CountClasses" >> beam.CombineGlobally(bt.ClassCounts(self.schema))
-        image_skipped = checked[bt.SKIPPED_TAG] | "CollectSkipped" >> beam.combiners.ToList()
-        _ = (
-            pipeline
-            | "SummaryTrigger" >> beam.Create([None])
-            | "WriteSummary" >> beam.Map(
-                _write_summary, out_dir=out_dir, csv_rows=len(annotations) + len(csv_skipped), csv_skipped=csv_skipped,
-                image_skipped=beam.pvalue.AsSingleton(image_skipped), stats=beam.pvalue.AsSingleton(stats),
-                groups=beam.pvalue.AsSingleton(groups), config=self._config_record())
-        )
-        names = [name for name, _ in cfg.split_fractions]
-        parts = assigned | "PartitionBySplit" >> beam.Partition(lambda e, n: names.index(e[0]), len(names))
-        return {name: self._generate_examples(parts[i], name) for i, name in enumerate(names)}
-
-    def _generate_examples(self, items: beam.PCollection, split: str) -> beam.PCollection:
-        """The (key, example) pairs of one split, from its share of the checked images."""
-        return items | f"Examples_{split}" >> beam.Map(_to_example, schema=self.schema)
+    def _generate_examples(self, **_):
+        """Unused: `_split_generators` returns each split's examples from `BuildSplits` directly."""
+        raise NotImplementedError
 
     def _config_record(self) -> dict:
         cfg = self.builder_config
         return {"schema": self.schema.name, "split_seed": cfg.split_seed,
                 "split_fractions": dict(cfg.split_fractions), "dedup_threshold": cfg.dedup_threshold,
-                "split_by": cfg.split_by}
+                "split_by": cfg.split_by, "max_image_pixels": self._max_image_pixels}
 
     def _process_pipeline_result(self, pipeline_result) -> None:
         counters = pipeline_result.metrics().query(beam.metrics.MetricsFilter().with_namespace(bt.NAMESPACE))["counters"]
@@ -152,7 +143,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             logging.info("person_attrs counter %s = %s", c.key.metric.name, c.committed)
 
     def _download_and_prepare(self, dl_manager, download_config):
-        super()._download_and_prepare(dl_manager, download_config)
+        with _deterministic_serialization():
+            super()._download_and_prepare(dl_manager, download_config)
         tf.io.gfile.remove(posixpath.join(str(self.data_dir), ANNOTATIONS_FILE))
         with tf.io.gfile.GFile(posixpath.join(str(self.data_dir), SUMMARY_FILE)) as f:
             summary = json.load(f)
@@ -164,33 +156,86 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "split_fractions": dict(cfg.split_fractions),
             "dedup_threshold": cfg.dedup_threshold,
             "split_by": cfg.split_by,
+            "source_sha256": summary["source"]["sha256"],
         })
+        _remove_abandoned_builds(str(self.data_dir))
 
 
-def _assign_split(item, groups, seed, fractions):
-    group = groups[item.annotation.image_id]
-    return grouping.split_of(group, seed, fractions), group, item
-
-
-def _assign_split_by_row(item, groups, order, fractions):
-    rank = int(np.searchsorted(order, item.annotation.row))
-    return grouping.split_at(rank / len(order), fractions), groups[item.annotation.image_id], item
-
-
-def _to_example(element, schema: Schema):
-    _, group, item = element
-    ann = item.annotation
-    example = {"image": item.jpeg, "id": ann.image_id, "group": group}
-    for a in schema.attributes:
-        example[a.name] = np.asarray(ann.labels[a.name], np.uint8) if a.is_multi_label else ann.labels[a.name]
-    return ann.image_id, example
-
-
-def _write_summary(_, out_dir, csv_rows, csv_skipped, image_skipped, stats, groups, config):
-    summary = bt.build_summary(csv_rows, csv_skipped, image_skipped, stats, groups, config)
+def _write_summary(summary: dict, out_dir: str, source: dict) -> None:
+    summary["source"] = source
+    summary["built_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     bt.write_json(posixpath.join(out_dir, SUMMARY_FILE), summary)
+
+
+def _write_skipped_rows(image_skipped: list, out_dir: str, csv_skipped: list) -> None:
     with tf.io.gfile.GFile(posixpath.join(out_dir, SKIPPED_FILE), "w") as f:
         f.write(bt.skipped_rows_csv(csv_skipped, image_skipped))
+
+
+class _DeterministicExampleSerializer(example_serializer.ExampleSerializer):
+    """TFDS's tf.train.Example serializer with the feature map written in key order.
+
+    Protobuf writes a map's entries in an order that differs from process to process, so without this two
+    builds of the same data (or the in-process and multi-process DirectRunner) give different record bytes.
+    Defined here, it is pickled into the Beam workers by reference, so they import and use it too.
+    """
+
+    def serialize_example(self, example):
+        return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+
+@contextlib.contextmanager
+def _deterministic_serialization():
+    """TFDS builds its writer's serializer inside SplitBuilder; this build's writer gets the one above."""
+    original = split_builder.example_serializer.ExampleSerializer
+    split_builder.example_serializer.ExampleSerializer = _DeterministicExampleSerializer
+    try:
+        yield
+    finally:
+        split_builder.example_serializer.ExampleSerializer = original
+
+
+def check_every_split_gets_rows(annotations: list[Annotation], cfg: PersonAttrsConfig) -> None:
+    """Refuses, before Beam starts, a recipe that would leave a split without a single row.
+
+    Counts each usable row in the split of its own group (or of its row rank for --split_by row); grouping
+    near-duplicates can only merge groups, so a split empty here is empty after the build too.
+    """
+    counts = _provisional_split_counts(annotations, cfg, cfg.split_seed)
+    if all(counts.values()):
+        return
+    names = [name for name, _ in cfg.split_fractions]
+    said = ", ".join(f"{n} {counts[n]}" for n in names)
+    shares = ",".join(f"{f * 100:g}" for _, f in cfg.split_fractions)
+    advice = "add rows, or give the empty split a larger share with --split"
+    if cfg.split_by == "group":
+        seed = next((s for s in range(1, 1000) if all(_provisional_split_counts(annotations, cfg, s).values())), None)
+        if seed is not None:
+            advice += f", or try --split_seed {seed} (it gives every split a row)"
+    raise ManualDataError(f"{len(annotations)} usable rows split {shares} give {said}: every split needs at least one "
+                          f"image; {advice}")
+
+
+def _provisional_split_counts(annotations: list[Annotation], cfg: PersonAttrsConfig, seed: int) -> dict[str, int]:
+    counts = collections.Counter({name: 0 for name, _ in cfg.split_fractions})
+    if cfg.split_by == "row":
+        for rank in range(len(annotations)):
+            counts[grouping.split_at(rank / len(annotations), cfg.split_fractions)] += 1
+    else:
+        for a in annotations:
+            counts[grouping.split_of(a.group or a.image_id, seed, cfg.split_fractions)] += 1
+    return counts
+
+
+def _remove_abandoned_builds(building_dir: str) -> None:
+    """Deletes the `incomplete.*` folders that killed builds of this version left beside the one being finished."""
+    parent, own = posixpath.split(building_dir.rstrip("/"))
+    version = own.rsplit("_", 1)[-1]
+    for name in tf.io.gfile.listdir(parent):
+        name = name.rstrip("/")
+        if name.startswith("incomplete.") and name.endswith("_" + version) and name != own:
+            tf.io.gfile.rmtree(posixpath.join(parent, name))
+            logging.info("person_attrs: removed %s, left by an interrupted build", posixpath.join(parent, name))
 
 
 def schema_of(builder_or_info) -> Schema:

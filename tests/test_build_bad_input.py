@@ -1,0 +1,206 @@
+"""Bad input to the dataset build: nothing outside the manual data is read, nothing is lost, nothing is reused
+stale, and every refusal is one line that names the file and says what to do.
+
+Generated demo data only (no ../shared needed). One folder build holds most row-level cases, since each Beam
+build costs seconds; the refusals that stop before Beam are checked on their own.
+
+    python -m pytest -q tests/test_build_bad_input.py
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pathlib
+import zipfile
+
+import pytest
+from PIL import Image
+
+from pipeline import preprocess
+from tfds_person_attrs.annotations import ManualData, ManualDataError
+from tfds_person_attrs.demo_data import write_demo_data
+from tfds_person_attrs.images import BadImageError, inspect_image
+from tfds_person_attrs.schema import HVC
+
+CSV = HVC.csv_name
+
+
+def _rows(csv_path) -> tuple[list[str], list[dict]]:
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames), list(reader)
+
+
+def _write_rows(csv_path, header, rows) -> None:
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A small real JPEG whose header says width x height: what PIL sees of a huge photo before decoding it."""
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 120, 150)).save(out, "JPEG")
+    data = bytearray(out.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_input")
+    src = pathlib.Path(write_demo_data(str(root / "manual"), num_images=30, seed=5, num_missing=0))
+    outside = root / "outside"
+    outside.mkdir()
+    secret = outside / "secret.jpg"
+    secret.write_bytes((src / "resized" / "1.jpg").read_bytes())
+    (src / "resized" / "link_out.jpg").symlink_to(secret)
+    (src / "resized" / "link_in.jpg").symlink_to(src / "resized" / "2.jpg")
+    (src / "resized" / "huge.jpg").write_bytes(_jpeg_claiming(15000, 15000))
+    header, rows = _rows(src / CSV)
+    for name in (str(secret), "../outside/secret.jpg", "resized/../../outside/secret.jpg", "resized/link_out.jpg",
+                 "resized/link_in.jpg", "resized/huge.jpg"):
+        rows.append({**rows[0], "image_path": name})
+    _write_rows(src / CSV, header, rows)
+    data_dir = root / "data"
+    abandoned = data_dir / "person_attrs" / "hvc" / "incomplete.KILLED_1.0.0"  # what a killed build leaves
+    abandoned.mkdir(parents=True)
+    (abandoned / "dataset_info.json").write_text("{}")
+    summary = preprocess.run(["--manual_dir", str(src), "--data_dir", str(data_dir)])
+    return summary, src, data_dir, len(rows)
+
+
+def test_paths_outside_the_manual_dir_are_skipped_and_never_written(messy):
+    summary, _, _, n_rows = messy
+    assert summary["accounted"] and summary["csv_rows"] == n_rows
+    assert summary["skipped_by_reason"]["path_outside_manual_dir"] == 4
+    messages = {e["image_id"]: e["message"] for e in summary["skipped_examples"]["path_outside_manual_dir"]}
+    assert "is absolute" in next(m for i, m in messages.items() if i.startswith("/"))
+    assert "climbs out with '..'" in messages["../outside/secret.jpg"]
+    assert "outside" in messages["resized/link_out.jpg"] and "was not read" in messages["resized/link_out.jpg"]
+    # A link that stays inside is an ordinary image.
+    assert summary["written"] == 30 + 1
+
+
+def test_a_huge_image_is_a_counted_skip(messy):
+    summary, *_ = messy
+    assert summary["skipped_by_reason"]["image_too_large"] == 1
+    message = summary["skipped_examples"]["image_too_large"][0]["message"]
+    assert "225 megapixels" in message and "--max_image_pixels" in message
+
+
+def test_huge_image_limit_is_configurable():
+    with pytest.raises(BadImageError) as e:
+        inspect_image(_jpeg_claiming(300, 200), max_pixels=50_000)
+    assert e.value.reason == "image_too_large"
+    assert inspect_image(_jpeg_claiming(16, 16), max_pixels=50_000).width == 16
+
+
+def test_summary_names_the_file_read_and_its_sha256(messy):
+    summary, src, _, _ = messy
+    assert summary["source"]["file"] == str(src / CSV)
+    import hashlib
+
+    assert summary["source"]["sha256"] == hashlib.sha256((src / CSV).read_bytes()).hexdigest()
+
+
+def test_a_killed_builds_folder_is_removed_by_the_next_build(messy):
+    _, _, data_dir, _ = messy
+    config_dir = data_dir / "person_attrs" / "hvc"
+    assert sorted(p.name for p in config_dir.iterdir()) == ["1.0.0"]
+
+
+def test_reuse_says_so_and_a_changed_source_is_refused(tmp_path, capsys):
+    src = pathlib.Path(write_demo_data(str(tmp_path / "manual"), num_images=20, seed=2, num_missing=1))
+    argv = ["--manual_dir", str(src), "--data_dir", str(tmp_path / "data")]
+    built = preprocess.run(argv)
+    capsys.readouterr()
+    assert preprocess.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"reused the dataset built from {src / CSV} at {built['built_at']}" in out
+
+    header, rows = _rows(src / CSV)
+    _write_rows(src / CSV, header, rows[:-1])  # the CSV changed since the build
+    assert preprocess.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is not that data any more: pass --overwrite to rebuild it" in err
+    assert err.count("\n") == 1
+    rebuilt = preprocess.run(argv + ["--overwrite"])
+    assert rebuilt["csv_rows"] == len(rows) - 1
+
+
+def test_the_named_zip_is_read_even_beside_a_loose_csv(tmp_path):
+    demo_zip = write_demo_data(str(tmp_path / "demo"), num_images=12, seed=4, num_missing=0, zip=True)
+    folder = tmp_path / "F"
+    write_demo_data(str(folder), num_images=3, seed=9, num_missing=0)  # a loose CSV with other rows
+    named = folder / "data.zip"
+    with zipfile.ZipFile(demo_zip) as old, zipfile.ZipFile(named, "w") as new:
+        for info in old.infolist():
+            if info.filename != CSV:
+                new.writestr(info, old.read(info))
+        text = old.read(CSV).decode()
+        first = text.splitlines()[1].rsplit(",", 1)[0]
+        new.writestr(CSV, text + first + ",resized/link.jpg\n")
+        link = zipfile.ZipInfo("resized/link.jpg")  # a symlink stored in the zip must not be followed
+        link.external_attr = 0o120777 << 16
+        new.writestr(link, "../../../etc/hostname")
+    assert ManualData(str(named), HVC).source_file == str(named)
+    with pytest.raises(ManualDataError, match="more than one source of hvc_annotations.csv"):
+        ManualData(str(folder), HVC)
+
+    summary = preprocess.run(["--manual_dir", str(named), "--data_dir", str(tmp_path / "data")])
+    assert summary["source"]["file"] == str(named) and summary["csv_rows"] == 13
+    assert summary["skipped_by_reason"] == {"path_outside_manual_dir": 1}
+    assert "symbolic link" in summary["skipped_examples"]["path_outside_manual_dir"][0]["message"]
+
+
+def test_a_folder_with_two_sources_is_refused_naming_them(tmp_path, capsys):
+    folder = tmp_path / "F"
+    write_demo_data(str(folder / "a"), num_images=2, seed=1, num_missing=0, zip=True)
+    write_demo_data(str(folder / "b"), num_images=2, seed=2, num_missing=0, zip=True)
+    os.rename(folder / "a" / "hvc_data.zip", folder / "a.zip")
+    os.rename(folder / "b" / "hvc_data.zip", folder / "b.zip")
+    assert preprocess.main(["--manual_dir", str(folder), "--data_dir", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'a.zip'}, {folder / 'b.zip'}" in err and "pass --manual_dir naming the one to read" in err
+
+
+def test_a_split_left_empty_is_refused_before_beam(tmp_path, capsys):
+    src = write_demo_data(str(tmp_path / "manual"), num_images=10, seed=0, num_missing=0)
+    code = preprocess.main(["--manual_dir", src, "--data_dir", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert code == 2
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: 10 usable rows split 80,10,10 give train ") and " 0" in line
+    assert "every split needs at least one image; add rows, or give the empty split a larger share" in line
+    assert "--split_seed" in line
+    assert not (tmp_path / "data" / "person_attrs" / "hvc" / "1.0.0").exists()
+
+
+def test_strict_prints_one_line_naming_the_row(tmp_path, capsys):
+    src = pathlib.Path(write_demo_data(str(tmp_path / "manual"), num_images=20, seed=3, num_missing=0))
+    image = src / "resized" / "4.jpg"
+    image.write_bytes(image.read_bytes()[:2000])  # truncated
+    code = preprocess.main(["--manual_dir", str(src), "--data_dir", str(tmp_path / "data"), "--strict"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "Traceback" not in err
+    assert err.count("--strict: row 4 (resized/4.jpg) was skipped: unreadable_image") == 1
+
+
+def test_csv_errors_name_the_csv_file(tmp_path, capsys):
+    src = pathlib.Path(write_demo_data(str(tmp_path / "manual"), num_images=3, seed=0, num_missing=0))
+    (src / CSV).write_text((src / CSV).read_text().replace(",carryingbag,", ",bag_column,"))
+    assert preprocess.main(["--manual_dir", str(src), "--data_dir", str(tmp_path / "data")]) == 2
+    assert f"error: {src / CSV} lacks column(s) ['carryingbag']" in capsys.readouterr().err
+
+
+def test_the_summary_file_records_the_source(messy):
+    _, src, data_dir, _ = messy
+    on_disk = json.loads((data_dir / "person_attrs" / "hvc" / "1.0.0" / "build_summary.json").read_text())
+    assert on_disk["source"]["file"] == str(src / CSV) and len(on_disk["source"]["images_sha256"]) == 64

@@ -1,0 +1,118 @@
+"""The Beam part of the build as one composite transform (`BuildSplits`) under TestPipeline, and the whole
+build under three runners: the in-process DirectRunner (default), the multi-process DirectRunner, and the
+PortableRunner against Beam's own Python job service on localhost (the portable Fn API path that Dataflow
+Runner v2, Flink and Spark use). All three must write the same record bytes.
+
+    python -m pytest -q tests/test_build_transform.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
+from PIL import Image
+
+from pipeline import preprocess
+from tfds_person_attrs.annotations import ManualData, parse_annotations
+from tfds_person_attrs.beam_transforms import BuildSplits
+from tfds_person_attrs.demo_data import write_demo_data
+from tfds_person_attrs.grouping import DEFAULT_FRACTIONS
+from tfds_person_attrs.schema import HVC
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """40 demo images, a mirrored copy of image 3 and a row whose image is missing."""
+    root = pathlib.Path(write_demo_data(str(tmp_path_factory.mktemp("demo")), num_images=40, seed=7, num_missing=1))
+    mirror = Image.open(root / "resized" / "3.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    out = io.BytesIO()
+    mirror.save(out, "JPEG", quality=90)
+    (root / "resized" / "mirror_of_3.jpg").write_bytes(out.getvalue())
+    lines = (root / HVC.csv_name).read_text().splitlines()
+    (root / HVC.csv_name).write_text("\n".join(lines + [lines[3].replace("resized/3.jpg", "resized/mirror_of_3.jpg")]) + "\n")
+    return root
+
+
+def test_build_splits_under_test_pipeline(source):
+    data = ManualData(str(source), HVC)
+    annotations, csv_skipped = parse_annotations(data.read_csv_bytes(), HVC)
+    assert len(annotations) == 42 and not csv_skipped
+
+    def check_summary(summaries):
+        (s,) = summaries
+        if not (s["accounted"] and s["csv_rows"] == 42 and s["written"] == 41 and s["skipped_by_reason"] == {"missing_image": 1}
+                and s["groups"]["multi_image_groups"] == 1 and sum(s["splits"].values()) == 41):
+            raise BeamAssertException(f"unexpected summary {s}")
+
+    def check_mirror_with_its_source(rows):
+        where = {i: (split, group) for split, i, group in rows}
+        if len(where) != 41 or where["resized/mirror_of_3.jpg"] != where["resized/3.jpg"]:
+            raise BeamAssertException(f"the mirror is not with its source: {len(where)} ids")
+
+    with TestPipeline() as p:
+        parts = p | beam.Create(annotations) | BuildSplits(
+            data, HVC, threshold=0.85, split_seed=0, fractions=DEFAULT_FRACTIONS, csv_rows=42, config={"test": 1})
+        tagged = [parts[name] | f"Tag{name}" >> beam.Map(lambda kv, s=name: (s, kv[0], kv[1]["group"]))
+                  for name, _ in DEFAULT_FRACTIONS]
+        assert_that(tagged | beam.Flatten(), check_mirror_with_its_source, label="MirrorWithSource")
+        assert_that(parts["summary"], check_summary, label="Summary")
+        assert_that(parts["skipped"] | beam.Map(lambda s: (s.row, s.reason)), equal_to([(41, "missing_image")]),
+                    label="Skipped")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def beam_job_service():
+    """Beam's own Python job service (what Flink/Spark/Dataflow job servers stand in for) on a local port."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("localhost", port), timeout=1):
+                break
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError("the Beam job service did not start")
+            time.sleep(0.2)
+        yield f"localhost:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _records(dataset_dir: pathlib.Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(dataset_dir.glob("*.tfrecord*"))}
+
+
+def test_three_runners_write_the_same_record_bytes(source, tmp_path):
+    built = {}
+    runs = {
+        "direct": [],
+        "direct_multi_processing": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+    }
+    for name, beam_args in runs.items():
+        preprocess.run(["--manual_dir", str(source), "--data_dir", str(tmp_path / name), *beam_args])
+        built[name] = _records(tmp_path / name / "person_attrs" / "hvc" / "1.0.0")
+    with beam_job_service() as endpoint:
+        summary = preprocess.run(["--manual_dir", str(source), "--data_dir", str(tmp_path / "portable"),
+                                  "--runner=PortableRunner", f"--job_endpoint={endpoint}", "--environment_type=LOOPBACK"])
+    built["portable"] = _records(tmp_path / "portable" / "person_attrs" / "hvc" / "1.0.0")
+    assert summary["written"] == 41 and len(built["direct"]) == 3
+    assert built["direct_multi_processing"] == built["direct"]
+    assert built["portable"] == built["direct"]
