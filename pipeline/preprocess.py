@@ -21,12 +21,14 @@ import sys
 import time
 
 from tfds_person_attrs import grouping
+from trainer import cli
+from trainer.cli import UserError
 from tfds_person_attrs.annotations import ManualData, ManualDataError
 from tfds_person_attrs.schema import BUILTIN_SCHEMAS, SchemaError, load_schema
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manual_dir", required=True, help="folder or .zip holding the CSV and images (local or gs://)")
     p.add_argument("--data_dir", required=True, help="TFDS data dir to write person_attrs/<config>/<version> into")
     p.add_argument("--config", default="hvc", help=f"built-in schema name: {sorted(BUILTIN_SCHEMAS)}")
@@ -72,7 +74,13 @@ def beam_options(beam_args: list[str]):
         beam_args = ["--runner=DirectRunner"] + beam_args
     if not any(a.startswith("--direct_num_workers") for a in beam_args):
         beam_args = beam_args + ["--direct_num_workers=1"]
-    return PipelineOptions(beam_args)
+    options = PipelineOptions(beam_args)
+    # Beam drops flags it does not know with a log line; a mistyped flag of ours would vanish the same way.
+    unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
+    if unknown:
+        raise UserError(f"unknown flag(s) {', '.join('--' + u for u in unknown)}: neither this command's "
+                        "(see --help) nor a Beam pipeline option")
+    return options
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -90,10 +98,12 @@ def run(argv: list[str] | None = None) -> dict:
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if args.overwrite:
         mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
+    options = beam_options(beam_args)
     start = time.time()
     logging.info("building %s into %s with Beam options %s", builder.info.full_name, builder.data_dir, beam_args)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir, beam_options=beam_options(beam_args), download_mode=mode))
+    with cli.library_stdout_muted():  # TFDS prints "Downloading and preparing dataset ..." for every build
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir, beam_options=options, download_mode=mode))
     with tf.io.gfile.GFile(posixpath.join(str(builder.data_dir), SUMMARY_FILE)) as f:
         summary = json.load(f)
     summary["seconds"] = round(time.time() - start, 1)
@@ -103,12 +113,9 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
-    for noisy in ("apache_beam", "absl", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         run(argv)
-    except (ManualDataError, SchemaError, ValueError) as e:
+    except (ManualDataError, SchemaError, UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - Beam wraps worker errors; surface ours without the stack
@@ -124,4 +131,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

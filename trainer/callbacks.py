@@ -93,7 +93,7 @@ def make_callbacks(paths, schema, backup_every_steps: int = 0, chief: bool = Tru
     threshold = best_so_far(paths.history_csv) if resuming else None
     cbs += [
         keras.callbacks.ModelCheckpoint(paths.best_keras, monitor=MONITOR, mode="max", save_best_only=True,
-                                        initial_value_threshold=threshold, verbose=1),
+                                        initial_value_threshold=threshold),
         keras.callbacks.CSVLogger(paths.history_csv, append=resuming),
     ]
     # tf.summary needs the tensorboard package, which TensorFlow no longer pulls in itself.

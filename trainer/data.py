@@ -19,6 +19,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfds_person_attrs.schema import Schema, schema_from_dict
+from trainer.config import ConfigError
 from trainer.preprocess_ops import decode_image
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -33,7 +34,7 @@ class DatasetInfo:
 
 def dataset_dir(data_cfg) -> str:
     if not data_cfg.data_dir:
-        raise ValueError("data.data_dir is empty: pass --data_dir DIR (the pipeline's output, local or gs://)")
+        raise ConfigError("data.data_dir is empty: pass --data_dir DIR (the pipeline's output, local or gs://)")
     return os.path.join(data_cfg.data_dir, "person_attrs", data_cfg.dataset, data_cfg.version)
 
 

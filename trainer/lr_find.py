@@ -17,7 +17,6 @@ OUT/lr_find.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -25,6 +24,8 @@ import sys
 
 import keras
 import numpy as np
+
+from trainer import cli
 
 
 class LRRangeTest(keras.callbacks.Callback):
@@ -153,12 +154,14 @@ def run_lr_find(config, num_steps: int = 200, start_lr: float = 1e-5, end_lr: fl
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="LR range test. Other flags go to the trainer config.")
-    p.add_argument("--steps", type=int, default=200)
+    p = cli.ArgumentParser(description="LR range test. Other flags go to the trainer config.")
+    p.add_argument("--steps", type=cli.positive_int, default=200)
     p.add_argument("--start_lr", type=float, default=1e-5)
     p.add_argument("--end_lr", type=float, default=10.0)
     p.add_argument("--out", help="output folder (default JOB_DIR/lr_find with --job_dir, else ./lr_find)")
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if not 0 < args.start_lr < args.end_lr:
+        p.error(f"need 0 < --start_lr < --end_lr, got {args.start_lr:g} and {args.end_lr:g}")
     from trainer.config import load_config
 
     config = load_config(rest)
@@ -177,4 +180,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -27,6 +27,7 @@ from trainer.losses import make_losses
 from trainer.metrics import accuracy_keys, head_metrics
 from trainer.model import build_model
 from trainer.paths import job_paths
+from trainer.progress import fit_verbosity
 from trainer.schedules import make_optimizer, make_schedule
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,10 @@ def run(config, strategy: tf.distribute.Strategy | None = None, extra_callbacks=
         val_ds = make_eval_dataset(config, config.data.eval_split, _eval_batch(info, config, global_batch, replicas),
                                    schema)
         callbacks = make_callbacks(paths, schema, config.train.backup_every_steps, chief, resuming)
-        verbose = config.train.verbose if config.train.verbose == "auto" else int(config.train.verbose)
+        verbose, progress = fit_verbosity(config.train.verbose)
         history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps_per_epoch,
                             validation_data=val_ds, validation_steps=config.train.validation_steps or None,
-                            callbacks=[*callbacks, *extra_callbacks], verbose=verbose)
+                            callbacks=[*callbacks, *progress, *extra_callbacks], verbose=verbose)
         metrics = _final_metrics(history.history, schema, callbacks)
         if chief:
             _write(paths.metrics_json, json.dumps(metrics, indent=2))
