@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # DATA: a hvc_data.zip or its extracted folder; empty = the generated demo set.
 DATA ?=
 OUT ?= out
-PRESET ?= smoke
+PRESET ?= demo
 
 .PHONY: setup browser demo test clean
 
