@@ -38,7 +38,8 @@ NOISE = [
 
 def run_command(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS` in a subprocess with stdout and stderr to pipes, as in CI or a redirected log."""
-    environ = {k: v for k, v in os.environ.items() if k not in (cli.VERBOSE_ENV, "TF_CPP_MIN_LOG_LEVEL")}
+    inherited = (cli.VERBOSE_ENV, "TF_CPP_MIN_LOG_LEVEL", "TQDM_DISABLE")  # set in this process by `import trainer`
+    environ = {k: v for k, v in os.environ.items() if k not in inherited}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
                           env={**environ, **(env or {})}, timeout=600)
 
@@ -63,10 +64,15 @@ def test_training_in_a_pipe_prints_one_line_per_epoch_and_nothing_else(hvc_data_
     assert lines[-1].startswith(f"done: model, metrics.json and history.csv in {job}")
     assert len(lines) <= 6, lines  # strategy, run summary, 2 epochs, done
 
-    verbose = run_command("trainer.task", *flags, "--verbose")
-    assert verbose.returncode == 0
-    assert "INFO trainer.train:" in verbose.stderr  # every record, with its level and logger
-    assert len(verbose.stderr.splitlines()) > len(lines)
+
+def test_verbose_shows_the_traceback_of_a_user_error(tmp_path):
+    quiet = run_command("trainer.evaluate", "--model", str(tmp_path / "missing"))
+    assert quiet.returncode == 2 and quiet.stderr.splitlines() == [
+        f"error: --model {tmp_path / 'missing'}: no such file or folder; pass a job dir, a .keras file or an "
+        "exported model folder (JOB_DIR/model)"]
+    loud = run_command("trainer.evaluate", "--model", str(tmp_path / "missing"), "--verbose")
+    assert loud.returncode == 2 and "Traceback" in loud.stderr
+    assert loud.stderr.splitlines()[-1] == quiet.stderr.splitlines()[0]
 
 
 def test_dataset_build_in_a_pipe_prints_only_its_summary(tmp_path):
@@ -86,6 +92,27 @@ def test_progress_bar_on_a_terminal_one_line_per_epoch_elsewhere():
     verbose, callbacks = progress.fit_verbosity("auto", io.StringIO())
     assert verbose == 0 and [type(c) for c in callbacks] == [progress.EpochLine]
     assert progress.fit_verbosity("2", io.StringIO()) == (2, [])
+
+
+def test_library_records_below_error_show_only_with_verbose(capsys):
+    import logging
+
+    def main(argv):
+        logging.getLogger("absl").info("a library's chatter")
+        logging.getLogger("apache_beam.io").warning("a library's warning")
+        logging.getLogger("trainer.demo_step").info("the project's own line")
+        try:
+            raise RuntimeError("inner")
+        except RuntimeError:
+            logging.getLogger("apache_beam.runners").error("a library's error", exc_info=True)
+
+    cli.run(main, [])
+    quiet = capsys.readouterr().err.splitlines()
+    assert quiet == ["the project's own line", "error: a library's error"]  # its one line, no traceback
+    cli.run(main, ["--verbose"])
+    loud = capsys.readouterr().err
+    assert "INFO absl: a library's chatter" in loud and "WARNING apache_beam.io" in loud and "Traceback" in loud
+    cli.run(main, [])  # back to quiet for the tests after this one
 
 
 def test_verbose_is_taken_off_before_a_double_dash_only():
@@ -156,3 +183,13 @@ def test_user_errors_get_one_line_and_a_non_zero_exit(places, capsys, module, ar
     assert code not in (0, None), f"exit code {code}"
     assert "Traceback" not in err
     assert len(lines) == 1 and named.format(**places) in lines[0], err
+
+
+def test_a_failing_demo_step_ends_the_demo_with_its_exit_code(places, capfd):
+    from pipeline import demo
+
+    code = demo.main(["--out", f"{places['tmp']}/demo_out", "--data", places["empty"]])
+    err = capfd.readouterr().err.splitlines()
+    assert code == 2 and "Traceback" not in "\n".join(err)
+    assert err[-2].startswith("error: no hvc_annotations.csv in")  # the step's own one line
+    assert err[-1] == "error: step 'build the dataset (Beam, DirectRunner)' failed (exit code 2); its output is above"

@@ -199,9 +199,9 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
     """Calls main(argv) as a command: returns its exit code; a user error becomes one line and exit code 2."""
     global _verbose_flag
     argv = list(sys.argv[1:] if argv is None else argv)
-    if VERBOSE_FLAG in own_args(argv):
+    _verbose_flag = VERBOSE_FLAG in own_args(argv)
+    if _verbose_flag:
         argv.remove(VERBOSE_FLAG)  # the first one, which own_args just found before any `--`
-        _verbose_flag = True
     setup_output()
     try:
         return int(main(argv) or 0)
