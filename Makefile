@@ -5,15 +5,17 @@ PY := $(VENV)/bin/python
 # DATA: a hvc_data.zip or its extracted folder; empty = the generated demo set.
 DATA ?=
 OUT ?= out
-PRESET ?= smoke
+PRESET ?= demo
 
 .PHONY: setup browser demo test clean
 
+# -qq: pip's and setuptools' build chatter is not the user's business; errors still show.
 $(VENV)/.installed: setup.py requirements.txt requirements-dev.txt constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
-	touch $@
+	@echo "setting up $(VENV) (the first time only: a few minutes)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -qq --upgrade pip
+	@$(PY) -m pip install -qq -c constraints.txt -e ".[dev]"
+	@touch $@
 
 setup: $(VENV)/.installed
 
@@ -22,7 +24,7 @@ browser:
 	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq chromium) || echo "chromium not installed: the report test will be skipped"; }
 
 demo: setup
-	$(PY) -m pipeline.demo --out $(OUT) --preset $(PRESET) $(if $(DATA),--data $(DATA),)
+	@$(PY) -m pipeline.demo --out $(OUT) --preset $(PRESET) $(if $(DATA),--data $(DATA),)
 
 test: setup browser
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests tfds_person_attrs

@@ -1,63 +1,119 @@
 """The whole chain on one machine: data -> build -> train -> evaluate (+ report) -> predict.
 
-    python -m pipeline.demo --out out                                  # a generated demo set, smoke preset
+    python -m pipeline.demo --out out                                  # a generated demo set, demo preset
     python -m pipeline.demo --out out --data ../shared/data/hvc_data.zip --preset hvc
+    python -m pipeline.demo --out out --verbose                        # every library log line of every step
 
-Each step is the same command a user (or a Vertex AI / Kubeflow step) runs, printed before it runs, so
-the demo doubles as a transcript of how to use the project.
+Each step is the same command a user (or a Vertex AI / Kubeflow step) runs, printed before it runs, so the
+demo doubles as a transcript of how to use the project. It ends with each head's test accuracy beside its
+majority-class baseline, and the path of the HTML report.
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
+import json
 import os
 import shlex
 import subprocess
 import sys
 import time
+import zipfile
+
+from trainer import cli
+
+NUM_SAMPLE_IMAGES = 8
 
 
-def step(title: str, cmd: list[str]) -> None:
-    print(f"\n=== {title}\n$ {shlex.join(cmd)}", flush=True)
+class StepFailed(Exception):
+    def __init__(self, title: str, code: int):
+        super().__init__(f"step '{title}' failed (exit code {code}); its output is above")
+        self.code = code
+
+
+def step(title: str, args: list[str]) -> None:
+    """Runs `python ARGS` as a subprocess (this interpreter), after printing the command as a user types it."""
+    print(f"\n=== {title}\n$ {shlex.join(['python', *args])}", flush=True)
     start = time.time()
-    subprocess.run(cmd, check=True)
+    env = dict(os.environ, **({cli.VERBOSE_ENV: "1"} if cli.verbose() else {}))
+    code = subprocess.run([sys.executable, *args], env=env).returncode
+    if code:
+        raise StepFailed(title, code)
     print(f"=== {title}: done in {time.time() - start:.0f} s", flush=True)
 
 
+def sample_images(manual: str, out: str, n: int = NUM_SAMPLE_IMAGES) -> list[str]:
+    """The first n images of the data (extracted from a zip into OUT/sample_images), to show `predict` on."""
+    if os.path.isdir(manual):
+        return sorted(glob.glob(os.path.join(manual, "resized", "*.jpg")))[:n]
+    folder = os.path.join(out, "sample_images")
+    with zipfile.ZipFile(manual) as z:
+        names = sorted(name for name in z.namelist() if name.lower().endswith(".jpg"))[:n]
+        return [z.extract(name, folder) for name in names]
+
+
+def summary_table(metrics: dict) -> str:
+    """head / accuracy / baseline, a mark on every head that does not beat its baseline, and the mean."""
+    lines = [f"{'head':<16}{'accuracy':>10}{'baseline':>10}"]
+    for name, h in metrics["heads"].items():
+        if h["kind"] == "multi":
+            lines.append(f"{name:<16}{h['mA']:>10.3f}{'-':>10}   (multi-label: mean accuracy over classes)")
+            continue
+        base = h.get("majority_baseline")
+        beaten = base is None or h["accuracy"] > base
+        lines.append(f"{name:<16}{h['accuracy']:>10.3f}{'-' if base is None else f'{base:.3f}':>10}"
+                     + ("" if beaten else "   <- not better than the baseline"))
+    s = metrics["summary"]
+    if s.get("mean_accuracy") is not None and s.get("mean_majority_baseline") is not None:
+        lines.append(f"{'mean':<16}{s['mean_accuracy']:>10.3f}{s['mean_majority_baseline']:>10.3f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="out", help="folder for the data, the dataset and the run")
     p.add_argument("--data", help="hvc_data.zip or its folder; default: generate a demo set")
-    p.add_argument("--preset", default="smoke", help="trainer preset (smoke, hvc) or a YAML config")
-    p.add_argument("--num_images", type=int, default=600, help="size of the generated demo set")
+    p.add_argument("--preset", default="demo", help="trainer preset (demo, smoke, hvc) or a YAML config")
+    p.add_argument("--num_images", type=cli.positive_int, default=1200, help="size of the generated demo set")
     p.add_argument("overrides", nargs="*", help="trainer overrides such as --train.epochs=3 (after --)")
     args = p.parse_args(argv)
-    # TensorFlow's C++ start-up lines (oneDNN, no CUDA driver) would bury each step's own output.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    py = sys.executable
-    manual = args.data
-    if not manual:
-        manual = os.path.join(args.out, "demo_data")
-        step("generate a demo set", [py, "-m", "tfds_person_attrs.demo_data", "--out", manual,
-                                     "--num_images", str(args.num_images)])
-    data_dir = os.path.join(args.out, "data")
-    job_dir = os.path.join(args.out, "run")
-    step("build the dataset (Beam, DirectRunner)",
-         [py, "-m", "pipeline.preprocess", "--manual_dir", manual, "--data_dir", data_dir])
-    step("train", [py, "-m", "trainer.task", "--data_dir", data_dir, "--job_dir", job_dir, "--config", args.preset,
-                   *args.overrides])
-    step("evaluate on the test split, with an HTML report",
-         [py, "-m", "trainer.evaluate", "--model", job_dir, "--data_dir", data_dir, "--split", "test",
-          "--out", os.path.join(job_dir, "eval")])
-    images_dir = manual if os.path.isdir(manual) else None
-    if images_dir:
-        sample = sorted(glob.glob(os.path.join(images_dir, "resized", "*.jpg")))[:8]
-        step("predict with the exported SavedModel",
-             [py, "-m", "trainer.predict", "--model", os.path.join(job_dir, "model"), *sample])
-    print(f"\nReport: {os.path.join(job_dir, 'eval', 'index.html')}\nJob dir: {job_dir}")
+    if args.data and not os.path.exists(args.data):
+        raise cli.UserError(f"--data {args.data}: no such file or folder; pass hvc_data.zip or its folder")
+    try:
+        run_demo(args)
+    except StepFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
     return 0
 
 
+def run_demo(args) -> None:
+    start = time.time()
+    manual = args.data
+    if not manual:
+        manual = os.path.join(args.out, "demo_data")
+        step("generate a demo set", ["-m", "tfds_person_attrs.demo_data", "--out", manual,
+                                     "--num_images", str(args.num_images)])
+    data_dir, job_dir = os.path.join(args.out, "data"), os.path.join(args.out, "run")
+    eval_dir = os.path.join(job_dir, "eval")
+    step("build the dataset (Beam, DirectRunner)",
+         ["-m", "pipeline.preprocess", "--manual_dir", manual, "--data_dir", data_dir])
+    step("train", ["-m", "trainer.task", "--data_dir", data_dir, "--job_dir", job_dir, "--config", args.preset,
+                   *args.overrides])
+    step("evaluate on the test split, with an HTML report",
+         ["-m", "trainer.evaluate", "--model", job_dir, "--data_dir", data_dir, "--split", "test", "--out", eval_dir])
+    predictions = os.path.join(job_dir, "predictions.jsonl")
+    step("predict with the exported SavedModel",
+         ["-m", "trainer.predict", "--model", os.path.join(job_dir, "model"), "--out", predictions,
+          *sample_images(manual, args.out)])
+    with open(os.path.join(eval_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    minutes, seconds = divmod(round(time.time() - start), 60)
+    print(f"\n=== demo done in {minutes} min {seconds:02d} s. Test split ({metrics['num_examples']} images), "
+          "accuracy beside the majority-class baseline:")
+    print(summary_table(metrics))
+    print(f"\nReport:      {os.path.join(eval_dir, 'index.html')}\nPredictions: {predictions}\nJob dir:     {job_dir}")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

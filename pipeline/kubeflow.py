@@ -8,7 +8,6 @@
 `compile` needs only kfp; `run` submits to Vertex AI Pipelines with google-cloud-aiplatform (the gcp extra).
 """
 
-import argparse
 import os
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import yaml
 from kfp import compiler, dsl
 
 from pipeline.kfp_components import make_components
+from trainer import cli
 
 PIPELINE_NAME = "person-attrs"
 DEFAULT_IMAGE = os.environ.get("PERSON_ATTRS_IMAGE",
@@ -98,16 +98,17 @@ def parameter_values(spec: dict, pairs, **given) -> dict:
 
 def run(args) -> str:
     """Submits the pipeline to Vertex AI Pipelines; returns the job's resource name."""
+    path = args.template or compile_pipeline(os.path.join(tempfile.mkdtemp(), "pipeline.yaml"), args.image)
+    with open(path) as f:
+        spec = yaml.safe_load(f)
+    temp = args.pipeline_root.rstrip("/") + "/dataflow-tmp"
+    # Parameters are checked before the SDK is needed, so a typo is found without it too.
+    params = parameter_values(spec, args.param, project=args.project, region=args.region, temp_location=temp)
     try:
         from google.cloud import aiplatform
     except ImportError:
         raise SystemExit("`run` needs google-cloud-aiplatform: pip install -c constraints.txt '.[gcp]' "
                          "(or compile with `python -m pipeline.kubeflow compile` and upload the YAML)") from None
-    path = args.template or compile_pipeline(os.path.join(tempfile.mkdtemp(), "pipeline.yaml"), args.image)
-    with open(path) as f:
-        spec = yaml.safe_load(f)
-    temp = args.pipeline_root.rstrip("/") + "/dataflow-tmp"
-    params = parameter_values(spec, args.param, project=args.project, region=args.region, temp_location=temp)
     aiplatform.init(project=args.project, location=args.region)
     job = aiplatform.PipelineJob(display_name=PIPELINE_NAME, template_path=path, pipeline_root=args.pipeline_root,
                                  parameter_values=params, enable_caching=not args.no_cache)
@@ -118,7 +119,7 @@ def run(args) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.kubeflow", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m pipeline.kubeflow", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("compile", help="write the pipeline spec (YAML)")
     c.add_argument("output")
@@ -135,8 +136,16 @@ def main(argv=None) -> int:
         p.add_argument("--image", default=DEFAULT_IMAGE, help="the project image (default: $PERSON_ATTRS_IMAGE)")
     args = parser.parse_args(argv)
     if args.cmd == "compile":
+        folder = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(folder):
+            parser.error(f"cannot write {args.output}: the folder {folder} does not exist")
         print(compile_pipeline(args.output, args.image))
     else:
+        if args.template and not os.path.isfile(args.template):
+            parser.error(f"--template {args.template}: no such file; compile one with "
+                         "`python -m pipeline.kubeflow compile FILE` or leave --template out")
+        if not args.pipeline_root.startswith("gs://"):
+            parser.error(f"--pipeline_root {args.pipeline_root!r}: Vertex AI Pipelines needs a gs:// folder")
         try:
             print(run(args))
         except ValueError as e:
@@ -145,4 +154,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -24,10 +24,12 @@ from tfds_person_attrs import grouping
 from tfds_person_attrs.annotations import ManualData, ManualDataError
 from tfds_person_attrs.images import DEFAULT_MAX_PIXELS
 from tfds_person_attrs.schema import BUILTIN_SCHEMAS, SchemaError, load_schema
+from trainer import cli
+from trainer.cli import UserError
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manual_dir", required=True, help="folder or .zip holding the CSV and images (local or gs://)")
     p.add_argument("--data_dir", required=True, help="TFDS data dir to write person_attrs/<config>/<version> into")
     p.add_argument("--config", default="hvc", help=f"built-in schema name: {sorted(BUILTIN_SCHEMAS)}")
@@ -85,7 +87,13 @@ def beam_options(beam_args: list[str]):
         beam_args = ["--runner=DirectRunner"] + beam_args
     if not any(a.startswith("--direct_num_workers") for a in beam_args):
         beam_args = beam_args + ["--direct_num_workers=1"]
-    return PipelineOptions(beam_args)
+    options = PipelineOptions(beam_args)
+    # Beam drops flags it does not know with a log line; a mistyped flag of ours would vanish the same way.
+    unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
+    if unknown:
+        raise UserError(f"unknown flag(s) {', '.join('--' + u for u in unknown)}: neither this command's "
+                        "(see --help) nor a Beam pipeline option")
+    return options
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -109,11 +117,13 @@ def run(argv: list[str] | None = None) -> dict:
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if args.overwrite:
         mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
+    options = beam_options(beam_args)
     start = time.time()
     logging.info("building %s into %s with Beam options %s", builder.info.full_name, builder.data_dir, beam_args)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=posixpath.dirname(source.source_file) or ".", beam_options=beam_options(beam_args), download_mode=mode,
-        num_shards=args.num_shards))
+    with cli.library_stdout_muted():  # TFDS prints "Downloading and preparing dataset ..." for every build
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=posixpath.dirname(source.source_file) or ".", beam_options=options, download_mode=mode,
+            num_shards=args.num_shards))
     with tf.io.gfile.GFile(summary_path) as f:
         summary = json.load(f)
     summary["seconds"] = round(time.time() - start, 1)
@@ -152,12 +162,9 @@ class StaleDatasetError(ValueError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
-    for noisy in ("apache_beam", "absl", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         run(argv)
-    except (ManualDataError, SchemaError, ValueError) as e:
+    except (ManualDataError, SchemaError, UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - Beam wraps worker errors; surface ours without the stack
@@ -173,4 +180,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -15,7 +15,6 @@ import pytest
 
 from trainer import gcs
 
-HVC_ZIP = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "hvc_data.zip"
 BUCKET = "person-attrs-test"
 
 
@@ -39,12 +38,10 @@ def emulator(monkeypatch):
 
 
 @pytest.fixture
-def hvc_slice(tmp_path):
-    """The first 50 CSV rows of the real hvc_data.zip and their images, as a small zip in tmp (never in the repo)."""
-    if not HVC_ZIP.exists():
-        pytest.skip(f"{HVC_ZIP} not present")
+def hvc_slice(tmp_path, hvc_zip):
+    """The first 50 CSV rows of hvc_data.zip and their images, as a small zip in tmp (never in the repo)."""
     out = tmp_path / "hvc_data.zip"
-    with zipfile.ZipFile(HVC_ZIP) as src, zipfile.ZipFile(out, "w") as dst:
+    with zipfile.ZipFile(hvc_zip) as src, zipfile.ZipFile(out, "w") as dst:
         text = src.read("hvc_annotations.csv").decode()
         rows = list(csv.reader(io.StringIO(text)))[:51]
         buf = io.StringIO()

@@ -1,7 +1,9 @@
-"""The main command's chain on a slice of the real data: build -> train (smoke) -> evaluate -> predict.
+"""The main command's chain on a slice of the hvc data: build -> train (smoke) -> evaluate -> predict.
 
 Runs `pipeline.demo` exactly as `make demo DATA=...` does (each step a subprocess, as users run them) and
-checks that every output the README promises exists and holds what it should.
+checks that every output the README promises exists and holds what it should, and that the transcript ends
+with the per-head table and the report's path. On a clone without ../shared the slice comes from the generated
+stand-in of the real data (tests/data_fixtures.py).
 """
 
 from __future__ import annotations
@@ -38,12 +40,24 @@ def test_real_slice_build_train_evaluate_predict(tmp_path, capfd):
     assert len(history) == config["train"]["epochs"]
     assert {"lr", "momentum", "val_mean_accuracy", "val_gender_accuracy"} <= set(history[0])
 
+    table = printed[printed.index("=== demo done in"):].splitlines()
+    assert table[1].split() == ["head", "accuracy", "baseline"]
+    assert [line.split()[0] for line in table[2:10]] == ["gender", "image_quality", "age", "weight", "bag",
+                                                        "footwear", "emotion", "pose"]
+    assert f"Report:      {job / 'eval' / 'index.html'}" in printed
+
     metrics = json.loads((job / "eval" / "metrics.json").read_text())
     test_n = summary["splits"]["test"]
     assert metrics["num_examples"] == test_n
     assert set(metrics["heads"]) == {"gender", "image_quality", "age", "weight", "bag", "footwear", "emotion", "pose"}
     assert (job / "eval" / "index.html").read_text().count("<img") >= 8
+    for line in table[2:10]:  # the table shows the evaluation's numbers, and marks exactly the heads not beaten
+        name, acc, base = line.split()[:3]
+        h = metrics["heads"][name]
+        assert (float(acc), float(base)) == (round(h["accuracy"], 3), round(h["majority_baseline"], 3))
+        assert ("not better than the baseline" in line) == (h["accuracy"] <= h["majority_baseline"])
 
-    predictions = [json.loads(line) for line in printed.splitlines() if line.startswith('{"path"')]
+    with open(job / "predictions.jsonl") as f:
+        predictions = [json.loads(line) for line in f]
     assert len(predictions) == 8
     assert all(p["pose"] in ("Back", "Front-Frontish", "Side") and 0 <= p["pose_prob"] <= 1 for p in predictions)

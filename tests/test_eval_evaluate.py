@@ -82,14 +82,14 @@ def test_evaluate_uses_the_models_predictions(job_dir):
 
 def test_worst_examples_kept_across_batches(job_dir):
     """Merging batch by batch keeps exactly the split's highest-loss examples."""
-    from trainer import eval_metrics, evaluate
+    from trainer import eval_metrics, eval_model, evaluate
     from trainer.config import config_from_yaml
     from trainer.data import dataset_info
 
     job, _, model = job_dir
     config = config_from_yaml(os.path.join(job, "config.yaml"))
     schema = dataset_info(config.data).schema
-    pred = evaluate.predict_split(model, config, schema, "test", batch=3, keep_worst=5)
+    pred = evaluate.predict_split(eval_model.from_keras(model, config), schema, "test", batch=3, keep_worst=5)
     losses = eval_metrics.sample_losses(schema, pred["labels"], pred["probs"])
     expected = [pred["ids"][i] for i in np.argsort(-losses, kind="stable")[:5]]
     assert list(pred["worst"].ids) == expected
@@ -101,15 +101,16 @@ def test_flip_tta_averages_each_image_with_its_mirror(job_dir):
     """--flip_tta: every probability is the mean of the model's outputs on the image and on its mirror."""
     import tensorflow as tf
 
-    from trainer import evaluate
+    from trainer import eval_model, evaluate
     from trainer.config import config_from_yaml
     from trainer.data import dataset_info, make_eval_dataset
 
     job, data_dir, model = job_dir
     config = config_from_yaml(os.path.join(job, "config.yaml"))
     schema = dataset_info(config.data).schema
-    plain = evaluate.predict_split(model, config, schema, "test")["probs"]["gender"]
-    tta = evaluate.predict_split(model, config, schema, "test", flip_tta=True)["probs"]["gender"]
+    plain = evaluate.predict_split(eval_model.from_keras(model, config), schema, "test")["probs"]["gender"]
+    tta = evaluate.predict_split(eval_model.from_keras(model, config, flip_tta=True), schema,
+                                 "test")["probs"]["gender"]
     expected = np.concatenate([
         ((model(x, training=False)["gender"] + model(tf.reverse(x, [2]), training=False)["gender"]) / 2).numpy()
         for x, _ in make_eval_dataset(config, split="test")])
@@ -118,3 +119,86 @@ def test_flip_tta_averages_each_image_with_its_mirror(job_dir):
     metrics = evaluate.evaluate(job, data_dir, "test", max_images=3, flip_tta=True)
     saved = json.load(open(os.path.join(job, "eval_test_flip", "metrics.json")))
     assert saved["flip_tta"] is True and metrics["flip_tta"] is True
+
+
+def _heads_numbers(metrics: dict) -> dict:
+    """Every per-head number of a metrics dict, by 'head/metric' (confusion matrices flattened)."""
+    out = {}
+    for head, values in metrics["heads"].items():
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"{head}/{key}"] = value
+            elif key == "confusion_matrix":
+                out[f"{head}/{key}"] = np.asarray(value).ravel().tolist()
+    return out
+
+
+def test_the_export_and_the_job_dir_give_the_same_metrics(job_dir, tmp_path):
+    """`--model JOB_DIR/model` (the SavedModel: JPEG bytes in, its own decode) scores like the Keras model."""
+    from trainer import evaluate
+    from trainer.config import config_from_yaml
+    from trainer.data import dataset_info
+    from trainer.export import export_model
+
+    job, data_dir, model = job_dir
+    config = config_from_yaml(os.path.join(job, "config.yaml"))
+    export_model(model, config, dataset_info(config.data).schema, os.path.join(job, "model"))
+    from_keras = evaluate.evaluate(job, data_dir, "test", out_dir=str(tmp_path / "keras"))
+    from_export = evaluate.evaluate(os.path.join(job, "model"), data_dir, "test", out_dir=str(tmp_path / "export"))
+    assert from_export["num_examples"] == from_keras["num_examples"] > 0
+    keras_numbers, export_numbers = _heads_numbers(from_keras), _heads_numbers(from_export)
+    assert set(keras_numbers) == set(export_numbers) and len(keras_numbers) > 10
+    for key, value in keras_numbers.items():
+        np.testing.assert_allclose(export_numbers[key], value, atol=1e-5, err_msg=key)
+    assert from_export["summary"]["mean_accuracy"] == pytest.approx(from_keras["summary"]["mean_accuracy"])
+    assert os.path.exists(tmp_path / "export" / "index.html")
+
+
+def _job_with(tmp_path, config, model, labels: dict | None = None) -> str:
+    """A job dir holding `model` as checkpoints/best.keras, and optionally the export's labels.json."""
+    job = tmp_path / "other_job"
+    (job / "checkpoints").mkdir(parents=True)
+    (job / "config.yaml").write_text(config.to_yaml())
+    model.save(job / "checkpoints" / "best.keras")
+    if labels is not None:
+        (job / "model").mkdir()
+        (job / "model" / "labels.json").write_text(json.dumps(labels))
+    return str(job)
+
+
+def test_a_model_with_other_heads_is_refused_naming_them(job_dir, tmp_path):
+    from trainer import cli, evaluate
+    from trainer.config import config_from_yaml
+    from trainer.model import build_model
+    from tfds_person_attrs.schema import Attribute, Schema
+
+    job, data_dir, _ = job_dir
+    config = config_from_yaml(os.path.join(job, "config.yaml"))
+    other = Schema(trainer_fixtures.MULTI_SCHEMA.name, (Attribute("gender", ("female", "male"), column="g"),
+                                                        Attribute("hat", ("no", "yes"), column="h")))
+    other_job = _job_with(tmp_path, config, build_model(other, config))
+    with pytest.raises(cli.UserError, match=r"no head for \['clothes'\].*no attribute \['hat'\]"):
+        evaluate.evaluate(other_job, data_dir, "test")
+
+
+def test_a_model_with_other_class_names_is_refused_naming_them(job_dir, tmp_path):
+    from trainer import cli, evaluate
+    from trainer.config import config_from_yaml
+    from trainer.export import labels_dict
+
+    job, data_dir, model = job_dir
+    config = config_from_yaml(os.path.join(job, "config.yaml"))
+    labels = labels_dict(trainer_fixtures.MULTI_SCHEMA)
+    labels["attributes"]["gender"]["classes"] = ["man", "woman"]  # same head, same count, other names
+    other_job = _job_with(tmp_path, config, model, labels)
+    with pytest.raises(cli.UserError, match=r"gender classes differ: model \['man', 'woman'\], dataset "
+                                            r"\['female', 'male'\]"):
+        evaluate.evaluate(other_job, data_dir, "test")
+
+
+def test_an_unknown_split_names_the_splits_there(job_dir):
+    from trainer import cli, evaluate
+
+    job, data_dir, _ = job_dir
+    with pytest.raises(cli.UserError, match=r"--split 'tset'.*\['test', 'train', 'validation'\]"):
+        evaluate.evaluate(job, data_dir, "tset")

@@ -75,6 +75,10 @@ def test_cli_writes_plot_and_json(tmp_path, capsys):
     assert rc == 0
     r = json.load(open(out / "lr_find.json"))
     assert 2 <= len(r["lrs"]) <= 12 and r["lrs"][0] == pytest.approx(1e-4)
-    assert r["suggested_max_lr"] == pytest.approx(r["min_loss_lr"] / 10)
+    if r["diverged"]:
+        assert r["suggested_max_lr"] == pytest.approx(r["min_loss_lr"] / 10)
+    else:  # the knee: an LR of the sweep at or below the minimum's
+        assert r["suggested_max_lr"] in r["lrs"] and r["suggested_max_lr"] <= r["min_loss_lr"]
+    assert r["rule"] == lr_find.RULES[r["diverged"]]
     assert os.path.getsize(out / "lr_find.png") > 1000
     assert "suggested max LR" in capsys.readouterr().out

@@ -37,7 +37,10 @@ def test_folder_with_bad_files(exported, folder, capsys):  # noqa: F811
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["a_good.jpg", "b_good.jpg", "c_picture.png"]
     assert rc == 1
-    assert "d_corrupt.jpg" in err and "e_truncated.jpg" in err and "notes.txt" in err
+    assert "notes.txt" in err
+    # each unreadable file with the reason, not just "could not decode"
+    assert "d_corrupt.jpg: unreadable image (not an image: no format Pillow recognises)" in err
+    assert "e_truncated.jpg: unreadable image (truncated: the file ends before its image data does" in err
     assert "predicted 3 image(s); 2 problem(s)" in err
     r = rows[0]
     assert r["age"] in SCHEMA["age"].classes and 0 <= r["age_prob"] <= 1
@@ -67,3 +70,31 @@ def test_all_good_exits_zero_and_nothing_readable_exits_two(exported, folder, ca
     assert predict.main(["--model", model_dir, str(folder / "a_good.jpg")]) == 0
     assert predict.main(["--model", model_dir, str(folder / "d_corrupt.jpg")]) == 2
     capsys.readouterr()
+
+
+def test_an_empty_folder_is_nothing_to_predict(exported, tmp_path, capsys):  # noqa: F811
+    _, _, model_dir = exported
+    (tmp_path / "empty").mkdir()
+    assert predict.main(["--model", model_dir, str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: nothing to predict: {tmp_path / 'empty'} hold(s) no image file" in err
+    assert "predicted 0" not in err
+
+
+def test_tensorflows_decode_error_is_given_with_its_cause():
+    """A JPEG that only TensorFlow's decoder rejects is reported with TensorFlow's reason, not its preamble."""
+    import tensorflow as tf
+
+    from tests.test_export import letterboxed_jpeg
+
+    decode = tf.function(lambda b: tf.map_fn(lambda x: tf.io.decode_jpeg(x, channels=3), b,
+                                             fn_output_signature=tf.uint8))
+    jpeg = letterboxed_jpeg(4)
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        decode(tf.constant([jpeg[: len(jpeg) // 3]]))
+    cause = predict.decode_error_cause(raised.value.message)
+    assert "Invalid JPEG data" in cause and not any(s in cause for s in ("Graph execution", "[[", "{{", "\n"))
+    assert predict.decode_error_cause('Graph execution error:\n\nDetected at node x defined at (most recent call '
+                                      'last):\n  File "p.py", line 6, in f\n\nInvalid PNG. Failed to initialize '
+                                      'decoder.\n\t [[{{node x}}]] [Op:__inference_f_162]') == \
+        "Invalid PNG. Failed to initialize decoder."

@@ -141,6 +141,7 @@ def test_unusable_manual_data_fails_fast_with_advice(tmp_path, capsys, case, exp
     assert expected in capsys.readouterr().err
 
 
+@fx.needs_real_data
 def test_reads_the_real_zip_directly(tmp_path):
     """The manual dir may hold the distribution zip itself; only the CSV is parsed here (fast)."""
     from tfds_person_attrs.annotations import ManualData, parse_annotations

@@ -95,7 +95,7 @@ def test_read_and_check_images_step_under_test_pipeline(tmp_path):
 
 
 def test_inspect_image_keeps_original_jpeg_bytes():
-    with zipfile.ZipFile(fx.REAL_ZIP) as z:
+    with zipfile.ZipFile(fx.hvc_zip()) as z:
         jpeg = z.read("resized/1.jpg")
     checked = inspect_image(jpeg)
     assert checked.jpeg is jpeg and checked.converted_from is None and (checked.width, checked.height) == (224, 224)

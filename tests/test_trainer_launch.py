@@ -46,7 +46,7 @@ def test_all_tasks_succeed():
 
 def test_bad_worker_count_is_one_line():
     proc, _ = launcher("--workers", "0", "--", "--config", "smoke")
-    assert proc.returncode == 2 and "--workers must be at least 1" in proc.stderr
+    assert proc.returncode == 2 and "--workers: must be at least 1" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

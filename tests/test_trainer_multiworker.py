@@ -207,7 +207,7 @@ def test_batch_not_divisible_and_job_dir_in_use_are_one_line(tmp_path):
 
     bad_batch = run_task(trainer_args(tmp_path / "a", "--distribute.cpu_devices=2", "--train.global_batch_size=3"))
     assert bad_batch.returncode == 2 and error_line(bad_batch) == (
-        "config error: train.global_batch_size=3 is not divisible by the 2 replicas; pick a multiple of 2")
+        "error: train.global_batch_size=3 is not divisible by the 2 replicas; pick a multiple of 2")
     with JobLock(str(tmp_path / "b")):  # held by this (live) test process
         in_use = run_task(trainer_args(tmp_path / "b"))
     assert in_use.returncode == 2

@@ -93,7 +93,10 @@ def split_at(u: float, fractions=DEFAULT_FRACTIONS) -> str:
 
 def parse_fractions(text: str) -> tuple[tuple[str, float], ...]:
     """'80,10,10' or '0.8,0.1,0.1' -> train/validation/test fractions summing to 1."""
-    parts = [float(p) for p in text.split(",")]
+    try:
+        parts = [float(p) for p in text.split(",")]
+    except ValueError:
+        parts = []  # not numbers: the message below says what is expected
     if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
         raise ValueError(f"--split {text!r}: give three non-negative numbers for train,validation,test, e.g. 80,10,10")
     total = sum(parts)

@@ -40,7 +40,7 @@ class DatasetInfo:
 
 def dataset_dir(data_cfg) -> str:
     if not data_cfg.data_dir:
-        raise ValueError("data.data_dir is empty: pass --data_dir DIR (the pipeline's output, local or gs://)")
+        raise ConfigError("data.data_dir is empty: pass --data_dir DIR (the pipeline's output, local or gs://)")
     return os.path.join(data_cfg.data_dir, "person_attrs", data_cfg.dataset, data_cfg.version)
 
 

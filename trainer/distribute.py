@@ -50,7 +50,7 @@ def make_strategy(config, task: cluster_lib.Task | None = None) -> tf.distribute
         strategy = tf.distribute.MirroredStrategy([d.name for d in (gpus or tf.config.list_logical_devices("CPU"))])
     else:
         strategy = tf.distribute.get_strategy()
-    log.info("strategy %s with %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
+    log.debug("strategy %s with %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
     return strategy
 
 

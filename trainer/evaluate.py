@@ -1,14 +1,17 @@
-"""Evaluate a trained run on a split: per-head table with baselines, metrics.json and the HTML report.
+"""Evaluate a trained model on a split: per-head table with baselines, metrics.json and the HTML report.
 
     python -m trainer.evaluate --model JOB_DIR --data_dir OUT --split test [--out JOB_DIR/eval_test] [--flip_tta]
+    python -m trainer.evaluate --model JOB_DIR/model --data_dir OUT --split test    # the exported SavedModel
 
---model is a job dir (uses checkpoints/best.keras, else model.keras) or a .keras file inside one; the
-preprocessing comes from JOB_DIR/config.yaml so evaluation sees images exactly as training did. The majority
-baselines use the training split's class counts stored in the dataset's metadata. Output in --out:
-metrics.json (every number, per head, plus the summary) and index.html with its PNGs; the confusion matrices
-also go to TensorBoard (JOB_DIR/logs/eval_<split>, or AIP_TENSORBOARD_LOG_DIR) unless --no-tensorboard.
---flip_tta averages each image's and its mirror's probabilities (default --out JOB_DIR/eval_<split>_flip);
-metrics.json records which was used.
+--model is a job dir (uses checkpoints/best.keras, else model.keras), a .keras file inside one, or an exported
+SavedModel folder (JOB_DIR/model, or one from the model registry); the same model gives the same metrics in any
+of these forms. The preprocessing comes from the job's config.yaml (an export carries its own copy) so
+evaluation sees images exactly as training did, and a model whose heads or classes differ from the dataset's
+schema is refused, naming the differences. The majority baselines use the training split's class counts stored
+in the dataset's metadata. Output in --out: metrics.json (every number, per head, plus the summary) and
+index.html with its PNGs; the confusion matrices also go to TensorBoard (JOB_DIR/logs/eval_<split>, or
+AIP_TENSORBOARD_LOG_DIR) unless --no-tensorboard. --flip_tta averages each image's and its mirror's
+probabilities (default --out JOB_DIR/eval_<split>_flip); metrics.json records which was used.
 """
 
 from __future__ import annotations
@@ -16,38 +19,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from trainer import cli, eval_metrics, eval_model, report
 from trainer import data as data_lib
-from trainer import eval_metrics, report
-from trainer.export import load_job, model_outputs
 
 
-def predict_split(model, config, schema, split: str, batch: int = 64, max_steps: int = 0,
-                  keep_worst: int = 48, flip_tta: bool = False) -> dict[str, Any]:
-    """Runs the model over one pass of `split` (flip_tta: averaged with the mirrored images).
+def predict_split(model: eval_model.EvalModel, schema, split: str, batch: int = 64, max_steps: int = 0,
+                  keep_worst: int = 48) -> dict[str, Any]:
+    """Runs the model over one pass of `split`.
 
     Returns {"labels", "probs"} (dicts of arrays over every example), "ids", and "worst": a report.Samples of
     the `keep_worst` examples with the highest summed loss. Only those images are kept (merged batch by batch),
     so memory does not grow with the split.
     """
-    ds = data_lib.make_eval_dataset(config, split=split, batch=batch, schema=schema)
-    # The eval dataset carries no ids; the same deterministic read in the same order gives them.
-    ids_ds = data_lib._read(config.data, split, shuffle_files=False, seed=None).map(lambda ex: ex["id"]).batch(batch)
+    config = model.config
     labels: dict[str, list] = {a.name: [] for a in schema.attributes}
     probs: dict[str, list] = {a.name: [] for a in schema.attributes}
     ids, worst = [], None
-    if flip_tta and not config.augment.flip:
+    if model.flip_tta and not config.augment.flip:
         print("warning: --flip_tta on a model trained without augment.flip: mirrored images are new to it")
-    infer = tf.function(lambda x: model_outputs(model, x, flip_tta))  # one trace, not eager per batch
-    for step, ((x, y), batch_ids) in enumerate(zip(ds, ids_ds)):
+    for step, (image_bytes, x, y, batch_ids) in enumerate(_examples(config, schema, split, batch)):
         if max_steps and step >= max_steps:
             break
-        out = infer(x)
+        out = model.probs(x, image_bytes)
         rec = {"ids": np.array([s.decode() for s in batch_ids.numpy()], dtype=object),
                "images": np.clip(np.round(x.numpy()), 0, 255).astype(np.uint8)}  # what the model saw
         for a in schema.attributes:
@@ -59,10 +59,23 @@ def predict_split(model, config, schema, split: str, batch: int = 64, max_steps:
         rec["loss"] = eval_metrics.sample_losses(schema, _sub(rec, "labels"), _sub(rec, "probs"))
         worst = _keep_worst(worst, rec, keep_worst)
     if not ids:
-        raise ValueError(f"split {split!r} is empty")
+        raise cli.UserError(f"split {split!r} of {data_lib.dataset_dir(config.data)} is empty")
     cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
     samples = report.Samples(worst["images"], _sub(worst, "labels"), _sub(worst, "probs"), list(worst["ids"]))
     return {"labels": cat(labels), "probs": cat(probs), "ids": ids, "worst": samples}
+
+
+def _examples(config, schema, split: str, batch: int) -> tf.data.Dataset:
+    """Batches of (JPEG bytes, decoded image, labels, id) in the split's fixed order: the bytes for an exported
+    model, which decodes them itself; the image for a Keras model and for the report."""
+    d = config.data
+
+    def prepare(example):
+        image, labels = data_lib.example_to_inputs(example, schema, d)
+        return example["image"], image, labels, example["id"]
+
+    ds = data_lib._read(d, split, shuffle_files=False, seed=None)
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch).prefetch(1)
 
 
 def _sub(rec: dict, prefix: str) -> dict:
@@ -104,28 +117,36 @@ def format_table(metrics: dict[str, Any]) -> str:
 def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | None = None, batch: int = 64,
              max_images: int = 48, max_steps: int = 0, tensorboard: bool = False,
              embed: bool = False, flip_tta: bool = False) -> dict[str, Any]:
-    """Loads, predicts, scores, writes metrics.json and the report; returns the metrics dict."""
+    """Loads, checks, predicts, scores, writes metrics.json and the report; returns the metrics dict."""
     t0 = time.time()
-    model, config, job_dir = load_job(model_path, data_dir)
+    model = eval_model.load(model_path, data_dir, flip_tta)
+    config, job_dir = model.config, model.job_dir
     info = data_lib.dataset_info(config.data)
     schema = info.schema
-    pred = predict_split(model, config, schema, split, batch, max_steps, keep_worst=max_images, flip_tta=flip_tta)
+    where = data_lib.dataset_dir(config.data)
+    if split not in info.num_examples:
+        raise cli.UserError(f"--split {split!r}: {where} has the splits {sorted(info.num_examples)}")
+    eval_model.check_heads(model, schema, where)
+    if out_dir is None and job_dir is None:
+        raise cli.UserError(f"{model_path} is not inside a job dir: pass --out FOLDER for the report")
+    pred = predict_split(model, schema, split, batch, max_steps, keep_worst=max_images)
     train_counts = info.class_counts.get(config.data.train_split)
     metrics = eval_metrics.evaluate_arrays(schema, pred["labels"], pred["probs"], train_counts)
     metrics.update({"model": model_path, "job_dir": job_dir, "data_dir": config.data.data_dir, "split": split,
                     "num_examples": len(pred["ids"]), "baseline_from": config.data.train_split,
-                    "flip_tta": flip_tta, "schema": schema.to_dict(), "seconds": round(time.time() - t0, 1)})
-    out_dir = out_dir or os.path.join(job_dir, f"eval_{split}" + ("_flip" if flip_tta else ""))
+                    "flip_tta": model.flip_tta, "schema": schema.to_dict(), "seconds": round(time.time() - t0, 1)})
+    out_dir = out_dir or os.path.join(job_dir, f"eval_{split}" + ("_flip" if model.flip_tta else ""))
     tf.io.gfile.makedirs(out_dir)
     with tf.io.gfile.GFile(os.path.join(out_dir, "metrics.json"), "w") as f:
         f.write(json.dumps(metrics, indent=2))
-    page = report.write_report(out_dir, schema, metrics, os.path.join(job_dir, "history.csv"), pred["worst"],
-                               title=f"{os.path.basename(job_dir.rstrip('/'))}: {split} split",
-                               max_images=max_images, embed=embed,
+    title = os.path.basename((job_dir or model_path).rstrip("/"))
+    page = report.write_report(out_dir, schema, metrics, os.path.join(job_dir, "history.csv") if job_dir else None,
+                               pred["worst"], title=f"{title}: {split} split", max_images=max_images, embed=embed,
                                notes=[f"model {model_path}", f"data {config.data.data_dir}",
                                       f"{len(pred['ids'])} examples of split {split!r}"
-                                      + (", each averaged with its mirror image (flip TTA)" if flip_tta else "")])
-    if tensorboard:
+                                      + (", each averaged with its mirror image (flip TTA)" if model.flip_tta
+                                         else "")])
+    if tensorboard and job_dir:
         from trainer.paths import job_paths
 
         report.log_confusion_to_tensorboard(os.path.join(job_paths(job_dir).logs_dir, f"eval_{split}"),
@@ -135,13 +156,13 @@ def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | N
     return metrics
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="JOB_DIR, or a .keras file inside it")
+def main(argv=None) -> int:
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="JOB_DIR, a .keras file inside it, or an exported model folder")
     p.add_argument("--data_dir", help="the built dataset's DATA_DIR (default: the one in config.yaml)")
     p.add_argument("--split", default="test")
     p.add_argument("--out", help="output folder (default JOB_DIR/eval_<split>)")
-    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--batch_size", type=cli.positive_int, default=64)
     p.add_argument("--max_images", type=int, default=48, help="images in the report's mistakes grid")
     p.add_argument("--max_steps", type=int, default=0, help="stop after this many batches (0 = whole split)")
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
@@ -152,7 +173,8 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     evaluate(a.model, a.data_dir, a.split, a.out, a.batch_size, a.max_images, a.max_steps, a.tensorboard, a.embed,
              a.flip_tta)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

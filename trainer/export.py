@@ -18,13 +18,15 @@ print(m.signatures['serving_default'](image_bytes=tf.constant([open('x.jpg','rb'
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
 from typing import Any, Mapping
 
 import tensorflow as tf
 
+from trainer import cli
+from trainer.cli import UserError
 from trainer.preprocess_ops import decode_image
 
 INPUT_KEY = "image_bytes"
@@ -128,8 +130,15 @@ def load_job(job_dir_or_model: str, data_dir: str | None = None):
         candidates = [os.path.join(path, "checkpoints", "best.keras"), os.path.join(path, "model.keras")]
         model_path = next((c for c in candidates if tf.io.gfile.exists(c)), None)
         if model_path is None:
-            raise FileNotFoundError(f"no model in {path}: looked for {candidates}")
-    config = config_from_yaml(os.path.join(job_dir, "config.yaml"))
+            raise UserError(f"no model in {path}: a job dir holds checkpoints/best.keras or model.keras (did its "
+                            "training finish?); an exported model folder holds saved_model.pb")
+    if not tf.io.gfile.exists(model_path):
+        raise UserError(f"{model_path}: no such file; pass a job dir or a .keras file inside one")
+    config_yaml = os.path.join(job_dir, "config.yaml")
+    if not tf.io.gfile.exists(config_yaml):
+        raise UserError(f"{job_dir} has no config.yaml: pass a job dir written by trainer.task, or a .keras file "
+                        "inside one")
+    config = config_from_yaml(config_yaml)
     if data_dir:
         config = config.replace(**{"data.data_dir": data_dir})
     _register_custom_objects()
@@ -145,24 +154,28 @@ def _register_custom_objects() -> None:
     import trainer.schedules  # noqa: F401
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Export a trained job's model as a JPEG-bytes SavedModel.")
+def main(argv=None) -> int:
+    p = cli.ArgumentParser(description="Export a trained job's model as a JPEG-bytes SavedModel.")
     p.add_argument("--job_dir", required=True, help="JOB_DIR, or a .keras file inside it")
     p.add_argument("--export_dir", help="default: JOB_DIR/model (AIP_MODEL_DIR on Vertex)")
     p.add_argument("--data_dir", help="override the config's data_dir (where the schema is read from)")
     p.add_argument("--flip_tta", action="store_true",
                    help="serve the average of each image's and its mirror's probabilities (as evaluate --flip_tta)")
     args = p.parse_args(argv)
-    from trainer.data import dataset_info
+    from trainer import eval_model
+    from trainer.data import dataset_dir, dataset_info
     from trainer.paths import job_paths
 
     model, config, job_dir = load_job(args.job_dir, args.data_dir)
     schema = dataset_info(config.data).schema
+    # labels.json takes the class names from this schema: a model of another schema would get wrong ones
+    eval_model.check_heads(eval_model.from_keras(model, config), schema, dataset_dir(config.data))
     out = args.export_dir or job_paths(job_dir).model_dir
     export_model(model, config, schema, out, args.flip_tta)
     print(f"exported to {out} (signature {SIGNATURE!r}, input {INPUT_KEY!r}"
           + (", flip test-time augmentation)" if args.flip_tta else ")"))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

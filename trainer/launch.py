@@ -13,7 +13,6 @@ Every task uses all of this machine's cores: N workers on one machine compete fo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import os
@@ -24,7 +23,7 @@ import sys
 import threading
 import time
 
-from trainer import cluster
+from trainer import cli, cluster
 
 DEFAULT_MODULE = "trainer.task"
 
@@ -132,16 +131,15 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     task_args = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(prog="python -m trainer.launch", description=__doc__.split("\n\n")[0],
-                                epilog="Everything after -- goes to every task unchanged.")
-    p.add_argument("--workers", type=int, required=True, help="processes to start (2 or more for multi-worker)")
+    p = cli.ArgumentParser(prog="python -m trainer.launch", description=__doc__.split("\n\n")[0],
+                           epilog="Everything after -- goes to every task unchanged.")
+    p.add_argument("--workers", type=cli.positive_int, required=True,
+                   help="processes to start (2 or more for multi-worker)")
     p.add_argument("--module", default=DEFAULT_MODULE, help="the Python module each task runs")
     p.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL when stopping")
     a = p.parse_args(argv)
-    if a.workers < 1:
-        p.error(f"--workers must be at least 1, got {a.workers}")
     return launch(a.workers, task_args, a.module, a.grace)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

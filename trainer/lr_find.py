@@ -17,7 +17,6 @@ OUT/lr_find.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -25,6 +24,13 @@ import sys
 
 import keras
 import numpy as np
+
+from trainer import cli
+
+
+# The rule behind suggested_max_lr, by whether the loss diverged within the sweep.
+RULES = {True: "min-loss LR / 10",
+         False: "the loss never diverged, so: the LR by which 90% of the loss drop had happened"}
 
 
 class LRRangeTest(keras.callbacks.Callback):
@@ -139,7 +145,8 @@ def run_lr_find(config, num_steps: int = 200, start_lr: float = 1e-5, end_lr: fl
         keras.config.set_dtype_policy(previous_policy)
     result = {"lrs": cb.lrs, "losses": cb.losses, "smoothed": cb.smoothed, "stopped_early": cb.stopped_early,
               "momentum": momentum, "start_lr": start_lr, "end_lr": end_lr, "num_steps": num_steps,
-              **suggest(cb.lrs, cb.smoothed), "rule": "suggested_max_lr = min_loss_lr / 10"}
+              **suggest(cb.lrs, cb.smoothed)}
+    result["rule"] = RULES[result.get("diverged", True)]
     tf.io.gfile.makedirs(out_dir)
     png = os.path.join(out_dir, "lr_find.png")
     if "://" in out_dir:  # matplotlib writes local files
@@ -153,12 +160,14 @@ def run_lr_find(config, num_steps: int = 200, start_lr: float = 1e-5, end_lr: fl
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="LR range test. Other flags go to the trainer config.")
-    p.add_argument("--steps", type=int, default=200)
+    p = cli.ArgumentParser(description="LR range test. Other flags go to the trainer config.")
+    p.add_argument("--steps", type=cli.positive_int, default=200)
     p.add_argument("--start_lr", type=float, default=1e-5)
     p.add_argument("--end_lr", type=float, default=10.0)
     p.add_argument("--out", help="output folder (default JOB_DIR/lr_find with --job_dir, else ./lr_find)")
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if not 0 < args.start_lr < args.end_lr:
+        p.error(f"need 0 < --start_lr < --end_lr, got {args.start_lr:g} and {args.end_lr:g}")
     from trainer.config import load_config
 
     config = load_config(rest)
@@ -168,13 +177,11 @@ def main(argv=None) -> int:
     print(f"{len(r['lrs'])} steps, LR {r['lrs'][0]:.2g} -> {r['lrs'][-1]:.2g}"
           f"{' (stopped: loss diverged)' if r['stopped_early'] else ''}")
     print(f"min smoothed loss at LR {fmt(r['min_loss_lr'])}; steepest descent at LR {fmt(r['steepest_lr'])}")
-    rule = "min-loss LR / 10" if r.get("diverged", True) else (
-        "the loss never diverged, so: the LR by which 90% of the loss drop had happened")
-    print(f"suggested max LR ({rule}): {fmt(r['suggested_max_lr'])}   -> --optim.max_lr="
+    print(f"suggested max LR ({r['rule']}): {fmt(r['suggested_max_lr'])}   -> --optim.max_lr="
           f"{fmt(r['suggested_max_lr'])}")
     print(f"wrote {os.path.join(out, 'lr_find.png')} and lr_find.json")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

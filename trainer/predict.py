@@ -7,23 +7,26 @@ Arguments are files, folders (their image files, not recursive) or globs (local 
 line or CSV row per image: `path`, then per attribute its label and `<attr>_prob` (the probability of that
 label); multi-label attributes give the names above 0.5 joined by the schema's delimiter and one
 `<attr>_prob_<class>` per class (a `<attr>_probs` object in JSON). Non-JPEG images (PNG, ...) are converted
-to JPEG first, since the model's signature takes JPEG bytes. Unreadable files are named on stderr and
-skipped, and the exit code is 1 if there were any (2 if nothing could be predicted at all).
+to JPEG first, since the model's signature takes JPEG bytes. Unreadable files are named on stderr with the
+reason (truncated, not an image, ...) and skipped, and the exit code is 1 if there were any (2 if nothing could
+be predicted at all, or if the inputs hold no image file).
 Needs only TensorFlow and Pillow at run time: the model does its own preprocessing.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import os
+import re
 import sys
 from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
+
+from trainer import cli
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _GLOB_CHARS = set("*?[")
@@ -54,12 +57,13 @@ def expand_inputs(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def read_as_jpeg(path: str) -> bytes:
-    """The file's bytes if it is a JPEG, else the image re-encoded as JPEG; raises if PIL cannot read it."""
+    """The file's bytes if it is a JPEG, else the image re-encoded as JPEG; raises if PIL cannot decode it all."""
     from PIL import Image
 
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
     with Image.open(io.BytesIO(data)) as im:  # raises on a file that is not an image at all
+        im.load()  # decodes every pixel: a truncated or corrupt file fails here, with Pillow's reason
         if im.format == "JPEG":
             return data
         buf = io.BytesIO()
@@ -67,10 +71,38 @@ def read_as_jpeg(path: str) -> bytes:
         return buf.getvalue()
 
 
+def unreadable_reason(error: Exception) -> str:
+    """Why Pillow could not read a file, in words."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image: no format Pillow recognises"
+    text = str(error)
+    if "truncated" in text.lower():
+        return f"truncated: the file ends before its image data does ({text})"
+    return f"{type(error).__name__}: {text}"
+
+
+def decode_error_cause(message: str) -> str:
+    """TensorFlow's own reason inside an op error ('jpeg::Uncompress failed. Invalid JPEG data ...', ...).
+
+    Around it the message may hold 'Graph execution error:', the Python stack of the op, '{{function_node ...}}'
+    tags and the failing node's name; the reason is the last line that is none of those.
+    """
+    skip = ("Graph execution error", "Detected at node", "File ", "[[")
+    lines = [re.sub(r"\{\{[^}]*\}\}", "", line).strip() for line in message.splitlines()]
+    causes = [line for line in lines if line and not line.startswith(skip)]
+    return causes[-1] if causes else message.strip().splitlines()[0]
+
+
 class Predictor:
     """The exported model's serving signature and its vocabulary (labels.json beside it)."""
 
     def __init__(self, model_dir: str):
+        for needed in ("saved_model.pb", "labels.json"):
+            if not tf.io.gfile.exists(os.path.join(model_dir, needed)):
+                raise cli.UserError(f"--model {model_dir}: no {needed} there; pass the folder trainer.export wrote "
+                                    "(JOB_DIR/model)")
         self.serve = tf.saved_model.load(model_dir).signatures["serving_default"]
         with tf.io.gfile.GFile(os.path.join(model_dir, "labels.json")) as f:
             self.labels = json.load(f)
@@ -103,9 +135,7 @@ def predict_files(predictor: Predictor, paths: list[str], batch_size: int = 32):
                 jpegs.append(read_as_jpeg(p))
                 chunk.append(p)
             except Exception as e:  # noqa: BLE001 - any read/decode failure is reported with the file's name
-                why = "not an image format Pillow recognises" if type(e).__name__ == "UnidentifiedImageError" \
-                    else f"{type(e).__name__}: {e}"
-                yield "error", f"{p}: unreadable image ({why})"
+                yield "error", f"{p}: unreadable image ({unreadable_reason(e)})"
         if not chunk:
             continue
         try:
@@ -117,7 +147,7 @@ def predict_files(predictor: Predictor, paths: list[str], batch_size: int = 32):
                 try:
                     yield from (("ok", r) for r in predictor.rows([p], predictor([j])))
                 except tf.errors.InvalidArgumentError as e:
-                    yield "error", f"{p}: TensorFlow could not decode it ({e.message.splitlines()[0][:200]})"
+                    yield "error", f"{p}: TensorFlow could not decode it ({decode_error_cause(e.message)[:300]})"
 
 
 def _flat(row: dict) -> dict:
@@ -132,17 +162,21 @@ def _flat(row: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Predict person attributes with an exported model.")
+    p = cli.ArgumentParser(description="Predict person attributes with an exported model.")
     p.add_argument("--model", required=True, help="the exported SavedModel folder (JOB_DIR/model)")
     p.add_argument("inputs", nargs="+", help="image files, folders or globs")
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     p.add_argument("--out", help="output file (default stdout)")
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batch_size", type=cli.positive_int, default=32)
     args = p.parse_args(argv)
 
     paths, problems = expand_inputs(args.inputs)
     for msg in problems:
         print(f"ERROR {msg}", file=sys.stderr)
+    if not paths:
+        print(f"error: nothing to predict: {' '.join(args.inputs)} hold(s) no image file "
+              f"({', '.join(IMAGE_EXTS)})", file=sys.stderr)
+        return 2
     predictor = Predictor(args.model)
     f = tf.io.gfile.GFile(args.out, "w") if args.out else sys.stdout
     writer, n_ok = None, 0
@@ -171,4 +205,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -11,56 +11,46 @@ task) it uses MultiWorkerMirroredStrategy, every task running this same command 
 Restarting the same command(s) after a crash resumes from JOB_DIR/backup.
 
 Exit status: 0 done; 2 bad input (config, TF_CONFIG, port in use, job dir in use, config changed since the
-backup); 1 the run failed (non-finite loss or weights, a lost worker). Each error is one line on stderr.
+backup); 1 the run failed (non-finite loss or weights, a lost worker). Each error is one line on stderr;
+`--verbose` shows every library log line and tracebacks. The run's numbers are in JOB_DIR/metrics.json and
+history.csv.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 
-from trainer import cluster
-from trainer.config import ConfigError, load_config
+from trainer import cli, cluster
+from trainer.config import load_config
+
+log = logging.getLogger(__name__)
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
-    try:
-        config = load_config(argv)
-        task = cluster.from_env()
-        cluster.check_port_free(task)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except cluster.ClusterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config = load_config(argv)
+    task = cluster.from_env()
+    cluster.check_port_free(task)
     # Imported after the checks above so that bad input fails in a second, not after TensorFlow's start-up.
-    from trainer.backup import BackupMismatchError, NonFiniteWeightsError
+    from trainer.backup import NonFiniteWeightsError
     from trainer.callbacks import NonFiniteLossError
-    from trainer.joblock import JobDirInUse
     from trainer.train import PeerLostError, run
 
     try:
         result = run(config)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except (JobDirInUse, BackupMismatchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (NonFiniteLossError, NonFiniteWeightsError, PeerLostError) as e:
+    except (NonFiniteLossError, NonFiniteWeightsError, PeerLostError) as e:  # the run failed, not its input
         print(f"error: {e}", file=sys.stderr)
         return 1
     if task.is_chief:
-        print(json.dumps(result["metrics"], indent=2))
+        best = result["metrics"].get("best_val_mean_accuracy")
+        log.info("done: model, metrics.json and history.csv in %s%s", result["job_dir"],
+                 f" (best val mean accuracy {best:.3f})" if best is not None else "")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -39,6 +39,7 @@ from trainer.losses import make_losses
 from trainer.metrics import accuracy_keys, head_metrics
 from trainer.model import build_model
 from trainer.paths import job_paths
+from trainer.progress import fit_verbosity
 from trainer.schedules import make_optimizer, make_schedule
 
 log = logging.getLogger(__name__)
@@ -153,10 +154,9 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
             ctx.input_pipeline_id))
         val_ds = strategy.distribute_datasets_from_function(lambda ctx: _eval_pipeline(
             config, ctx, global_batch, schema))
+        verbose, progress = fit_verbosity(config.train.verbose) if task.is_chief else (0, [])
         callbacks = [*make_callbacks(out, schema, best(state.history, MONITOR), tensorboard=task.is_chief),
-                     *extra_callbacks, recorder]  # the recorder last: it commits what the others logged
-        verbose = config.train.verbose if config.train.verbose == "auto" else int(config.train.verbose)
-        verbose = (1 if verbose == "auto" else verbose) if task.is_chief else 0
+                     *progress, *extra_callbacks, recorder]  # the recorder last: it commits what the others logged
         callback_list = keras.callbacks.CallbackList(callbacks, add_progbar=verbose != 0, model=model,
                                                      verbose=verbose, epochs=config.train.epochs,
                                                      steps=steps_per_epoch)

@@ -15,13 +15,14 @@ a tuning study whose trials report through `report_hyperparameter_tuning_metric`
 
 from __future__ import annotations
 
-import argparse
 import collections
 import copy
 import json
 import os
 import sys
 import time
+
+from trainer import cli
 
 TRAINER_COMMAND = ["python", "-m", "trainer.task"]
 _JOB_KINDS = {"custom": "CustomJob", "tuning": "HyperparameterTuningJob"}
@@ -208,7 +209,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     trainer_args = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(prog="python -m trainer.vertex", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m trainer.vertex", description=__doc__.split("\n\n")[0])
     p.add_argument("--image", required=True, help="the project image, e.g. REGION-docker.pkg.dev/P/REPO/person-attrs:TAG")
     p.add_argument("--data_dir", required=True)
     p.add_argument("--job_dir", required=True, help="gs:// base output directory of the job")
@@ -218,7 +219,7 @@ def main(argv=None) -> int:
     p.add_argument("--machine_type", help="default: one that fits the GPUs")
     p.add_argument("--accelerator_type", help="e.g. NVIDIA_TESLA_T4, NVIDIA_L4, NVIDIA_TESLA_A100")
     p.add_argument("--accelerator_count", type=int, default=0, help="GPUs per machine")
-    p.add_argument("--replica_count", type=int, default=1, help="machines; > 1 is multi-worker")
+    p.add_argument("--replica_count", type=cli.positive_int, default=1, help="machines; > 1 is multi-worker")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--service_account")
     p.add_argument("--spot", action="store_true", help="Spot VMs: cheaper, may be preempted (training resumes)")
@@ -230,9 +231,12 @@ def main(argv=None) -> int:
     t.add_argument("--metric", default="val_mean_accuracy", help="the tag the trainer reports")
     t.add_argument("--goal", default="MAXIMIZE", choices=["MAXIMIZE", "MINIMIZE"])
     t.add_argument("--param", action="append", default=[], help="NAME=double:MIN:MAX[:log] | int:.. | discrete:.. | categorical:..")
-    t.add_argument("--max_trials", type=int, default=8)
-    t.add_argument("--parallel_trials", type=int, default=2)
+    t.add_argument("--max_trials", type=cli.positive_int, default=8)
+    t.add_argument("--parallel_trials", type=cli.positive_int, default=2)
     a = p.parse_args(argv)
+    bad_env = [e for e in a.env if "=" not in e or e.startswith("=")]
+    if bad_env:
+        p.error(f"--env {bad_env[0]!r}: expected NAME=VALUE")
     env = dict(e.split("=", 1) for e in a.env)
     try:
         spec = custom_job_spec(a.image, a.data_dir, a.job_dir, trainer_args, a.display_name, a.machine_type,
@@ -253,4 +257,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))
