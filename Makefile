@@ -10,7 +10,7 @@ PRESET ?= demo
 .PHONY: setup browser demo test clean
 
 # -qq: pip's and setuptools' build chatter is not the user's business; errors still show.
-$(VENV)/.installed: setup.py requirements.txt requirements-dev.txt constraints.txt
+$(VENV)/.installed: setup.py pyproject.toml requirements.txt requirements-dev.txt constraints.txt
 	@echo "setting up $(VENV) (the first time only: a few minutes)"
 	@$(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -qq --upgrade pip
@@ -27,6 +27,7 @@ demo: setup
 	@$(PY) -m pipeline.demo --out $(OUT) --preset $(PRESET) $(if $(DATA),--data $(DATA),)
 
 test: setup browser
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests tfds_person_attrs
 
 clean:

@@ -81,7 +81,8 @@ def decode_cpu_per_image(zip_path: str, prefix: str) -> float:
         "import sys, time, zipfile, tensorflow as tf\n"
         "z = zipfile.ZipFile(sys.argv[1])\n"
         "data = [z.read(n) for n in z.namelist() if n.endswith('.jpg') and n.startswith(sys.argv[2])]\n"
-        "tf.config.threading.set_intra_op_parallelism_threads(1); tf.config.threading.set_inter_op_parallelism_threads(1)\n"
+        "tf.config.threading.set_intra_op_parallelism_threads(1)\n"
+        "tf.config.threading.set_inter_op_parallelism_threads(1)\n"
         "[tf.io.decode_jpeg(d) for d in data[:200]]\n"
         "t = time.process_time()\n"
         "for d in data: tf.io.decode_jpeg(d)\n"
@@ -95,14 +96,16 @@ def timed_build(zip_path: str, data_dir: str, beam_args: list[str]) -> dict:
     fmt = "%e %U %S %M"
     cmd = ["/usr/bin/time", "-f", fmt, sys.executable, "-m", "pipeline.preprocess", "--manual_dir", zip_path,
            "--data_dir", data_dir, "--overwrite", *beam_args]
-    proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     wall, user, system, rss_kb = proc.stderr.strip().splitlines()[-1].split()
     return {"wall_s": float(wall), "cpu_s": round(float(user) + float(system), 1), "peak_rss_mb": int(rss_kb) // 1024}
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--zip", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hvc_data.zip"))
+    p.add_argument("--zip",
+                   default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hvc_data.zip"))
     p.add_argument("--sizes", default="7000,14000,28000")
     p.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "person_attrs_build_speed"))
     p.add_argument("beam_args", nargs="*", help="extra flags for pipeline.preprocess, e.g. --direct_num_workers=2")

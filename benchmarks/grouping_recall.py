@@ -130,7 +130,8 @@ def report(groups: dict[str, str], real: list[str], copies: dict[str, tuple[str,
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--zip", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hvc_data.zip"))
+    p.add_argument("--zip",
+                   default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hvc_data.zip"))
     p.add_argument("--limit", type=int, default=7000, help="real images used")
     p.add_argument("--sources", type=int, default=7000, help="real images (drawn at random) that get copies")
     p.add_argument("--threshold", type=float, default=grouping.DEFAULT_THRESHOLD)
@@ -157,14 +158,16 @@ def main() -> None:
     # Distinct real images alone (what a build of the real data joins), then with every copy planted.
     result["real_only"] = {
         "pHash_hamming_10": report(old_groups(real_ids, hashes[:n_real]), real_ids, {}),
-        "signature_exact": report(grouping.near_duplicate_groups(real_ids, sigs[:n_real], args.threshold), real_ids, {}),
+        "signature_exact": report(grouping.near_duplicate_groups(real_ids, sigs[:n_real], args.threshold),
+                                  real_ids, {}),
     }
     t = time.time()
     beam_real, _ = beam_groups(real_ids, sigs[:n_real], args.threshold)
     result["real_only"]["signature_beam"] = report(beam_real, real_ids, {})
     exact_real = grouping.near_duplicate_groups(real_ids, sigs[:n_real], args.threshold)
     want = pairs_together(exact_real, real_ids)
-    result["real_only"]["beam_recall_of_exact_pairs"] = round(len(pairs_together(beam_real, real_ids) & want) / max(len(want), 1), 4)
+    found = pairs_together(beam_real, real_ids) & want
+    result["real_only"]["beam_recall_of_exact_pairs"] = round(len(found) / max(len(want), 1), 4)
     result["real_only"]["beam_seconds"] = round(time.time() - t, 1)
     exact_all = grouping.near_duplicate_groups(ids, sigs, args.threshold)
     t = time.time()

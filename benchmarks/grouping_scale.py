@@ -88,7 +88,8 @@ def read_shard(path: str):
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--zip", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hvc_data.zip"))
+    p.add_argument("--zip",
+                   default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hvc_data.zip"))
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--clusters", type=int, default=10_000)
     p.add_argument("--threshold", type=float, default=grouping.DEFAULT_THRESHOLD)

@@ -39,7 +39,7 @@ import tensorflow_datasets as tfds  # noqa: E402
 
 from trainer.config import load_config  # noqa: E402
 from trainer.data import builder, dataset_info, make_train_dataset  # noqa: E402
-from trainer.preprocess_ops import decode_image, person_band  # noqa: E402
+from trainer.preprocess_ops import person_band  # noqa: E402
 
 
 def cpu_s() -> float:

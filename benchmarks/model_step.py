@@ -256,9 +256,9 @@ def main(argv=None):
             tt.append(timed(t_run, a.steps))
         flops = train_flops(cfg, sum(at.num_classes for at in HVC.attributes))
         ks, fs, ts = min(kt) / a.steps, min(ft) / a.steps, min(tt) / a.steps
-        perf = lambda s: {"step_ms": round(s * 1e3, 2), "images_per_s": round(b / s, 1),  # noqa: E731
-                          "tflops": round(flops / s / 1e12, 3),
-                          "share_of_peak": round(flops / s / peak, 3) if peak else None}
+        perf = lambda s, b=b, flops=flops: {"step_ms": round(s * 1e3, 2), "images_per_s": round(b / s, 1),  # noqa: E731
+                                           "tflops": round(flops / s / 1e12, 3),
+                                           "share_of_peak": round(flops / s / peak, 3) if peak else None}
         gap = abs(k_loss - t_loss) / max(abs(t_loss), 1e-9)
         ok = gap <= a.tolerance and k_shapes == t_shapes
         if not ok:

@@ -76,7 +76,6 @@ def _collective_bytes(graph) -> int:
 
 def worker(a) -> dict:
     """One process of a variant (TF_CONFIG set for the two-worker variants)."""
-    import tensorflow as tf
 
     from tfds_person_attrs.schema import HVC
     from trainer import distribute

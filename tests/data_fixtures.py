@@ -31,7 +31,7 @@ STAND_IN_IMAGES = 160  # images of the generated stand-in: enough for the larges
 needs_real_data = pytest.mark.skipif(not REAL_ZIP.exists(), reason=f"needs the real data: {REAL_ZIP} not found")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hvc_zip() -> pathlib.Path:
     """The real hvc_data.zip, or (once per process) a generated stand-in in the same layout."""
     if REAL_ZIP.exists():

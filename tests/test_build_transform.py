@@ -39,7 +39,8 @@ def source(tmp_path_factory):
     mirror.save(out, "JPEG", quality=90)
     (root / "resized" / "mirror_of_3.jpg").write_bytes(out.getvalue())
     lines = (root / HVC.csv_name).read_text().splitlines()
-    (root / HVC.csv_name).write_text("\n".join(lines + [lines[3].replace("resized/3.jpg", "resized/mirror_of_3.jpg")]) + "\n")
+    mirror = lines[3].replace("resized/3.jpg", "resized/mirror_of_3.jpg")
+    (root / HVC.csv_name).write_text("\n".join(lines + [mirror]) + "\n")
     return root
 
 
@@ -50,7 +51,8 @@ def test_build_splits_under_test_pipeline(source):
 
     def check_summary(summaries):
         (s,) = summaries
-        if not (s["accounted"] and s["csv_rows"] == 42 and s["written"] == 41 and s["skipped_by_reason"] == {"missing_image": 1}
+        if not (s["accounted"] and s["csv_rows"] == 42 and s["written"] == 41
+                and s["skipped_by_reason"] == {"missing_image": 1}
                 and s["groups"]["multi_image_groups"] == 1 and sum(s["splits"].values()) == 41):
             raise BeamAssertException(f"unexpected summary {s}")
 
@@ -111,7 +113,8 @@ def test_three_runners_write_the_same_record_bytes(source, tmp_path):
         built[name] = _records(tmp_path / name / "person_attrs" / "hvc" / "1.0.0")
     with beam_job_service() as endpoint:
         summary = preprocess.run(["--manual_dir", str(source), "--data_dir", str(tmp_path / "portable"),
-                                  "--runner=PortableRunner", f"--job_endpoint={endpoint}", "--environment_type=LOOPBACK"])
+                                  "--runner=PortableRunner", f"--job_endpoint={endpoint}",
+                                  "--environment_type=LOOPBACK"])
     built["portable"] = _records(tmp_path / "portable" / "person_attrs" / "hvc" / "1.0.0")
     assert summary["written"] == 41 and len(built["direct"]) == 3
     assert built["direct_multi_processing"] == built["direct"]

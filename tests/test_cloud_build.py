@@ -66,7 +66,8 @@ def test_dockerfile_copies_what_exists():
     text = (ROOT / "Dockerfile").read_text()
     base = re.search(r"^FROM\s+(\S+)", text, re.M).group(1)
     assert re.fullmatch(r"tensorflow/tensorflow:\d+\.\d+\.\d+-gpu(@sha256:[0-9a-f]{64})?", base), base
-    ignored = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines() if l.strip() and l[0] != "#"]
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and line[0] != "#"]
     for sources in re.findall(r"^COPY\s+(.+?)\s+\S+\s*$", text, re.M):
         for src in sources.split():
             assert src == "." or (ROOT / src).exists(), f"Dockerfile copies {src}, which is not in the repo"

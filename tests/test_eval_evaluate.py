@@ -94,7 +94,8 @@ def test_worst_examples_kept_across_batches(job_dir):
     expected = [pred["ids"][i] for i in np.argsort(-losses, kind="stable")[:5]]
     assert list(pred["worst"].ids) == expected
     assert pred["worst"].images.shape[0] == 5 and pred["worst"].images.dtype == np.uint8
-    assert len(pred["ids"]) == len(set(pred["ids"])) == trainer_fixtures.num_examples(trainer_fixtures.MULTI_SCHEMA.name, "test")
+    n_test = trainer_fixtures.num_examples(trainer_fixtures.MULTI_SCHEMA.name, "test")
+    assert len(pred["ids"]) == len(set(pred["ids"])) == n_test
 
 
 def test_flip_tta_averages_each_image_with_its_mirror(job_dir):
@@ -167,10 +168,10 @@ def _job_with(tmp_path, config, model, labels: dict | None = None) -> str:
 
 
 def test_a_model_with_other_heads_is_refused_naming_them(job_dir, tmp_path):
+    from tfds_person_attrs.schema import Attribute, Schema
     from trainer import cli, evaluate
     from trainer.config import config_from_yaml
     from trainer.model import build_model
-    from tfds_person_attrs.schema import Attribute, Schema
 
     job, data_dir, _ = job_dir
     config = config_from_yaml(os.path.join(job, "config.yaml"))

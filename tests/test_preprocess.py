@@ -7,7 +7,6 @@ since each Beam build costs seconds; CSV-level failures stop before Beam and are
 from __future__ import annotations
 
 import json
-import pathlib
 
 import pytest
 import tensorflow_datasets as tfds
@@ -51,7 +50,8 @@ def test_every_row_is_written_or_skipped_with_its_reason(messy):
     summary, ds_dir, n_rows = messy
     assert summary["csv_rows"] == n_rows
     assert summary["accounted"] and summary["written"] + summary["skipped"] == n_rows
-    assert summary["skipped_by_reason"] == {"bad_label": 1, "duplicate_id": 2, "missing_image": 5, "unreadable_image": 2}
+    assert summary["skipped_by_reason"] == {"bad_label": 1, "duplicate_id": 2, "missing_image": 5,
+                                            "unreadable_image": 2}
     # 40 real + 2 near-duplicates + 3 converted
     assert summary["written"] == N_REAL + 5
     assert sum(summary["splits"].values()) == summary["written"]
@@ -77,7 +77,8 @@ def test_png_grayscale_and_cmyk_are_converted_and_reported(messy):
     summary, ds_dir, _ = messy
     assert summary["converted"] == {"png": 1, "grayscale": 1, "cmyk": 1}
     builder = tfds.builder_from_directory(str(ds_dir))
-    ds = builder.as_dataset("train").concatenate(builder.as_dataset("validation")).concatenate(builder.as_dataset("test"))
+    ds = builder.as_dataset("train").concatenate(builder.as_dataset("validation"))
+    ds = ds.concatenate(builder.as_dataset("test"))
     shapes = {ex["id"].numpy().decode(): ex["image"].shape for ex in ds}
     for name in ("planted/png.png", "planted/gray.jpg", "planted/cmyk.jpg"):
         assert shapes[name] == (96, 64, 3)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tfds_person_attrs.schema import MULTI, Attribute, Schema
-from trainer.losses import make_losses
 from trainer.config import load_config
+from trainer.losses import make_losses
 from trainer.metrics import MeanAccuracy, head_metrics
 
 # Heads deliberately not in alphabetical order, with different class counts.

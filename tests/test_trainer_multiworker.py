@@ -151,7 +151,7 @@ def test_killed_worker_stops_the_other_and_both_commands_again_resume(tmp_path):
 
     with killed_at_exit([start(args, cluster.tf_config(layout, "worker", i)) for i in range(2)]) as procs:
         results = [finish(p) for p in procs]  # the same two commands again
-    for code, out, err in results:
+    for code, _out, err in results:
         assert code == 0, err[-3000:]
     assert "taking over" in results[0][2]  # the killed chief's lock was stale
     assert [r["epoch"] for r in rows(job)] == ["0", "1", "2"]

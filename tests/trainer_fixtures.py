@@ -36,7 +36,7 @@ def _write_multi_csv(root: str) -> None:
             w.writerow([r["image_path"], r["gender"], "|".join(items)])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fixture_data_dir(schema_name: str = "hvc") -> str:
     """Built once per test process: a temp DATA_DIR holding person_attrs/<schema_name>/1.0.0."""
     import yaml

@@ -48,7 +48,7 @@ class Annotation:
         return json.dumps([self.row, self.image_id, self.labels, self.group])
 
     @classmethod
-    def from_json(cls, line: str) -> "Annotation":
+    def from_json(cls, line: str) -> Annotation:
         row, image_id, labels, group = json.loads(line)
         return cls(row, image_id, labels, group)
 
@@ -242,7 +242,8 @@ def parse_annotations(csv_bytes: bytes, schema: Schema, source: str = "CSV") -> 
     for row_num, row in enumerate(reader, start=1):
         image_id = (row.get(schema.image_column) or "").strip()
         if not image_id:
-            skipped.append(Skipped(row_num, "", "missing_image_path", f"row {row_num}: column {schema.image_column!r} is empty"))
+            skipped.append(Skipped(row_num, "", "missing_image_path",
+                                   f"row {row_num}: column {schema.image_column!r} is empty"))
             continue
         unsafe = unsafe_path_reason(image_id)
         if unsafe:
@@ -291,7 +292,8 @@ def _parse_label(attr, row: dict):
 def main(argv: list[str]) -> int:
     data = ManualData(argv[0], HVC)
     kept, skipped = parse_annotations(data.read_csv_bytes(), HVC, source=data.csv_path)
-    print(f"{data}: {len(kept)} usable rows, {len(skipped)} skipped: {dict(collections.Counter(s.reason for s in skipped))}")
+    by_reason = dict(collections.Counter(s.reason for s in skipped))
+    print(f"{data}: {len(kept)} usable rows, {len(skipped)} skipped: {by_reason}")
     return 0
 
 

@@ -150,7 +150,7 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def replace(self, **overrides: Any) -> "Config":
+    def replace(self, **overrides: Any) -> Config:
         """`cfg.replace(**{"train.epochs": 1})`: a new validated Config with dotted overrides applied."""
         return config_from_dict(_merge(self.to_dict(), overrides, "replace"))
 

@@ -73,7 +73,7 @@ def serving_outputs(probs: Mapping[str, tf.Tensor], schema) -> dict[str, tf.Tens
             picked = tf.where(active, tf.broadcast_to(names, tf.shape(p)), "")
             # reduce_join keeps empty strings, so join the chosen names row by row without the blanks
             out[f"{a.name}_label"] = tf.map_fn(
-                lambda row: tf.strings.reduce_join(tf.boolean_mask(row, row != ""), separator=a.delimiter),
+                lambda row, sep=a.delimiter: tf.strings.reduce_join(tf.boolean_mask(row, row != ""), separator=sep),
                 picked, fn_output_signature=tf.string)
         else:
             out[f"{a.name}_label"] = tf.gather(names, tf.argmax(p, axis=-1))

@@ -27,7 +27,6 @@ import numpy as np
 
 from trainer import cli
 
-
 # The rule behind suggested_max_lr, by whether the loss diverged within the sweep.
 RULES = {True: "min-loss LR / 10",
          False: "the loss never diverged, so: the LR by which 90% of the loss drop had happened"}

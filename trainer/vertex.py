@@ -210,7 +210,8 @@ def main(argv=None) -> int:
     trainer_args = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     p = cli.ArgumentParser(prog="python -m trainer.vertex", description=__doc__.split("\n\n")[0])
-    p.add_argument("--image", required=True, help="the project image, e.g. REGION-docker.pkg.dev/P/REPO/person-attrs:TAG")
+    p.add_argument("--image", required=True,
+                   help="the project image, e.g. REGION-docker.pkg.dev/P/REPO/person-attrs:TAG")
     p.add_argument("--data_dir", required=True)
     p.add_argument("--job_dir", required=True, help="gs:// base output directory of the job")
     p.add_argument("--project")
@@ -230,7 +231,8 @@ def main(argv=None) -> int:
     t.add_argument("--tuning", action="store_true", help="submit (or print) a HyperparameterTuningJob")
     t.add_argument("--metric", default="val_mean_accuracy", help="the tag the trainer reports")
     t.add_argument("--goal", default="MAXIMIZE", choices=["MAXIMIZE", "MINIMIZE"])
-    t.add_argument("--param", action="append", default=[], help="NAME=double:MIN:MAX[:log] | int:.. | discrete:.. | categorical:..")
+    t.add_argument("--param", action="append", default=[],
+                   help="NAME=double:MIN:MAX[:log] | int:.. | discrete:.. | categorical:..")
     t.add_argument("--max_trials", type=cli.positive_int, default=8)
     t.add_argument("--parallel_trials", type=cli.positive_int, default=2)
     a = p.parse_args(argv)

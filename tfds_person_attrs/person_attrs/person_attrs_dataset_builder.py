@@ -11,13 +11,12 @@ one split chosen by a stable hash. See README.md beside this file for features a
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import json
 import logging
 import posixpath
-
-import contextlib
 
 import apache_beam as beam
 import numpy as np
@@ -47,7 +46,7 @@ class PersonAttrsConfig(tfds.core.BuilderConfig):
     split_by: str = "group"  # one of grouping.SPLIT_BY
 
     @classmethod
-    def from_schema(cls, schema: Schema, **kwargs) -> "PersonAttrsConfig":
+    def from_schema(cls, schema: Schema, **kwargs) -> PersonAttrsConfig:
         return cls(name=schema.name, description=schema.description or f"schema {schema.name}", schema=schema, **kwargs)
 
 
@@ -104,7 +103,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                   f"{csv_skipped[0].message})")
         check_every_split_gets_rows(annotations, cfg)
         source = data.fingerprint()
-        logging.info("person_attrs: %d usable CSV rows, %d skipped before reading images", len(annotations), len(csv_skipped))
+        logging.info("person_attrs: %d usable CSV rows, %d skipped before reading images",
+                     len(annotations), len(csv_skipped))
 
         # Workers read the validated rows from a file rather than from the job graph: beam.Create would pickle
         # and compress every row into the graph (seconds here; too large for Dataflow with millions of rows).
@@ -138,7 +138,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "split_by": cfg.split_by, "max_image_pixels": self._max_image_pixels}
 
     def _process_pipeline_result(self, pipeline_result) -> None:
-        counters = pipeline_result.metrics().query(beam.metrics.MetricsFilter().with_namespace(bt.NAMESPACE))["counters"]
+        ours = beam.metrics.MetricsFilter().with_namespace(bt.NAMESPACE)
+        counters = pipeline_result.metrics().query(ours)["counters"]
         for c in counters:
             logging.info("person_attrs counter %s = %s", c.key.metric.name, c.committed)
 
