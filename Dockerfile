@@ -18,7 +18,7 @@ RUN pip install -c constraints.txt ".[gcp]"
 
 # The code. --no-deps: the layer above already holds the exact pins; this only adds the project's packages.
 COPY . .
-RUN pip install --no-deps . && python -c "import pipeline.kubeflow, trainer.vertex, trainer.gcs"
+RUN pip install --no-deps . && python -c "import pipeline.kubeflow, trainer.vertex"
 
 # No ENTRYPOINT: Vertex AI, KFP and `docker run` all pass the full command.
 CMD ["python", "-m", "trainer.task", "--help"]
