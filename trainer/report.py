@@ -327,22 +327,14 @@ def confusion_figures(schema, metrics: Mapping[str, Any]):
 
 
 def log_confusion_to_tensorboard(logdir: str, schema, metrics: Mapping[str, Any], step: int = 0) -> None:
-    """The same confusion figures as image summaries `confusion/<head>`, for TensorBoard's Images tab.
-
-    Written with the raw tf.summary.write in the images plugin's layout ([width, height, png]) because
-    tf.summary.image needs the tensorboard package, which TensorFlow 2.21 no longer installs.
-    """
+    """The same confusion figures as image summaries `confusion/<head>`, for TensorBoard's Images tab."""
     import tensorflow as tf  # only this option needs TF
-    from tensorflow.core.framework import summary_pb2
 
-    meta = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="images"))
     writer = tf.summary.create_file_writer(logdir)
     with writer.as_default():
         for name, fig in confusion_figures(schema, metrics):
-            png = fig_to_png(fig)
-            h, w = tf.unstack(tf.shape(tf.image.decode_png(png))[:2])
-            tf.summary.write(f"confusion/{name}", tf.stack([tf.as_string(w), tf.as_string(h), tf.constant(png)]),
-                             step=step, metadata=meta)
+            image = tf.image.decode_png(fig_to_png(fig), channels=4)
+            tf.summary.image(f"confusion/{name}", image[tf.newaxis], step=step)
     writer.flush()
 
 
