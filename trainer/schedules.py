@@ -16,7 +16,9 @@ import math
 import keras
 from keras import ops
 
-KINDS = ("one_cycle", "cosine", "step", "triangular", "triangular2", "constant")
+from trainer.config import SCHEDULES, OptimConfig
+
+_DEFAULT = OptimConfig()  # the defaults below are the config's
 
 
 def _f(step):
@@ -37,7 +39,8 @@ def _phase(step, total_steps, warmup_frac):
     return warm, up, down
 
 
-def one_cycle_lr(step, total_steps, max_lr, warmup_frac=0.25, div_factor=25.0, final_div=1e4):
+def one_cycle_lr(step, total_steps, max_lr, warmup_frac=_DEFAULT.warmup_frac, div_factor=_DEFAULT.div_factor,
+                 final_div=_DEFAULT.final_div):
     """max_lr/div_factor -> max_lr over the warm-up, then -> max_lr/final_div, both on cosines."""
     warm, up, down = _phase(step, total_steps, warmup_frac)
     rising = _cos_anneal(max_lr / div_factor, max_lr, up)
@@ -45,7 +48,8 @@ def one_cycle_lr(step, total_steps, max_lr, warmup_frac=0.25, div_factor=25.0, f
     return ops.where(_f(step) < warm, rising, falling)
 
 
-def one_cycle_momentum(step, total_steps, warmup_frac=0.25, momentum_max=0.95, momentum_min=0.85):
+def one_cycle_momentum(step, total_steps, warmup_frac=_DEFAULT.warmup_frac, momentum_max=_DEFAULT.momentum_max,
+                       momentum_min=_DEFAULT.momentum_min):
     """The mirror image of the LR: high while the LR is low, low at the LR peak."""
     warm, up, down = _phase(step, total_steps, warmup_frac)
     return ops.where(_f(step) < warm, _cos_anneal(momentum_max, momentum_min, up),
@@ -75,13 +79,14 @@ def cyclic_lr(step, min_lr, max_lr, half_cycle_steps, mode="triangular"):
 
 @keras.saving.register_keras_serializable(package="person_attrs")
 class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """One of KINDS, as a function of the global step; `momentum(step)` gives the matching SGD momentum."""
+    """One of SCHEDULES, as a function of the global step; `momentum(step)` gives the matching SGD momentum."""
 
-    def __init__(self, kind, total_steps, max_lr, min_lr=0.0, warmup_frac=0.25, div_factor=25.0, final_div=1e4,
-                 momentum=0.9, momentum_max=0.95, momentum_min=0.85, decay_steps=1, decay_rate=0.1,
-                 half_cycle_steps=1):
-        if kind not in KINDS:
-            raise ValueError(f"unknown schedule {kind!r}; choose one of {KINDS}")
+    def __init__(self, kind, total_steps, max_lr, min_lr=_DEFAULT.min_lr, warmup_frac=_DEFAULT.warmup_frac,
+                 div_factor=_DEFAULT.div_factor, final_div=_DEFAULT.final_div, momentum=_DEFAULT.momentum,
+                 momentum_max=_DEFAULT.momentum_max, momentum_min=_DEFAULT.momentum_min, decay_steps=1,
+                 decay_rate=_DEFAULT.decay_rate, half_cycle_steps=1):
+        if kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
         self.kind, self.total_steps, self.max_lr, self.min_lr = kind, int(total_steps), float(max_lr), float(min_lr)
         self.warmup_frac, self.div_factor, self.final_div = float(warmup_frac), float(div_factor), float(final_div)
         self.momentum_value, self.momentum_max, self.momentum_min = float(momentum), float(momentum_max), float(
