@@ -168,7 +168,7 @@ def main(argv=None) -> dict:
             cfg.replace(**{"data.cache": True}), a.batch), a.threads)),
     }
     if not a.no_diag:
-        # Stage costs over in-memory bytes (which stage of decode_image costs what) ...
+        # Stage costs over in-memory bytes (which stage of the image decoder costs what) ...
         def with_band(fn):
             return lambda i: fn(tf.gather(jpegs, i), bands[i, 0], bands[i, 1])
         band_ds = lambda fn: iter(with_threads(  # noqa: E731

@@ -58,13 +58,12 @@ def test_files_beside_the_saved_model(exported):
 def test_exported_matches_in_memory_model(exported):
     import tensorflow as tf
 
-    from trainer.preprocess_ops import decode_image
+    from trainer.preprocess_ops import image_decoder
 
     model, config, out = exported
     jpegs = [letterboxed_jpeg(i) for i in range(3)] + [letterboxed_jpeg(9, size=(50, 120), band=(0, 50))]
-    d = config.data
-    images = tf.stack([decode_image(tf.constant(b), d.height, d.width, d.letterbox_crop, dct_scaling=d.dct_scaling)
-                       for b in jpegs])
+    decode = image_decoder(config.data)
+    images = tf.stack([decode(tf.constant(b)) for b in jpegs])
     expected = {k: np.asarray(v) for k, v in model(images, training=False).items()}
     serve = tf.saved_model.load(out).signatures["serving_default"]
     got = {k: v.numpy() for k, v in serve(image_bytes=tf.constant(jpegs)).items()}
@@ -82,14 +81,13 @@ def test_flip_tta_export_serves_the_mean_with_the_mirror(exported, tmp_path):
     import tensorflow as tf
 
     from trainer.export import export_model
-    from trainer.preprocess_ops import decode_image
+    from trainer.preprocess_ops import image_decoder
 
     model, config, _ = exported
     out = export_model(model, config, SCHEMA, str(tmp_path / "model_tta"), flip_tta=True)
     jpegs = [letterboxed_jpeg(i) for i in range(2)]
-    d = config.data
-    x = tf.stack([decode_image(tf.constant(b), d.height, d.width, d.letterbox_crop, dct_scaling=d.dct_scaling)
-                  for b in jpegs])
+    decode = image_decoder(config.data)
+    x = tf.stack([decode(tf.constant(b)) for b in jpegs])
     expected = (model(x, training=False)["age"] + model(tf.reverse(x, [2]), training=False)["age"]) / 2
     got = tf.saved_model.load(out).signatures["serving_default"](image_bytes=tf.constant(jpegs))["age_probs"]
     np.testing.assert_allclose(got.numpy(), np.asarray(expected), atol=1e-5)

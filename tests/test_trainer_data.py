@@ -11,8 +11,9 @@ import tensorflow as tf
 from PIL import Image
 
 from tests import trainer_fixtures as fx
+from trainer.config import DataConfig
 from trainer.data import builder, dataset_info, make_eval_dataset, make_train_dataset, shard_split, split_examples
-from trainer.preprocess_ops import decode_image, decode_jpeg_scaled, person_band
+from trainer.preprocess_ops import decode_jpeg_scaled, image_decoder, person_band
 
 
 def _letterboxed(left=80, right=150, size=224):
@@ -33,14 +34,15 @@ def test_person_band_finds_the_bars():
 
 def test_decode_image_eager_and_in_map_agree():
     jpeg = _letterboxed()
-    eager = decode_image(jpeg, 64, 32, True)
+    decode = image_decoder(DataConfig(height=64, width=32, letterbox_crop=True))
+    eager = decode(jpeg)
     assert eager.shape == (64, 32, 3) and eager.dtype == tf.float32
     # The band fills the output (at most the last column touches a bar), values stay in 0..255.
     assert float(tf.reduce_min(tf.reduce_mean(eager[:, 1:-1], axis=[0, 2]))) > 60
     assert 0 <= float(tf.reduce_min(eager)) and float(tf.reduce_max(eager)) <= 255
-    mapped = next(iter(tf.data.Dataset.from_tensors(jpeg).map(lambda b: decode_image(b, 64, 32, True))))
+    mapped = next(iter(tf.data.Dataset.from_tensors(jpeg).map(decode)))
     np.testing.assert_allclose(mapped.numpy(), eager.numpy())
-    full = decode_image(jpeg, 64, 32, False)
+    full = image_decoder(DataConfig(height=64, width=32, letterbox_crop=False))(jpeg)
     assert float(tf.reduce_mean(full[:, :4])) < 5  # without the crop the bars remain
 
 
@@ -54,7 +56,8 @@ def test_scaled_decode_picks_the_smallest_scale_that_still_covers_the_output(siz
 
 def test_scaled_decode_gives_nearly_the_same_image():
     jpeg = _letterboxed()
-    full, scaled = (decode_image(jpeg, 96, 48, True, dct_scaling=s).numpy() for s in (False, True))
+    full, scaled = (image_decoder(DataConfig(height=96, width=48, letterbox_crop=True, dct_scaling=s))(jpeg).numpy()
+                    for s in (False, True))
     assert not np.array_equal(full, scaled)  # it really decoded at another scale
     assert np.abs(full - scaled).mean() < 4  # a flat band: only its edges may differ
 

@@ -4,7 +4,7 @@
 print(make_train_dataset(load_config(['--config', 'smoke', '--data_dir', 'out/data']), 8).element_spec)"
 
 Reads DATA_DIR/person_attrs/<dataset>/<version> with `tfds.builder_from_directory` (local or gs://; no builder
-code needed). Images come as bytes (SkipDecoding) so that `decode_image` can decode only the person band.
+code needed). Images come as bytes (SkipDecoding) so that `image_decoder` can decode only the person band.
 Elements are (image float32 [B, H, W, 3] 0..255, {attribute: label}); labels are int32 class indices
 (single-label) or float32 multi-hot (multi-label). Augmentation is not here: it runs inside the model.
 
@@ -26,7 +26,7 @@ import tensorflow_datasets as tfds
 
 from tfds_person_attrs.schema import Schema, schema_from_dict
 from trainer.config import ConfigError
-from trainer.preprocess_ops import decode_image
+from trainer.preprocess_ops import image_decoder
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -65,8 +65,7 @@ def dataset_info(data_cfg) -> DatasetInfo:
 
 def example_to_inputs(example, schema: Schema, data_cfg):
     """One TFDS example dict -> (image, {attribute: label}); pure, so it is tested eagerly and in map."""
-    image = decode_image(example["image"], data_cfg.height, data_cfg.width, data_cfg.letterbox_crop,
-                         data_cfg.letterbox_threshold, data_cfg.dct_scaling)
+    image = image_decoder(data_cfg)(example["image"])
     labels = {a.name: tf.cast(example[a.name], tf.float32 if a.is_multi_label else tf.int32)
               for a in schema.attributes}
     return image, labels

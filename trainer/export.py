@@ -1,7 +1,7 @@
 """Export a trained model as a SavedModel that takes JPEG bytes: servable without this project.
 
 The `serving_default` signature takes `image_bytes` (tf.string [None], encoded JPEGs), decodes them with the
-same `trainer.preprocess_ops.decode_image` as evaluation (traced into the graph, so serving needs no project
+same `trainer.preprocess_ops.image_decoder` as evaluation (traced into the graph, so serving needs no project
 code), runs the model and returns per attribute:
   - `<attr>_probs`: float32 [None, C], softmax (single-label) or sigmoid (multi-label) outputs;
   - `<attr>_label`: string [None], the predicted class name; for multi-label the names with p >= 0.5
@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from trainer import cli
 from trainer.cli import UserError
-from trainer.preprocess_ops import decode_image
+from trainer.preprocess_ops import image_decoder
 
 INPUT_KEY = "image_bytes"
 SIGNATURE = "serving_default"
@@ -55,9 +55,8 @@ def model_outputs(model, images, flip_tta: bool = False) -> dict[str, Any]:
 def decode_batch(image_bytes: tf.Tensor, config) -> tf.Tensor:
     """tf.string [N] -> float32 [N, H, W, 3], one image at a time (JPEGs of any size), as in evaluation."""
     d = config.data
-    decode = lambda b: decode_image(b, d.height, d.width, d.letterbox_crop, d.letterbox_threshold,  # noqa: E731
-                                    d.dct_scaling)
-    return tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec((d.height, d.width, 3), tf.float32))
+    return tf.map_fn(image_decoder(d), image_bytes,
+                     fn_output_signature=tf.TensorSpec((d.height, d.width, 3), tf.float32))
 
 
 def serving_outputs(probs: Mapping[str, tf.Tensor], schema) -> dict[str, tf.Tensor]:

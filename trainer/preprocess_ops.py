@@ -1,10 +1,10 @@
 """Image decoding shared by training, evaluation and serving (TensorFlow ops, graph-safe, deterministic).
 
-    python -c "import tensorflow as tf; from trainer.preprocess_ops import decode_image; \
-print(decode_image(tf.io.read_file('x.jpg'), 128, 64, True).shape)"
+    python -c "import tensorflow as tf; from trainer.config import DataConfig; \
+from trainer.preprocess_ops import image_decoder; print(image_decoder(DataConfig())(tf.io.read_file('x.jpg')).shape)"
 
 The HVC images are 224x224 with the person in a vertical band between black side bars, and the band width
-varies per image (about 70 to 160 px). `decode_image` decodes the JPEG once, finds the band from the column
+varies per image (about 70 to 160 px). `image_decoder` decodes the JPEG once, finds the band from the column
 means of the decoded pixels and slices it out, then shrinks it with an area (box) filter. Measured in
 benchmarks/input_pipeline.py: a separate 1/4-scale probe decode cost ~60% of a full decode (Huffman decoding
 dominates at this size, and decode_and_crop_jpeg still entropy-decodes the whole image), and an antialiased
@@ -13,6 +13,8 @@ and the exported model agree exactly.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -49,17 +51,26 @@ def decode_jpeg_scaled(jpeg_bytes: tf.Tensor, height: int, width: int) -> tf.Ten
         for r in _DCT_RATIOS])
 
 
-def decode_image(jpeg_bytes: tf.Tensor, height: int, width: int, letterbox_crop: bool,
-                 threshold: float = 16.0, dct_scaling: bool = False) -> tf.Tensor:
-    """JPEG bytes -> float32 [height, width, 3] in 0..255 (the model normalises internally)."""
-    if dct_scaling:
-        image = decode_jpeg_scaled(jpeg_bytes, height, width)
-    else:
-        image = tf.io.decode_jpeg(jpeg_bytes, channels=3, dct_method="INTEGER_ACCURATE")
-    if letterbox_crop:
-        x, w = person_band(image, threshold)
-        image = image[:, x : x + w]
-    # Area (box) filter: antialiased for these 1.5-3.5x shrinks, no overshoot, ~3x cheaper than antialias=True.
-    image = tf.image.resize(image, (height, width), method="area")
-    image = tf.clip_by_value(image, 0.0, 255.0)
-    return tf.ensure_shape(image, (height, width, 3))
+def image_decoder(data_cfg) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The decode a DataConfig describes: JPEG bytes -> float32 [height, width, 3] in 0..255.
+
+    Training, evaluation and the exported model all decode through this, so they agree exactly. The model
+    normalises internally.
+    """
+    height, width, crop = data_cfg.height, data_cfg.width, data_cfg.letterbox_crop
+    threshold, dct_scaling = data_cfg.letterbox_threshold, data_cfg.dct_scaling
+
+    def decode(jpeg_bytes: tf.Tensor) -> tf.Tensor:
+        if dct_scaling:
+            image = decode_jpeg_scaled(jpeg_bytes, height, width)
+        else:
+            image = tf.io.decode_jpeg(jpeg_bytes, channels=3, dct_method="INTEGER_ACCURATE")
+        if crop:
+            x, w = person_band(image, threshold)
+            image = image[:, x : x + w]
+        # Area (box) filter: antialiased for these 1.5-3.5x shrinks, no overshoot, ~3x cheaper than antialias=True.
+        image = tf.image.resize(image, (height, width), method="area")
+        image = tf.clip_by_value(image, 0.0, 255.0)
+        return tf.ensure_shape(image, (height, width, 3))
+
+    return decode
