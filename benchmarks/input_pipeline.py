@@ -153,9 +153,10 @@ def main(argv=None) -> dict:
         blobs.append(ex["image"])
     jpegs = tf.constant(blobs)
     schema = dataset_info(d).schema
-    bands = tf.concat(list(tf.data.Dataset.from_tensor_slices(jpegs).map(
-        lambda j: tf.stack(person_band(tf.io.decode_jpeg(j, channels=3), d.letterbox_threshold))).batch(1024)),
-        0)  # [N, (x, width)]
+    def band_of(jpeg):  # (x, width)
+        return tf.stack(person_band(tf.io.decode_jpeg(jpeg, channels=3), d.letterbox_threshold))
+
+    bands = tf.concat(list(tf.data.Dataset.from_tensor_slices(jpegs).map(band_of).batch(1024)), 0)  # [N, 2]
 
     variants = {
         "project_crop": lambda: iter(with_threads(make_train_dataset(cfg, a.batch), a.threads)),
@@ -176,8 +177,7 @@ def main(argv=None) -> dict:
             .batch(a.batch).prefetch(2), a.threads))
         resize_aa = lambda im: tf.image.resize(im, (h, w), method="bilinear", antialias=True)  # noqa: E731
         variants.update({
-            "stage_decode_person_band": lambda: in_memory(
-                jpegs, lambda j: tf.stack(person_band(tf.io.decode_jpeg(j, channels=3))), a.batch, a.threads),
+            "stage_decode_person_band": lambda: in_memory(jpegs, band_of, a.batch, a.threads),
             "stage_crop_decode": lambda: band_ds(lambda j, x, bw: tf.shape(crop_decode(j, x, bw))),
             "stage_crop_decode_resize_aa": lambda: band_ds(lambda j, x, bw: resize_aa(crop_decode(j, x, bw))),
             "stage_crop_decode_resize_area": lambda: band_ds(lambda j, x, bw: area_resize(crop_decode(j, x, bw),

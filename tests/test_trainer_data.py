@@ -15,6 +15,8 @@ from trainer.config import DataConfig
 from trainer.data import builder, dataset_info, make_eval_dataset, make_train_dataset, shard_split, split_examples
 from trainer.preprocess_ops import decode_jpeg_scaled, image_decoder, person_band
 
+THRESHOLD = DataConfig().letterbox_threshold
+
 
 def _letterboxed(left=80, right=150, size=224):
     img = np.zeros((size, size, 3), np.uint8)
@@ -25,11 +27,11 @@ def _letterboxed(left=80, right=150, size=224):
 
 
 def test_person_band_finds_the_bars():
-    x, w = person_band(tf.io.decode_jpeg(_letterboxed(80, 150)))
+    x, w = person_band(tf.io.decode_jpeg(_letterboxed(80, 150)), THRESHOLD)
     # Found on the decoded pixels: JPEG blocks may blur the edges by a pixel or two.
     assert 78 <= int(x) <= 80 and 150 <= int(x + w) <= 152
     all_black = tf.io.decode_jpeg(_letterboxed(0, 0))
-    assert [int(v) for v in person_band(all_black)] == [0, 224]  # no band: whole image
+    assert [int(v) for v in person_band(all_black, THRESHOLD)] == [0, 224]  # no band: whole image
 
 
 def test_decode_image_eager_and_in_map_agree():

@@ -1,4 +1,4 @@
-"""Where a run writes: JOB_DIR layout, with Vertex AI's AIP_* variables read here and nowhere else.
+"""Where a run writes: JOB_DIR layout, with Vertex AI's AIP_* and CLOUD_ML_TRIAL_ID read here and nowhere else.
 
     python -c "from trainer.paths import job_paths; print(job_paths('out/job'))"
 
@@ -37,13 +37,20 @@ def _join(*parts: str) -> str:
     return os.path.join(*parts)
 
 
+def tuning_trial(environ: Mapping[str, str] | None = None) -> str | None:
+    """The id of the Vertex AI tuning trial this process runs, or None outside a tuning job."""
+    env = os.environ if environ is None else environ
+    return env.get("CLOUD_ML_TRIAL_ID") or None
+
+
 def job_paths(job_dir: str, environ: Mapping[str, str] | None = None) -> JobPaths:
     if not job_dir:
         raise ValueError("train.job_dir is empty: pass --job_dir DIR (local or gs://)")
     env = os.environ if environ is None else environ
-    if env.get("CLOUD_ML_TRIAL_ID"):
+    trial = tuning_trial(env)
+    if trial:
         # A Vertex AI tuning job gives every trial the same args: parallel trials must not share a job dir.
-        job_dir = f"{job_dir.rstrip('/')}/trial_{env['CLOUD_ML_TRIAL_ID']}"
+        job_dir = f"{job_dir.rstrip('/')}/trial_{trial}"
     ckpt = env.get("AIP_CHECKPOINT_DIR") or ""
     return JobPaths(
         job_dir=job_dir,

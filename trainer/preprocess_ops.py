@@ -22,8 +22,9 @@ _MIN_BAND_PX = 8  # a narrower "band" is noise: use the whole image
 _DCT_RATIOS = (1, 2, 4, 8)  # the scales libjpeg decodes to directly
 
 
-def person_band(image: tf.Tensor, threshold: float = 16.0) -> tuple[tf.Tensor, tf.Tensor]:
-    """(x offset, width) of the non-black column band of a decoded [H, W, C] image; the whole width if none."""
+def person_band(image: tf.Tensor, threshold: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """(x offset, width) of the column band of a decoded [H, W, C] image whose mean luma is above `threshold`
+    (DataConfig.letterbox_threshold); the whole width if none."""
     width = tf.shape(image)[1]
     # Mean over rows, not max: JPEG ringing lights up single pixels of the bars next to the band. Every 8th row
     # of the green channel estimates it as well as all pixels do, for 1/24 of the work.

@@ -38,7 +38,7 @@ from trainer.loop import Loop, Schedule, gather_steps
 from trainer.losses import make_losses
 from trainer.metrics import accuracy_keys, head_metrics
 from trainer.model import build_model
-from trainer.paths import job_paths
+from trainer.paths import job_paths, tuning_trial
 from trainer.progress import fit_verbosity
 from trainer.schedules import make_optimizer, make_schedule
 
@@ -167,7 +167,7 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
         atomic.write_text(out.metrics_json, json.dumps(metrics, indent=2))
         atomic.save_with(out.model_keras, model.save)
         atomic.replace_dir(out.model_dir, lambda d: export.export_model(model, config, schema, d))
-        if task.is_chief and os.environ.get("CLOUD_ML_TRIAL_ID"):  # a Vertex AI tuning trial: report how it did
+        if task.is_chief and tuning_trial():  # a Vertex AI tuning trial: report how it did
             top = metrics[f"best_{MONITOR}"]
             vertex.report_hyperparameter_tuning_metric(MONITOR, top if top is not None else metrics[MONITOR],
                                                        step=total_steps)

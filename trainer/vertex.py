@@ -23,6 +23,7 @@ import sys
 import time
 
 from trainer import cli
+from trainer.paths import tuning_trial
 
 TRAINER_COMMAND = ["python", "-m", "trainer.task"]
 _JOB_KINDS = {"custom": "CustomJob", "tuning": "HyperparameterTuningJob"}
@@ -166,7 +167,7 @@ def report_hyperparameter_tuning_metric(tag: str, value: float, step: int | None
     if os.path.exists(path):
         with open(path) as f:
             entries.extend(line for line in f.read().splitlines() if line.strip())
-    body = {"timestamp": time.time(), "trial": str(os.environ.get("CLOUD_ML_TRIAL_ID", 0)),
+    body = {"timestamp": time.time(), "trial": tuning_trial() or "0",
             tag: str(float(value)), "global_step": str(int(step) if step else 0)}
     entries.append(json.dumps(body, sort_keys=True))
     with open(path, "w") as f:
