@@ -14,12 +14,12 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
 import zipfile
 
+from pipeline import chain
 from trainer import cli
 
 NUM_SAMPLE_IMAGES = 8
@@ -31,15 +31,35 @@ class StepFailed(Exception):
         self.code = code
 
 
-def step(title: str, args: list[str]) -> None:
-    """Runs `python ARGS` as a subprocess (this interpreter), after printing the command as a user types it."""
-    print(f"\n=== {title}\n$ {shlex.join(['python', *args])}", flush=True)
+def step(title: str, command: chain.Step) -> None:
+    """Runs the command as a subprocess (this interpreter), after printing it as a user types it."""
+    print(f"\n=== {title}\n$ {command.command}", flush=True)
     start = time.time()
     env = dict(os.environ, **({cli.VERBOSE_ENV: "1"} if cli.verbose() else {}))
-    code = subprocess.run([sys.executable, *args], env=env).returncode
+    code = subprocess.run([sys.executable, *command.argv], env=env).returncode
     if code:
         raise StepFailed(title, code)
     print(f"=== {title}: done in {time.time() - start:.0f} s", flush=True)
+
+
+class LocalSteps:
+    """The chain's steps run here, one subprocess each, writing under OUT/data and OUT/run."""
+
+    def __init__(self, out: str):
+        self.data_dir, self.job_dir = os.path.join(out, "data"), os.path.join(out, "run")
+        self.eval_dir = os.path.join(self.job_dir, "eval")
+
+    def preprocess(self, manual_dir, dataset_config):
+        step("build the dataset (Beam, DirectRunner)", chain.preprocess(manual_dir, self.data_dir, dataset_config))
+        return self.data_dir
+
+    def train(self, data, config, overrides):
+        step("train", chain.train(data, self.job_dir, config, *overrides))
+        return self.job_dir
+
+    def evaluate(self, model, data, split):
+        step(f"evaluate on the {split} split, with an HTML report", chain.evaluate(model, data, split, self.eval_dir))
+        return self.eval_dir
 
 
 def sample_images(manual: str, out: str, n: int = NUM_SAMPLE_IMAGES) -> list[str]:
@@ -92,20 +112,14 @@ def run_demo(args) -> None:
     manual = args.data
     if not manual:
         manual = os.path.join(args.out, "demo_data")
-        step("generate a demo set", ["-m", "tfds_person_attrs.demo_data", "--out", manual,
-                                     "--num_images", str(args.num_images)])
-    data_dir, job_dir = os.path.join(args.out, "data"), os.path.join(args.out, "run")
-    eval_dir = os.path.join(job_dir, "eval")
-    step("build the dataset (Beam, DirectRunner)",
-         ["-m", "pipeline.preprocess", "--manual_dir", manual, "--data_dir", data_dir])
-    step("train", ["-m", "trainer.task", "--data_dir", data_dir, "--job_dir", job_dir, "--config", args.preset,
-                   *args.overrides])
-    step("evaluate on the test split, with an HTML report",
-         ["-m", "trainer.evaluate", "--model", job_dir, "--data_dir", data_dir, "--split", "test", "--out", eval_dir])
+        step("generate a demo set", chain.Step("tfds_person_attrs.demo_data", [
+            "--out", manual, "--num_images", str(args.num_images)]))
+    outputs = chain.create_pipeline(LocalSteps(args.out), manual, dataset_config=None, train_config=args.preset,
+                                    train_overrides=args.overrides, eval_split="test")
+    job_dir, eval_dir = outputs["model"], outputs["report"]
     predictions = os.path.join(job_dir, "predictions.jsonl")
-    step("predict with the exported SavedModel",
-         ["-m", "trainer.predict", "--model", os.path.join(job_dir, "model"), "--out", predictions,
-          *sample_images(manual, args.out)])
+    step("predict with the exported SavedModel", chain.Step("trainer.predict", [
+        "--model", os.path.join(job_dir, "model"), "--out", predictions, *sample_images(manual, args.out)]))
     with open(os.path.join(eval_dir, "metrics.json")) as f:
         metrics = json.load(f)
     minutes, seconds = divmod(round(time.time() - start), 60)

@@ -2,7 +2,7 @@
 
 Components are made by `make_components(image)` because KFP fixes a component's image when it is defined, and
 the image (its registry, project and tag) is only known when the pipeline is compiled. The graph that wires
-them together is in pipeline/kubeflow.py:
+them together is pipeline/chain.py's, run as KFP tasks by pipeline/kubeflow.py:
 
     python -m pipeline.kubeflow compile pipeline.yaml --image us-central1-docker.pkg.dev/P/person-attrs/person-attrs:v1
 
@@ -14,6 +14,8 @@ import types
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from pipeline import chain
 
 # The image's WORKDIR (see Dockerfile): Dataflow builds the workers' package from this setup.py.
 SETUP_FILE = "/app/setup.py"
@@ -100,27 +102,28 @@ def upload_model(model: Input[Model], project: str, region: str, display_name: s
 def make_components(image: str) -> types.SimpleNamespace:
     """The pipeline's steps, all running in `image`."""
 
+    def _container(step: chain.Step) -> dsl.ContainerSpec:
+        return dsl.ContainerSpec(image=image, command=["python", "-m", step.module], args=step.args)
+
     @dsl.container_component
     def preprocess(manual_dir: str, dataset_config: str, runner: str, project: str, region: str,
                    temp_location: str, data: Output[Dataset]):
         # DirectRunner ignores the Google Cloud options, so one command line serves both runners.
-        return dsl.ContainerSpec(image=image, command=["python", "-m", "pipeline.preprocess"], args=[
-            "--manual_dir", manual_dir, "--data_dir", data.uri, "--config", dataset_config,
+        return _container(chain.preprocess(manual_dir, data.uri, dataset_config, beam_args=[
             "--runner", runner, "--project", project, "--region", region,
-            "--temp_location", temp_location, "--setup_file", SETUP_FILE])
+            "--temp_location", temp_location, "--setup_file", SETUP_FILE]))
 
     @dsl.container_component
     def train(data: Input[Dataset], config: str, overrides: str, model: Output[Model]):
         # `sh -c` only to split the space-separated dotted overrides ("--train.epochs=30 --model.width=8")
         # into arguments: a KFP parameter is one string. "$3" is left unquoted on purpose.
-        return dsl.ContainerSpec(image=image, command=["sh", "-c", (
-            'exec python -m trainer.task --data_dir "$0" --job_dir "$1" --config "$2" $3')],
-            args=[data.uri, model.uri, config, overrides])
+        script = " ".join(["exec python", *chain.train('"$0"', '"$1"', '"$2"').argv, "$3"])
+        return dsl.ContainerSpec(image=image, command=["sh", "-c", script], args=[data.uri, model.uri, config,
+                                                                                 overrides])
 
     @dsl.container_component
     def evaluate(model: Input[Model], data: Input[Dataset], split: str, report: Output[Artifact]):
-        return dsl.ContainerSpec(image=image, command=["python", "-m", "trainer.evaluate"], args=[
-            "--model", model.uri, "--data_dir", data.uri, "--split", split, "--out", report.path])
+        return _container(chain.evaluate(model.uri, data.uri, split, report.path))
 
     # The project image already has kfp (requirements.txt), so nothing is pip-installed when a step starts.
     light = dict(base_image=image, install_kfp_package=False)

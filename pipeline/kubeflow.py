@@ -15,6 +15,7 @@ import tempfile
 import yaml
 from kfp import compiler, dsl
 
+from pipeline import chain
 from pipeline.kfp_components import make_components
 from trainer import cli
 
@@ -23,6 +24,38 @@ DEFAULT_IMAGE = os.environ.get("PERSON_ATTRS_IMAGE",
                                "us-central1-docker.pkg.dev/PROJECT/person-attrs/person-attrs:latest")
 # Vertex AI's prebuilt TensorFlow serving image; use the newest tf2 tag it offers.
 DEFAULT_SERVING_IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
+
+
+class KubeflowSteps:
+    """The chain's steps (pipeline/chain.py) as KFP tasks, each with its retries and resources."""
+
+    def __init__(self, components, beam_runner, project, region, temp_location, accelerator_type,
+                 accelerator_count):
+        self.components, self.beam_runner = components, beam_runner
+        self.project, self.region, self.temp_location = project, region, temp_location
+        self.accelerator_type, self.accelerator_count = accelerator_type, accelerator_count
+
+    def preprocess(self, manual_dir, dataset_config):
+        prep = self.components.preprocess(manual_dir=manual_dir, dataset_config=dataset_config,
+                                          runner=self.beam_runner, project=self.project, region=self.region,
+                                          temp_location=self.temp_location)
+        # A Dataflow job is idempotent over its output dir, and a transient quota or zone error is common.
+        prep.set_display_name("preprocess").set_retry(2, backoff_duration="60s", backoff_factor=2)
+        prep.set_cpu_limit("4").set_memory_limit("16G")  # the launcher (or DirectRunner itself) runs here
+        return prep.outputs["data"]
+
+    def train(self, data, config, overrides):
+        train = self.components.train(data=data, config=config, overrides=overrides)
+        # A retry reuses the same job dir, so it resumes from JOB_DIR/backup instead of restarting.
+        train.set_display_name("train").set_retry(2, backoff_duration="120s")
+        train.set_accelerator_type(self.accelerator_type).set_accelerator_limit(self.accelerator_count)
+        train.set_cpu_limit("8").set_memory_limit("32G")
+        return train.outputs["model"]
+
+    def evaluate(self, model, data, split):
+        evaluate = self.components.evaluate(model=model, data=data, split=split)
+        evaluate.set_display_name("evaluate").set_retry(1).set_cpu_limit("4").set_memory_limit("16G")
+        return evaluate.outputs["report"]
 
 
 def build_pipeline(image: str = DEFAULT_IMAGE):
@@ -47,26 +80,16 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         model_display_name: str = PIPELINE_NAME,
         serving_image: str = DEFAULT_SERVING_IMAGE,
     ):
-        prep = steps.preprocess(manual_dir=manual_dir, dataset_config=dataset_config, runner=beam_runner,
-                                project=project, region=region, temp_location=temp_location)
-        # A Dataflow job is idempotent over its output dir, and a transient quota or zone error is common.
-        prep.set_display_name("preprocess").set_retry(2, backoff_duration="60s", backoff_factor=2)
-        prep.set_cpu_limit("4").set_memory_limit("16G")  # the launcher (or DirectRunner itself) runs here
+        on_kubeflow = KubeflowSteps(steps, beam_runner, project, region, temp_location, accelerator_type,
+                                    accelerator_count)
+        outputs = chain.create_pipeline(on_kubeflow, manual_dir, dataset_config, train_config, train_overrides,
+                                        eval_split)
 
-        train = steps.train(data=prep.outputs["data"], config=train_config, overrides=train_overrides)
-        # A retry reuses the same job dir, so it resumes from JOB_DIR/backup instead of restarting.
-        train.set_display_name("train").set_retry(2, backoff_duration="120s")
-        train.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerator_count)
-        train.set_cpu_limit("8").set_memory_limit("32G")
-
-        evaluate = steps.evaluate(model=train.outputs["model"], data=prep.outputs["data"], split=eval_split)
-        evaluate.set_display_name("evaluate").set_retry(1).set_cpu_limit("4").set_memory_limit("16G")
-
-        log = steps.log_eval_metrics(report=evaluate.outputs["report"], confusion_head=confusion_head)
+        log = steps.log_eval_metrics(report=outputs["report"], confusion_head=confusion_head)
         log.set_display_name("metrics")
 
         with dsl.If(upload_model == True, name="upload-model"):  # noqa: E712 (a KFP condition, not Python's)
-            upload = steps.upload_model(model=train.outputs["model"], project=project, region=region,
+            upload = steps.upload_model(model=outputs["model"], project=project, region=region,
                                         display_name=model_display_name, serving_image=serving_image)
             # Registering a model is a side effect: a cache hit would silently register nothing.
             upload.set_display_name("upload-model").set_caching_options(False)
