@@ -64,18 +64,13 @@ def make_builder(args: argparse.Namespace):
     if not 0 < args.dedup_threshold <= 1:
         raise ValueError(f"--dedup_threshold {args.dedup_threshold}: give a similarity in (0, 1], e.g. "
                          f"{grouping.DEFAULT_THRESHOLD} (the default); higher joins fewer images")
-    recipe = dict(split_seed=args.split_seed, split_fractions=grouping.parse_fractions(args.split),
-                  dedup_threshold=args.dedup_threshold, split_by=args.split_by)
-    config = PersonAttrsConfig.from_schema(schema, **recipe)
+    recipe = grouping.SplitRecipe(split_seed=args.split_seed, split_fractions=grouping.parse_fractions(args.split),
+                                  dedup_threshold=args.dedup_threshold, split_by=args.split_by)
+    config = PersonAttrsConfig.from_schema(schema, recipe=recipe)
     builtin = {c.name: c for c in Builder.BUILDER_CONFIGS}.get(config.name)
     if builtin is not None and builtin != config:
         # TFDS keeps one directory per config name: another split recipe must not overwrite the default one.
-        shares = "-".join(f"{f:g}" for _, f in recipe["split_fractions"])
-        if args.split_by == "row":
-            name = f"{schema.name}_byrow_split{shares}".replace(".", "p")
-        else:
-            name = f"{schema.name}_seed{args.split_seed}_dedup{args.dedup_threshold}_split{shares}".replace(".", "p")
-        config = dataclasses.replace(config, name=name)
+        config = dataclasses.replace(config, name=recipe.config_name(schema.name))
     return Builder(config=builtin if builtin == config else config, data_dir=args.data_dir, strict=args.strict,
                    max_image_pixels=args.max_image_pixels, manual_source=args.manual_dir)
 

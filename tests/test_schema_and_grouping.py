@@ -81,6 +81,18 @@ def test_split_of_is_stable_and_follows_the_fractions():
         grouping.parse_fractions("80,20")
 
 
+
+def test_a_split_recipe_records_itself_and_names_its_own_config():
+    default = grouping.SplitRecipe()
+    assert default.record() == {"split_seed": 0, "split_fractions": {"train": 0.8, "validation": 0.1, "test": 0.1},
+                                "dedup_threshold": grouping.DEFAULT_THRESHOLD, "split_by": "group"}
+    seeded = grouping.SplitRecipe(split_seed=3, split_fractions=grouping.parse_fractions("50,25,25"),
+                                  dedup_threshold=0.9)
+    assert seeded.config_name("hvc") == "hvc_seed3_dedup0p9_split0p5-0p25-0p25"
+    by_row = grouping.SplitRecipe(split_fractions=grouping.parse_fractions("50,25,25"), split_by="row")
+    assert by_row.config_name("hvc") == "hvc_byrow_split0p5-0p25-0p25"
+
+
 def test_read_and_check_images_step_under_test_pipeline(tmp_path):
     src = fx.write_real_slice(tmp_path / "manual", 3, num_missing=1)
     data = ManualData(str(src), HVC)

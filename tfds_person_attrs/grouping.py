@@ -17,6 +17,7 @@ default threshold, 0.86, joins fewer distinct real images, and fewer pairs of th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Sequence
 
@@ -29,6 +30,30 @@ DEFAULT_FRACTIONS = (("train", 0.8), ("validation", 0.1), ("test", 0.1))
 SPLIT_BY = ("group", "row")  # hash of the near-duplicate group (leak-proof) | CSV row order (for comparison)
 # Rows of the pairwise similarity matrix computed at once; bounds memory to CHUNK * n * 4 bytes.
 _CHUNK = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitRecipe:
+    """How usable rows become splits: the build's settings, recorded beside every dataset it writes."""
+
+    split_seed: int = 0
+    split_fractions: tuple = DEFAULT_FRACTIONS  # ((split name, fraction), ...) summing to 1
+    dedup_threshold: float = DEFAULT_THRESHOLD
+    split_by: str = "group"  # one of SPLIT_BY
+
+    def record(self) -> dict:
+        """As the dataset's metadata and build summary record it."""
+        return {"split_seed": self.split_seed, "split_fractions": dict(self.split_fractions),
+                "dedup_threshold": self.dedup_threshold, "split_by": self.split_by}
+
+    def config_name(self, schema_name: str) -> str:
+        """A TFDS config name that tells this recipe apart from the default one of the same schema."""
+        shares = "-".join(f"{f:g}" for _, f in self.split_fractions)
+        if self.split_by == "row":
+            name = f"{schema_name}_byrow_split{shares}"
+        else:
+            name = f"{schema_name}_seed{self.split_seed}_dedup{self.dedup_threshold}_split{shares}"
+        return name.replace(".", "p")
 
 
 def similar_pairs(a: np.ndarray, b: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -100,4 +125,4 @@ def parse_fractions(text: str) -> tuple[tuple[str, float], ...]:
     if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
         raise ValueError(f"--split {text!r}: give three non-negative numbers for train,validation,test, e.g. 80,10,10")
     total = sum(parts)
-    return tuple(zip(("train", "validation", "test"), (p / total for p in parts)))
+    return tuple((name, p / total) for (name, _), p in zip(DEFAULT_FRACTIONS, parts))

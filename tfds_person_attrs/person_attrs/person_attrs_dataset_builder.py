@@ -40,10 +40,7 @@ class PersonAttrsConfig(tfds.core.BuilderConfig):
     """A schema plus the split recipe. The config's name is the schema's name."""
 
     schema: Schema = HVC
-    split_seed: int = 0
-    split_fractions: tuple = grouping.DEFAULT_FRACTIONS
-    dedup_threshold: float = grouping.DEFAULT_THRESHOLD
-    split_by: str = "group"  # one of grouping.SPLIT_BY
+    recipe: grouping.SplitRecipe = grouping.SplitRecipe()
 
     @classmethod
     def from_schema(cls, schema: Schema, **kwargs) -> PersonAttrsConfig:
@@ -93,7 +90,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager, pipeline):
-        cfg = self.builder_config
+        cfg = self.builder_config.recipe
         data = ManualData(self._manual_source or str(dl_manager.manual_dir), self.schema)
         annotations, csv_skipped = parse_annotations(data.read_csv_bytes(), self.schema, source=data.csv_path)
         if self._strict and csv_skipped:
@@ -132,10 +129,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         raise NotImplementedError
 
     def _config_record(self) -> dict:
-        cfg = self.builder_config
-        return {"schema": self.schema.name, "split_seed": cfg.split_seed,
-                "split_fractions": dict(cfg.split_fractions), "dedup_threshold": cfg.dedup_threshold,
-                "split_by": cfg.split_by, "max_image_pixels": self._max_image_pixels}
+        return {"schema": self.schema.name, **self.builder_config.recipe.record(),
+                "max_image_pixels": self._max_image_pixels}
 
     def _process_pipeline_result(self, pipeline_result) -> None:
         ours = beam.metrics.MetricsFilter().with_namespace(bt.NAMESPACE)
@@ -149,14 +144,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         tf.io.gfile.remove(posixpath.join(str(self.data_dir), ANNOTATIONS_FILE))
         with tf.io.gfile.GFile(posixpath.join(str(self.data_dir), SUMMARY_FILE)) as f:
             summary = json.load(f)
-        cfg = self.builder_config
         self.info.metadata.update({
             "schema": self.schema.to_dict(),
             "class_counts": summary["class_counts"],
-            "split_seed": cfg.split_seed,
-            "split_fractions": dict(cfg.split_fractions),
-            "dedup_threshold": cfg.dedup_threshold,
-            "split_by": cfg.split_by,
+            **self.builder_config.recipe.record(),
             "source_sha256": summary["source"]["sha256"],
         })
         _remove_abandoned_builds(str(self.data_dir))
@@ -196,7 +187,7 @@ def _deterministic_serialization():
         split_builder.example_serializer.ExampleSerializer = original
 
 
-def check_every_split_gets_rows(annotations: list[Annotation], cfg: PersonAttrsConfig) -> None:
+def check_every_split_gets_rows(annotations: list[Annotation], cfg: grouping.SplitRecipe) -> None:
     """Refuses, before Beam starts, a recipe that would leave a split without a single row.
 
     Counts each usable row in the split of its own group (or of its row rank for --split_by row); grouping
@@ -217,7 +208,7 @@ def check_every_split_gets_rows(annotations: list[Annotation], cfg: PersonAttrsC
                           f"image; {advice}")
 
 
-def _provisional_split_counts(annotations: list[Annotation], cfg: PersonAttrsConfig, seed: int) -> dict[str, int]:
+def _provisional_split_counts(annotations: list[Annotation], cfg: grouping.SplitRecipe, seed: int) -> dict[str, int]:
     counts = collections.Counter({name: 0 for name, _ in cfg.split_fractions})
     if cfg.split_by == "row":
         for rank in range(len(annotations)):
