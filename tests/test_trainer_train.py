@@ -43,7 +43,7 @@ class FirstBatchProbe(keras.callbacks.Callback):
         if not hasattr(self, "step"):
             opt = self.model.optimizer
             self.step = int(keras.ops.convert_to_numpy(opt.iterations))
-            self.lr = float(keras.ops.convert_to_numpy(opt._learning_rate(opt.iterations)))
+            self.lr = float(keras.ops.convert_to_numpy(opt.learning_rate))
             self.weights = [w.copy() for w in self.model.get_weights()]
 
 
@@ -93,7 +93,7 @@ def test_crash_resume_continues_and_writes_every_output(tmp_path):
     allowed = changed.replace(**{"train.allow_config_change": True, "data.data_dir": cfg.data.data_dir + "/"})
     result = run(allowed, extra_callbacks=[probe])
     assert probe.step == 3  # continues at the step where the backup was taken ...
-    sched = result["model"].optimizer._learning_rate
+    sched = result["model"].optimizer.schedule
     assert probe.lr == pytest.approx(float(keras.ops.convert_to_numpy(sched(3))))  # ... on the same LR curve
     for a, b in zip(probe.weights, crash.weights):  # ... from the same weights (BN statistics included)
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -67,10 +67,7 @@ class LogSchedule(keras.callbacks.Callback):
         if logs is None:
             return
         opt = _sgd(self.model.optimizer)
-        step = opt.iterations
-        schedule = opt._learning_rate
-        lr = schedule(step) if callable(schedule) else schedule
-        logs["lr"] = float(keras.ops.convert_to_numpy(lr))
+        logs["lr"] = float(keras.ops.convert_to_numpy(opt.learning_rate))  # the schedule at opt.iterations
         if hasattr(opt, "current_momentum"):
             logs["momentum"] = float(keras.ops.convert_to_numpy(opt.current_momentum()))
 

@@ -39,7 +39,8 @@ class Loop:
         self.model, self.strategy = model, strategy
         # Variables must exist before the step is traced: created inside a tf.function under MirroredStrategy
         # they break it ("You must feed a value for placeholder tensor"). fit builds them with this same call,
-        # symbolically (no data), before its first step; under a strategy's scope they are mirrored.
+        # symbolically (no data), before its first step; under a strategy's scope they are mirrored. Keras has
+        # no public call that builds the compiled losses and metrics without data, hence the private one.
         with strategy.scope():
             model._symbolic_build(data_batch=element_spec)
         jit = bool(model.jit_compile)  # Keras' own resolution of "auto" (off under a strategy)

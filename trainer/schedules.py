@@ -130,10 +130,15 @@ class ScheduledSGD(keras.optimizers.SGD):
         # momentum must be non-zero so that Keras builds the momentum slots.
         super().__init__(learning_rate=learning_rate, momentum=0.9, nesterov=nesterov, **kwargs)
 
+    @property
+    def schedule(self) -> StepSchedule | None:
+        """The StepSchedule the learning rate and momentum follow; None for a fixed learning rate."""
+        lr = self._learning_rate  # Keras' `learning_rate` gives the schedule's value, not the schedule
+        return lr if isinstance(lr, StepSchedule) else None
+
     def current_momentum(self):
-        lr = self._learning_rate
-        if isinstance(lr, StepSchedule):
-            return lr.momentum(self.iterations)
+        if self.schedule is not None:
+            return self.schedule.momentum(self.iterations)
         return ops.convert_to_tensor(self.momentum, "float32")
 
     def update_step(self, gradient, variable, learning_rate):
