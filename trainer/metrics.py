@@ -15,16 +15,24 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+ACCURACY = "accuracy"  # every head's metric; Keras logs it as <head>_accuracy and val_<head>_accuracy
+MEAN = "mean"  # MeanAccuracy logs the mean over heads under this name in place of a head's
+
 
 def head_metrics(schema) -> dict[str, list[keras.metrics.Metric]]:
-    return {a.name: [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.5) if a.is_multi_label
-                     else keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    return {a.name: [keras.metrics.BinaryAccuracy(name=ACCURACY, threshold=0.5) if a.is_multi_label
+                     else keras.metrics.SparseCategoricalAccuracy(name=ACCURACY)]
             for a in schema.attributes}
+
+
+def accuracy_key(head: str, prefix: str = "") -> str:
+    """The log key of a head's accuracy (or of MEAN's), e.g. 'val_gender_accuracy' for prefix 'val_'."""
+    return f"{prefix}{head}_{ACCURACY}"
 
 
 def accuracy_keys(schema, prefix: str = "") -> dict[str, str]:
     """{head: log key}, e.g. {'gender': 'val_gender_accuracy'} for prefix 'val_'."""
-    return {name: f"{prefix}{name}_accuracy" for name in schema.names}
+    return {name: accuracy_key(name, prefix) for name in schema.names}
 
 
 def mean_accuracy(logs: dict, schema, prefix: str = "") -> float | None:
@@ -47,4 +55,4 @@ class MeanAccuracy(keras.callbacks.Callback):
         for prefix in ("", "val_"):
             value = mean_accuracy(logs, self.schema, prefix)
             if value is not None:
-                logs[f"{prefix}mean_accuracy"] = value
+                logs[accuracy_key(MEAN, prefix)] = value

@@ -118,13 +118,11 @@ def read_history(path: str) -> dict[str, np.ndarray]:
 
 
 def _head_accuracy_columns(hist: Mapping[str, np.ndarray], head: str) -> tuple[str | None, str | None]:
-    """(train, validation) accuracy columns of a head; tolerant of Keras' metric naming (acc/accuracy)."""
-    def find(prefix):
-        for suffix in ("accuracy", "acc", "categorical_accuracy", "sparse_categorical_accuracy", "binary_accuracy"):
-            if f"{prefix}{head}_{suffix}" in hist:
-                return f"{prefix}{head}_{suffix}"
-        return None
-    return find(""), find("val_")
+    """(train, validation) accuracy columns of a head as the trainer's metrics name them; None when absent."""
+    from trainer.metrics import accuracy_key  # imports Keras: only when there is a history to plot
+
+    keys = accuracy_key(head), accuracy_key(head, "val_")
+    return tuple(k if k in hist else None for k in keys)
 
 
 def history_figures(page: _Page, hist: Mapping[str, np.ndarray], heads: Sequence[str]) -> None:
