@@ -125,11 +125,23 @@ def _as_uint8(inputs):
     return tf.cast(tf.round(image), tf.uint8), labels
 
 
-def make_eval_dataset(config, split: str | None = None, batch: int = 64, schema: Schema | None = None,
-                      num_shards: int = 1, index: int = 0) -> tf.data.Dataset:
-    """One deterministic pass over a split (default: data.eval_split) or shard `index` of it, last batch kept."""
+def eval_examples(config, split: str | None = None, schema: Schema | None = None, num_shards: int = 1,
+                  index: int = 0) -> tf.data.Dataset:
+    """One deterministic pass over a split (default: data.eval_split) or shard `index` of it, unbatched:
+    {"image": decoded, "labels": {attribute: label}, "id": the example's id, "image_bytes": its JPEG}."""
     d = config.data
     schema = schema or dataset_info(d).schema
     ds = _read(d, shard_split(d, split or d.eval_split, num_shards, index), shuffle_files=False, seed=None)
-    ds = ds.map(lambda ex: example_to_inputs(ex, schema, d), num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.batch(batch).prefetch(AUTOTUNE)
+
+    def prepare(example):
+        image, labels = example_to_inputs(example, schema, d)
+        return {"image": image, "labels": labels, "id": example["id"], "image_bytes": example["image"]}
+
+    return ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def make_eval_dataset(config, split: str | None = None, batch: int = 64, schema: Schema | None = None,
+                      num_shards: int = 1, index: int = 0) -> tf.data.Dataset:
+    """`eval_examples` as batches of (image, labels), last batch kept."""
+    ds = eval_examples(config, split, schema, num_shards, index)
+    return ds.map(lambda ex: (ex["image"], ex["labels"]), deterministic=True).batch(batch).prefetch(AUTOTUNE)

@@ -44,14 +44,17 @@ def predict_split(model: eval_model.EvalModel, schema, split: str, batch: int = 
     ids, worst = [], None
     if model.flip_tta and not config.augment.flip:
         print("warning: --flip_tta on a model trained without augment.flip: mirrored images are new to it")
-    for step, (image_bytes, x, y, batch_ids) in enumerate(_examples(config, schema, split, batch)):
+    # The JPEG bytes for an exported model, which decodes them itself; the image for a Keras model and the report.
+    examples = data_lib.eval_examples(config, split, schema).batch(batch).prefetch(1)
+    for step, ex in enumerate(examples):
         if max_steps and step >= max_steps:
             break
-        out = model.probs(x, image_bytes)
-        rec = {"ids": np.array([s.decode() for s in batch_ids.numpy()], dtype=object),
+        x = ex["image"]
+        out = model.probs(x, ex["image_bytes"])
+        rec = {"ids": np.array([s.decode() for s in ex["id"].numpy()], dtype=object),
                "images": np.clip(np.round(x.numpy()), 0, 255).astype(np.uint8)}  # what the model saw
         for a in schema.attributes:
-            rec[f"labels/{a.name}"] = y[a.name].numpy()
+            rec[f"labels/{a.name}"] = ex["labels"][a.name].numpy()
             rec[f"probs/{a.name}"] = tf.cast(out[a.name], tf.float32).numpy()
             labels[a.name].append(rec[f"labels/{a.name}"])
             probs[a.name].append(rec[f"probs/{a.name}"])
@@ -63,19 +66,6 @@ def predict_split(model: eval_model.EvalModel, schema, split: str, batch: int = 
     cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
     samples = report.Samples(worst["images"], _sub(worst, "labels"), _sub(worst, "probs"), list(worst["ids"]))
     return {"labels": cat(labels), "probs": cat(probs), "ids": ids, "worst": samples}
-
-
-def _examples(config, schema, split: str, batch: int) -> tf.data.Dataset:
-    """Batches of (JPEG bytes, decoded image, labels, id) in the split's fixed order: the bytes for an exported
-    model, which decodes them itself; the image for a Keras model and for the report."""
-    d = config.data
-
-    def prepare(example):
-        image, labels = data_lib.example_to_inputs(example, schema, d)
-        return example["image"], image, labels, example["id"]
-
-    ds = data_lib._read(d, split, shuffle_files=False, seed=None)
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch).prefetch(1)
 
 
 def _sub(rec: dict, prefix: str) -> dict:
