@@ -83,6 +83,24 @@ def test_png_grayscale_and_cmyk_are_converted_and_reported(messy):
         assert shapes[name] == (96, 64, 3)
 
 
+def test_valid_jpegs_are_stored_as_read_and_others_as_new_jpegs(messy):
+    _, ds_dir, _ = messy
+    source = ds_dir.parents[3] / "manual"
+    builder = tfds.builder_from_directory(str(ds_dir))
+    stored = {}
+    for split in ("train", "validation", "test"):
+        for ex in builder.as_dataset(split, decoders={"image": tfds.decode.SkipDecoding()}):
+            stored[ex["id"].numpy().decode()] = ex["image"].numpy()
+    assert len(stored) == N_REAL + 5
+    converted = {"planted/png.png", "planted/gray.jpg", "planted/cmyk.jpg"}
+    for image_id, data in stored.items():
+        original = (source / image_id).read_bytes()
+        if image_id in converted:
+            assert data != original and data[:2] == b"\xff\xd8", image_id  # re-encoded as JPEG
+        else:
+            assert data == original, image_id  # the file's own bytes, not a re-encode
+
+
 def test_near_duplicates_share_a_group_and_a_split(messy):
     summary, ds_dir, _ = messy
     builder = tfds.builder_from_directory(str(ds_dir))
