@@ -114,6 +114,18 @@ def test_near_duplicates_share_a_group_and_a_split(messy):
     assert summary["groups"]["multi_image_groups"] >= 2
 
 
+def test_an_image_changed_during_the_build_is_a_one_line_error(monkeypatch, capsys):
+    """How Beam hands a worker's ImageChangedError to the launcher: wrapped, with its own stack in the text."""
+    wrapped = RuntimeError("Traceback ...\ntfds_person_attrs.beam_transforms.ImageChangedError: row 3: resized/3.jpg "
+                           "has other bytes since this build checked it; the source x.zip changed during the build: "
+                           "rebuild once it is stable [while running 'Examples_train']\nmore lines")
+    monkeypatch.setattr(preprocess, "run", lambda argv: (_ for _ in ()).throw(wrapped))
+    assert preprocess.main(["--manual_dir", "x.zip", "--data_dir", "out"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: row 3: resized/3.jpg has other bytes since this build checked it;")
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_class_counts_are_in_the_metadata(messy):
     summary, ds_dir, _ = messy
     builder = tfds.builder_from_directory(str(ds_dir))
