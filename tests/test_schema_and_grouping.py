@@ -111,14 +111,14 @@ def test_writing_refuses_an_image_whose_bytes_changed_since_the_check(tmp_path):
     jpeg = (src / "resized" / "2.jpg").read_bytes()
     to_example = ToExample(data, HVC)
     checked = CheckedImage(ann, inspect_image(jpeg).signature, zlib.crc32(jpeg))
-    (image_id, example), = to_example.process(("train", "g", checked))
+    (image_id, example), = to_example.process(("train", "g", checked, False))
     assert image_id == "resized/2.jpg" and example["image"] == jpeg
     (src / "resized" / "2.jpg").write_bytes(jpeg[:-10] + bytes(10))
     with pytest.raises(ImageChangedError, match=r"row 2: resized/2.jpg has other bytes since this build checked it"):
-        list(to_example.process(("train", "g", checked)))
+        list(to_example.process(("train", "g", checked, False)))
     (src / "resized" / "2.jpg").unlink()
     with pytest.raises(ImageChangedError, match="resized/2.jpg is gone"):
-        list(to_example.process(("train", "g", checked)))
+        list(to_example.process(("train", "g", checked, False)))
 
 
 def test_manual_data_pickles_without_the_zip_directory():

@@ -124,16 +124,27 @@ class ReadAndCheckImages(beam.DoFn):
 
 
 class ClassCounts(beam.CombineFn):
-    """(split, group, CheckedImage) -> {split: {attribute: [count per class]}, plus conversion tallies."""
+    """(split, group, CheckedImage, shared) -> {split: {attribute: [count per class]}, plus conversion tallies
+    and group sizes ({size: number of groups}).
+
+    Only images that may share a group (`shared`: a near-duplicate, or a group from the CSV) are counted by
+    group name; the rest are counted as groups of one. So group sizes need no step of their own per image,
+    and the accumulator holds no more names than the near-duplicate side input already does.
+    """
 
     def __init__(self, schema: Schema):
         self._schema = schema
 
     def create_accumulator(self):
-        return {"class_counts": {}, "converted": collections.Counter(), "converted_examples": {}}
+        return {"class_counts": {}, "converted": collections.Counter(), "converted_examples": {},
+                "shared_groups": collections.Counter(), "single_groups": 0}
 
     def add_input(self, acc, element):
-        split, _, item = element
+        split, group, item, shared = element
+        if shared:
+            acc["shared_groups"][group] += 1
+        else:
+            acc["single_groups"] += 1
         counts = acc["class_counts"].setdefault(split, {a.name: [0] * a.num_classes for a in self._schema.attributes})
         for a in self._schema.attributes:
             label = item.annotation.labels[a.name]
@@ -156,14 +167,19 @@ class ClassCounts(beam.CombineFn):
                 for k, v in per_attr.items():
                     tgt[k] = [a + b for a, b in zip(tgt[k], v)]
             out["converted"].update(acc["converted"])
+            out["shared_groups"].update(acc["shared_groups"])
+            out["single_groups"] += acc["single_groups"]
             for reason, ex in acc["converted_examples"].items():
                 tgt = out["converted_examples"].setdefault(reason, [])
                 tgt.extend(ex[: _EXAMPLES_PER_REASON - len(tgt)])
         return out
 
     def extract_output(self, acc):
+        sizes = collections.Counter(acc["shared_groups"].values())
+        if acc["single_groups"]:
+            sizes[1] += acc["single_groups"]
         return {"class_counts": acc["class_counts"], "converted": dict(acc["converted"]),
-                "converted_examples": acc["converted_examples"]}
+                "converted_examples": acc["converted_examples"], "group_sizes": dict(sizes)}
 
 
 def build_summary(csv_rows: int, csv_skipped: list[Skipped], image_skipped: list[Skipped], stats: dict,
@@ -253,9 +269,6 @@ class BuildSplits(beam.PTransform):
                 _assign_split, groups=groups, seed=self._seed, fractions=self._fractions)
 
         stats = assigned | "CountClasses" >> beam.CombineGlobally(ClassCounts(self._schema))
-        group_sizes = (assigned | "GroupOfEach" >> beam.Map(lambda e: (e[1], 1))
-                       | "GroupSizes" >> beam.CombinePerKey(sum) | "SizeOfEach" >> beam.Values()
-                       | "SizeHistogram" >> beam.combiners.Count.PerElement() | "AsDict" >> beam.combiners.ToDict())
         image_skipped = checked[SKIPPED_TAG] | "CollectSkipped" >> beam.combiners.ToList()
         summary = (
             annotations.pipeline
@@ -263,7 +276,7 @@ class BuildSplits(beam.PTransform):
             | "Summarise" >> beam.Map(
                 _summarise, csv_rows=self._csv_rows, csv_skipped=self._csv_skipped,
                 image_skipped=beam.pvalue.AsSingleton(image_skipped), stats=beam.pvalue.AsSingleton(stats),
-                group_sizes=beam.pvalue.AsSingleton(group_sizes), config=self._config)
+                config=self._config)
         )
         names = [name for name, _ in self._fractions]
         parts = assigned | "PartitionBySplit" >> beam.Partition(lambda e, n: names.index(e[0]), len(names))
@@ -274,19 +287,28 @@ class BuildSplits(beam.PTransform):
         return out
 
 
+def _group_of(item: CheckedImage, groups: dict) -> tuple[str, bool]:
+    """The image's group, and whether other images may share it (a CSV group, or a near-duplicate)."""
+    ann = item.annotation
+    if ann.group:
+        return ann.group, True
+    group = groups.get(ann.image_id)
+    return (ann.image_id, False) if group is None else (group, True)
+
+
 def _assign_split(item: CheckedImage, groups: dict, seed: int, fractions):
-    group = item.annotation.group or groups.get(item.annotation.image_id, item.annotation.image_id)
-    return grouping.split_of(group, seed, fractions), group, item
+    group, shared = _group_of(item, groups)
+    return grouping.split_of(group, seed, fractions), group, item, shared
 
 
 def _assign_split_by_row(item: CheckedImage, groups: dict, order, fractions):
     rank = int(np.searchsorted(order, item.annotation.row))
-    group = item.annotation.group or groups.get(item.annotation.image_id, item.annotation.image_id)
-    return grouping.split_at(rank / len(order), fractions), group, item
+    group, shared = _group_of(item, groups)
+    return grouping.split_at(rank / len(order), fractions), group, item, shared
 
 
 class ToExample(beam.DoFn):
-    """(split, group, CheckedImage) -> (id, TFDS example), with the image bytes read again and checked.
+    """(split, group, CheckedImage, shared) -> (id, TFDS example), with the image bytes read again and checked.
 
     The bytes stored are the ones `ReadAndCheckImages` checked (same CRC-32), else the build stops: a source
     that changes while it is being built would otherwise give a dataset of images nobody checked.
@@ -299,7 +321,7 @@ class ToExample(beam.DoFn):
         _quiet_reported_stops()
 
     def process(self, element):
-        _, group, item = element
+        _, group, item, _ = element
         ann = item.annotation
         jpeg = item.converted_jpeg if item.converted_from else self._read_again(ann, item.crc32)
         example = {"image": jpeg, "id": ann.image_id, "group": group}
@@ -316,5 +338,5 @@ class ToExample(beam.DoFn):
         return data
 
 
-def _summarise(_, csv_rows, csv_skipped, image_skipped, stats, group_sizes, config):
-    return build_summary(csv_rows, csv_skipped, image_skipped, stats, group_sizes, config)
+def _summarise(_, csv_rows, csv_skipped, image_skipped, stats, config):
+    return build_summary(csv_rows, csv_skipped, image_skipped, stats, stats["group_sizes"], config)
