@@ -17,7 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from tests import data_fixtures as fx
 from tfds_person_attrs import grouping
 from tfds_person_attrs.annotations import Annotation, ManualData
-from tfds_person_attrs.beam_transforms import (SKIPPED_TAG, CheckedImage, ImageChangedError,
+from tfds_person_attrs.beam_transforms import (SKIPPED_TAG, CheckedImage, ClassCounts, ImageChangedError,
                                                ReadAndCheckImages, ToExample)
 from tfds_person_attrs.images import inspect_image, mirrored
 from tfds_person_attrs.schema import HVC, SchemaError, load_schema, schema_from_dict
@@ -127,3 +127,24 @@ def test_manual_data_pickles_without_the_zip_directory():
     copy = pickle.loads(pickle.dumps(data))
     assert len(pickle.dumps(data)) < 4000  # the directory of a 7,000-image zip would be ~1 MB
     assert copy.read_image("resized/1.jpg") == data.read_image("resized/1.jpg")
+
+
+def test_group_sizes_count_shared_groups_by_name_and_the_rest_as_groups_of_one():
+    counts = ClassCounts(HVC)
+    labels = {a.name: [0] * a.num_classes if a.is_multi_label else 0 for a in HVC.attributes}
+
+    def image(image_id, csv_group=None):
+        return CheckedImage(Annotation(1, image_id, labels, csv_group), np.zeros(1), 0)
+
+    first = [("train", "p1", image("x/1", "p1"), True), ("train", "a", image("a"), True), ("test", "s1", image("s1"), False)]
+    second = [("train", "p1", image("x/2", "p1"), True), ("train", "a", image("b"), True), ("train", "a", image("c"), True),
+              ("validation", "s2", image("s2"), False)]
+    accs = []
+    for part in (first, second):
+        acc = counts.create_accumulator()
+        for element in part:
+            acc = counts.add_input(acc, element)
+        accs.append(acc)
+    out = counts.extract_output(counts.merge_accumulators(accs))
+    assert out["group_sizes"] == {2: 1, 3: 1, 1: 2}
+    assert sum(out["class_counts"]["train"]["gender"]) == 5
