@@ -2,6 +2,7 @@
 28,000 images, against one JPEG decode per image timed in the same run.
 
     python benchmarks/build_speed.py --zip ../shared/data/hvc_data.zip --sizes 7000,14000,28000
+    python benchmarks/build_speed.py --before ../main     # also builds with another checkout, size by size
 
 The real 7,000 images (and their 13,573 CSV rows) plus copies made here: a mirror image (14k), then +10%
 brightness and a mirrored +10% brightness (28k), JPEG quality 90, each a new CSV row with its source's labels,
@@ -9,7 +10,10 @@ in a stored zip like the real one (cached under --work_dir; the copies, at quali
 originals). Each build runs under /usr/bin/time: wall seconds, CPU seconds (user + system, all threads) and
 peak resident memory. The reference is `tf.io.decode_jpeg` on one thread, CPU seconds per image, over the real
 images and over the added copies. Marginal cost = extra build CPU per extra image between the smallest and
-largest size, in decodes of the added copies. Prints JSON.
+largest size, in decodes of the added copies; CPU ms per image at each size shows whether the cost is linear.
+With --before DIR, each size is also built by the code in DIR (another checkout, e.g. a worktree of main, run
+with this interpreter), right before this checkout's build of the same size, so both face the same load.
+Prints JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import zipfile
 from PIL import Image, ImageEnhance
 
 EDITS = ("mirror", "brighter", "brighter_mirror")
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def copies(jpeg: bytes) -> dict[str, bytes]:
@@ -92,14 +97,33 @@ def decode_cpu_per_image(zip_path: str, prefix: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def timed_build(zip_path: str, data_dir: str, beam_args: list[str]) -> dict:
+def timed_build(zip_path: str, data_dir: str, beam_args: list[str], code_dir: str = HERE) -> dict:
+    """One whole build process, run in `code_dir` (whose `pipeline` package it imports)."""
     fmt = "%e %U %S %M"
-    cmd = ["/usr/bin/time", "-f", fmt, sys.executable, "-m", "pipeline.preprocess", "--manual_dir", zip_path,
-           "--data_dir", data_dir, "--overwrite", *beam_args]
-    proc = subprocess.run(cmd, check=True, capture_output=True, text=True,
+    cmd = ["/usr/bin/time", "-f", fmt, sys.executable, "-m", "pipeline.preprocess", "--manual_dir",
+           os.path.abspath(zip_path), "--data_dir", os.path.abspath(data_dir), "--overwrite", *beam_args]
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=code_dir,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     wall, user, system, rss_kb = proc.stderr.strip().splitlines()[-1].split()
     return {"wall_s": float(wall), "cpu_s": round(float(user) + float(system), 1), "peak_rss_mb": int(rss_kb) // 1024}
+
+
+def cost_figures(builds: dict[int, dict], decode_s: float) -> dict:
+    """Per-image CPU at each size, the marginal cost between consecutive sizes and overall, in decodes."""
+    sizes = sorted(builds)
+    small, large = sizes[0], sizes[-1]
+    marginal_cpu = (builds[large]["cpu_s"] - builds[small]["cpu_s"]) / (large - small)
+    marginal_wall = (builds[large]["wall_s"] - builds[small]["wall_s"]) / (large - small)
+    steps = {f"{a}-{b}": round((builds[b]["cpu_s"] - builds[a]["cpu_s"]) / (b - a) * 1e3, 3)
+             for a, b in zip(sizes, sizes[1:])}
+    return {
+        "builds": {str(n): {**builds[n], "cpu_ms_per_image": round(builds[n]["cpu_s"] / n * 1e3, 3)} for n in sizes},
+        "marginal_cpu_ms_per_image_by_step": steps,
+        "marginal_cpu_ms_per_image": round(marginal_cpu * 1e3, 3),
+        "marginal_wall_ms_per_image": round(marginal_wall * 1e3, 3),
+        "marginal_cost_in_decodes_cpu": round(marginal_cpu / decode_s, 2),
+        "peak_rss_growth_mb": builds[large]["peak_rss_mb"] - builds[small]["peak_rss_mb"],
+    }
 
 
 def main() -> None:
@@ -108,6 +132,7 @@ def main() -> None:
                    default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hvc_data.zip"))
     p.add_argument("--sizes", default="7000,14000,28000")
     p.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "person_attrs_build_speed"))
+    p.add_argument("--before", help="another checkout whose build to measure beside this one, size by size")
     p.add_argument("beam_args", nargs="*", help="extra flags for pipeline.preprocess, e.g. --direct_num_workers=2")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -117,24 +142,23 @@ def main() -> None:
     made_s = time.time() - start
     decode_real = decode_cpu_per_image(args.zip, "resized/")
     decode = decode_cpu_per_image(zips[max(sizes)], "copies/")
-    builds = {}
+    builds, before = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
+            if args.before:
+                before[n] = timed_build(zips[n], os.path.join(tmp, f"before_{n}"), args.beam_args, args.before)
             builds[n] = timed_build(zips[n], os.path.join(tmp, str(n)), args.beam_args)
-    small, large = min(sizes), max(sizes)
-    marginal_cpu = (builds[large]["cpu_s"] - builds[small]["cpu_s"]) / (large - small)
-    marginal_wall = (builds[large]["wall_s"] - builds[small]["wall_s"]) / (large - small)
-    print(json.dumps({
+    result = {
         "benchmark": "build_speed",
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
         "seconds_to_make_data": round(made_s, 1),
         "decode_jpeg_cpu_ms_per_image": {"real": round(decode_real * 1e3, 3), "copies": round(decode * 1e3, 3)},
-        "builds": {str(n): b for n, b in builds.items()},
-        "marginal_cpu_ms_per_image": round(marginal_cpu * 1e3, 3),
-        "marginal_wall_ms_per_image": round(marginal_wall * 1e3, 3),
-        "marginal_cost_in_decodes_cpu": round(marginal_cpu / decode, 2),
+        **cost_figures(builds, decode),
         "beam_args": args.beam_args,
-    }, indent=2))
+    }
+    if args.before:
+        result["before"] = {"code": os.path.abspath(args.before), **cost_figures(before, decode)}
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

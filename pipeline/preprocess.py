@@ -163,13 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - Beam wraps worker errors; surface ours without the stack
-        from tfds_person_attrs.beam_transforms import StrictModeError
+        from tfds_person_attrs.beam_transforms import ImageChangedError, StrictModeError
 
-        if isinstance(e, StrictModeError) or "StrictModeError" in str(e):
-            msg = str(e)
-            start = msg.find("--strict:")
-            print(f"error: {msg[start:].splitlines()[0] if start >= 0 else msg}", file=sys.stderr)
-            return 3
+        for stop, status in ((StrictModeError, 3), (ImageChangedError, 2)):
+            msg, marker = str(e), f"{stop.__name__}: "
+            if isinstance(e, stop) or marker in msg:
+                start = msg.find(marker)
+                print(f"error: {msg[start + len(marker):] if start >= 0 else msg}".splitlines()[0], file=sys.stderr)
+                return status
         raise
     return 0
 

@@ -53,7 +53,8 @@ def test_build_splits_under_test_pipeline(source):
         (s,) = summaries
         if not (s["accounted"] and s["csv_rows"] == 42 and s["written"] == 41
                 and s["skipped_by_reason"] == {"missing_image": 1}
-                and s["groups"]["multi_image_groups"] == 1 and sum(s["splits"].values()) == 41):
+                and s["groups"]["multi_image_groups"] == 1 and s["groups"]["size_histogram"] == {"1": 39, "2": 1}
+                and sum(s["splits"].values()) == 41):
             raise BeamAssertException(f"unexpected summary {s}")
 
     def check_mirror_with_its_source(rows):

@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tfds_person_attrs import grouping
 from tfds_person_attrs.images import SIGNATURE_SIZE, mirrored
-from tfds_person_attrs.near_duplicates import ConnectedComponents, NearDuplicateGroups
+from tfds_person_attrs.near_duplicates import ConnectedComponents, NearDuplicateGroups, star_edges
 
 
 def _unit(v):
@@ -61,3 +61,9 @@ def test_components_left_apart_by_the_rounds_are_joined_exactly():
     with TestPipeline() as p:
         labels = p | beam.Create(chain) | ConnectedComponents(rounds=1)  # pylint: disable=no-value-for-parameter
         assert_that(labels, equal_to(expected))
+
+
+def test_a_cells_pairs_leave_it_as_star_edges_of_their_components():
+    pairs = [("c", "d"), ("b", "c"), ("d", "b"), ("x", "y"), ("e", "b")]
+    assert star_edges(pairs) == [("b", "c"), ("b", "d"), ("b", "e"), ("x", "y")]
+    assert star_edges([]) == []

@@ -84,6 +84,24 @@ def test_png_grayscale_and_cmyk_are_converted_and_reported(messy):
         assert shapes[name] == (96, 64, 3)
 
 
+def test_valid_jpegs_are_stored_as_read_and_others_as_new_jpegs(messy):
+    _, ds_dir, _ = messy
+    source = ds_dir.parents[3] / "manual"
+    builder = tfds.builder_from_directory(str(ds_dir))
+    stored = {}
+    for split in ("train", "validation", "test"):
+        for ex in builder.as_dataset(split, decoders={"image": tfds.decode.SkipDecoding()}):
+            stored[ex["id"].numpy().decode()] = ex["image"].numpy()
+    assert len(stored) == N_REAL + 5
+    converted = {"planted/png.png", "planted/gray.jpg", "planted/cmyk.jpg"}
+    for image_id, data in stored.items():
+        original = (source / image_id).read_bytes()
+        if image_id in converted:
+            assert data != original and data[:2] == b"\xff\xd8", image_id  # re-encoded as JPEG
+        else:
+            assert data == original, image_id  # the file's own bytes, not a re-encode
+
+
 def test_near_duplicates_share_a_group_and_a_split(messy):
     summary, ds_dir, _ = messy
     builder = tfds.builder_from_directory(str(ds_dir))
@@ -95,6 +113,18 @@ def test_near_duplicates_share_a_group_and_a_split(messy):
     assert where["planted/shifted_of_10.jpg"] == where["resized/10.jpg"]
     assert where["resized/5.jpg"][1] == "planted/reencoded_of_5.jpg"  # the group is named by its smallest id
     assert summary["groups"]["multi_image_groups"] >= 2
+
+
+def test_an_image_changed_during_the_build_is_a_one_line_error(monkeypatch, capsys):
+    """How Beam hands a worker's ImageChangedError to the launcher: wrapped, with its own stack in the text."""
+    wrapped = RuntimeError("Traceback ...\ntfds_person_attrs.beam_transforms.ImageChangedError: row 3: resized/3.jpg "
+                           "has other bytes since this build checked it; the source x.zip changed during the build: "
+                           "rebuild once it is stable [while running 'Examples_train']\nmore lines")
+    monkeypatch.setattr(preprocess, "run", lambda argv: (_ for _ in ()).throw(wrapped))
+    assert preprocess.main(["--manual_dir", "x.zip", "--data_dir", "out"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: row 3: resized/3.jpg has other bytes since this build checked it;")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_class_counts_are_in_the_metadata(messy):

@@ -4,7 +4,9 @@ and the image-checking Beam step under Beam's own TestPipeline."""
 from __future__ import annotations
 
 import json
+import pickle
 import zipfile
+import zlib
 
 import apache_beam as beam
 import numpy as np
@@ -15,7 +17,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from tests import data_fixtures as fx
 from tfds_person_attrs import grouping
 from tfds_person_attrs.annotations import Annotation, ManualData
-from tfds_person_attrs.beam_transforms import SKIPPED_TAG, ReadAndCheckImages
+from tfds_person_attrs.beam_transforms import (SKIPPED_TAG, CheckedImage, ClassCounts, ImageChangedError,
+                                               ReadAndCheckImages, ToExample)
 from tfds_person_attrs.images import inspect_image, mirrored
 from tfds_person_attrs.schema import HVC, SchemaError, load_schema, schema_from_dict
 
@@ -111,3 +114,49 @@ def test_inspect_image_keeps_original_jpeg_bytes():
         jpeg = z.read("resized/1.jpg")
     checked = inspect_image(jpeg)
     assert checked.jpeg is jpeg and checked.converted_from is None and (checked.width, checked.height) == (224, 224)
+
+
+def test_writing_refuses_an_image_whose_bytes_changed_since_the_check(tmp_path):
+    src = fx.write_real_slice(tmp_path / "manual", 2)
+    data = ManualData(str(src), HVC)
+    ann = Annotation(2, "resized/2.jpg", {a.name: 0 for a in HVC.attributes if not a.is_multi_label})
+    jpeg = (src / "resized" / "2.jpg").read_bytes()
+    to_example = ToExample(data, HVC)
+    checked = CheckedImage(ann, inspect_image(jpeg).signature, zlib.crc32(jpeg))
+    (image_id, example), = to_example.process(("train", "g", checked, False))
+    assert image_id == "resized/2.jpg" and example["image"] == jpeg
+    (src / "resized" / "2.jpg").write_bytes(jpeg[:-10] + bytes(10))
+    with pytest.raises(ImageChangedError, match=r"row 2: resized/2.jpg has other bytes since this build checked it"):
+        list(to_example.process(("train", "g", checked, False)))
+    (src / "resized" / "2.jpg").unlink()
+    with pytest.raises(ImageChangedError, match="resized/2.jpg is gone"):
+        list(to_example.process(("train", "g", checked, False)))
+
+
+def test_manual_data_pickles_without_the_zip_directory():
+    data = ManualData(str(fx.hvc_zip()), HVC)
+    data.read_csv_bytes()  # opens the zip and reads its directory, as the launcher does
+    copy = pickle.loads(pickle.dumps(data))
+    assert len(pickle.dumps(data)) < 4000  # the directory of a 7,000-image zip would be ~1 MB
+    assert copy.read_image("resized/1.jpg") == data.read_image("resized/1.jpg")
+
+
+def test_group_sizes_count_shared_groups_by_name_and_the_rest_as_groups_of_one():
+    counts = ClassCounts(HVC)
+    labels = {a.name: [0] * a.num_classes if a.is_multi_label else 0 for a in HVC.attributes}
+
+    def image(image_id, csv_group=None):
+        return CheckedImage(Annotation(1, image_id, labels, csv_group), np.zeros(1), 0)
+
+    first = [("train", "p1", image("x/1", "p1"), True), ("train", "a", image("a"), True), ("test", "s1", image("s1"), False)]
+    second = [("train", "p1", image("x/2", "p1"), True), ("train", "a", image("b"), True), ("train", "a", image("c"), True),
+              ("validation", "s2", image("s2"), False)]
+    accs = []
+    for part in (first, second):
+        acc = counts.create_accumulator()
+        for element in part:
+            acc = counts.add_input(acc, element)
+        accs.append(acc)
+    out = counts.extract_output(counts.merge_accumulators(accs))
+    assert out["group_sizes"] == {2: 1, 3: 1, 1: 2}
+    assert sum(out["class_counts"]["train"]["gender"]) == 5

@@ -187,9 +187,13 @@ class ManualData:
             record["images_sha256"] = listing.hexdigest()
         return record
 
-    def __getstate__(self):  # Beam pickles this into workers; each opens its own zip handle
+    def __getstate__(self):
+        # Beam pickles this into every step that reads images; each worker opens its own zip handle and reads
+        # the zip's directory itself (pickled, the directory grew the job graph by ~100 bytes an image).
         state = dict(self.__dict__)
         state["_zip"] = None
+        state.pop("_zip_infos", None)
+        state.pop("_zip_root", None)
         return state
 
     def __str__(self) -> str:

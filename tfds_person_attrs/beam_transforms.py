@@ -1,8 +1,14 @@
 """The Beam part of the build as one composite transform, `BuildSplits`: validated CSV rows in, the examples
 of each split and a summary out.
 
-    rows -> ReadAndCheckImages -> NearDuplicateGroups (near_duplicates.py) -> AssignSplits -> examples per split
+    rows -> ReadAndCheckImages -> NearDuplicateGroups (near_duplicates.py) -> AssignSplits -> ToExample per split
                  `-> skipped rows (with reasons) ------------------------------------------> summary
+
+An image is decoded once, in `ReadAndCheckImages` (a DCT-scaled decode that checks it and gives its signature).
+What travels on from there is small: the annotation, the signature and a CRC-32 of the bytes, but not the bytes
+of a valid JPEG, because the split assignment waits for the grouping's side input, so every runner materialises
+its input (the in-process DirectRunner in memory). `ToExample` reads the bytes again, checks the CRC and stores
+them as they are; only images converted to JPEG (PNG, grayscale, ...) carry their new bytes.
 
 Every annotation that enters `ReadAndCheckImages` leaves it either as a checked image or on the `skipped`
 output with a reason; the summary adds them up, so it accounts for every CSV row. Bad records also count in
@@ -17,6 +23,7 @@ import dataclasses
 import json
 import logging
 import time
+import zlib
 
 import apache_beam as beam
 import numpy as np
@@ -38,17 +45,28 @@ class StrictModeError(RuntimeError):
     """A record was skipped while --strict was set."""
 
 
-def _not_a_strict_stop(record: logging.LogRecord) -> bool:
-    """Beam logs every exception a DoFn raises with its traceback; a --strict stop is reported once, by the caller."""
-    return not (record.exc_info and isinstance(record.exc_info[1], StrictModeError))
+class ImageChangedError(RuntimeError):
+    """An image's bytes differ between the check and the writing of its example."""
+
+
+def _not_a_reported_stop(record: logging.LogRecord) -> bool:
+    """Beam logs every exception a DoFn raises with its traceback; these stops are reported once, by the caller."""
+    return not (record.exc_info and isinstance(record.exc_info[1], (StrictModeError, ImageChangedError)))
+
+
+def _quiet_reported_stops() -> None:
+    beam_log = logging.getLogger("apache_beam.runners.common")
+    if _not_a_reported_stop not in beam_log.filters:
+        beam_log.addFilter(_not_a_reported_stop)
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckedImage:
     annotation: Annotation
-    jpeg: bytes
     signature: np.ndarray
-    converted_from: str | None
+    crc32: int  # of the bytes as read: `ToExample` stores the same bytes or fails
+    converted_from: str | None = None
+    converted_jpeg: bytes | None = None  # the re-encoded image when converted_from is set; None: the file as is
 
 
 def skip_message_for_strict(s: Skipped) -> str:
@@ -70,9 +88,7 @@ class ReadAndCheckImages(beam.DoFn):
         self._seen = 0
         self._start = time.time()
         if self._strict:
-            beam_log = logging.getLogger("apache_beam.runners.common")
-            if _not_a_strict_stop not in beam_log.filters:
-                beam_log.addFilter(_not_a_strict_stop)
+            _quiet_reported_stops()
 
     def process(self, ann: Annotation):
         try:
@@ -96,7 +112,8 @@ class ReadAndCheckImages(beam.DoFn):
         if self._seen % _PROGRESS_EVERY == 0:
             rate = self._seen / max(time.time() - self._start, 1e-9)
             logging.info("person_attrs: this worker has checked %d images (%.0f/s)", self._seen, rate)
-        yield CheckedImage(ann, checked.jpeg, checked.signature, checked.converted_from)
+        converted = checked.jpeg if checked.converted_from else None
+        yield CheckedImage(ann, checked.signature, zlib.crc32(data), checked.converted_from, converted)
 
     def _skip(self, ann: Annotation, reason: str, message: str):
         Metrics.counter(NAMESPACE, f"skipped_{reason}").inc()
@@ -107,16 +124,27 @@ class ReadAndCheckImages(beam.DoFn):
 
 
 class ClassCounts(beam.CombineFn):
-    """(split, group, CheckedImage) -> {split: {attribute: [count per class]}, plus conversion tallies."""
+    """(split, group, CheckedImage, shared) -> {split: {attribute: [count per class]}, plus conversion tallies
+    and group sizes ({size: number of groups}).
+
+    Only images that may share a group (`shared`: a near-duplicate, or a group from the CSV) are counted by
+    group name; the rest are counted as groups of one. So group sizes need no step of their own per image,
+    and the accumulator holds no more names than the near-duplicate side input already does.
+    """
 
     def __init__(self, schema: Schema):
         self._schema = schema
 
     def create_accumulator(self):
-        return {"class_counts": {}, "converted": collections.Counter(), "converted_examples": {}}
+        return {"class_counts": {}, "converted": collections.Counter(), "converted_examples": {},
+                "shared_groups": collections.Counter(), "single_groups": 0}
 
     def add_input(self, acc, element):
-        split, _, item = element
+        split, group, item, shared = element
+        if shared:
+            acc["shared_groups"][group] += 1
+        else:
+            acc["single_groups"] += 1
         counts = acc["class_counts"].setdefault(split, {a.name: [0] * a.num_classes for a in self._schema.attributes})
         for a in self._schema.attributes:
             label = item.annotation.labels[a.name]
@@ -139,14 +167,19 @@ class ClassCounts(beam.CombineFn):
                 for k, v in per_attr.items():
                     tgt[k] = [a + b for a, b in zip(tgt[k], v)]
             out["converted"].update(acc["converted"])
+            out["shared_groups"].update(acc["shared_groups"])
+            out["single_groups"] += acc["single_groups"]
             for reason, ex in acc["converted_examples"].items():
                 tgt = out["converted_examples"].setdefault(reason, [])
                 tgt.extend(ex[: _EXAMPLES_PER_REASON - len(tgt)])
         return out
 
     def extract_output(self, acc):
+        sizes = collections.Counter(acc["shared_groups"].values())
+        if acc["single_groups"]:
+            sizes[1] += acc["single_groups"]
         return {"class_counts": acc["class_counts"], "converted": dict(acc["converted"]),
-                "converted_examples": acc["converted_examples"]}
+                "converted_examples": acc["converted_examples"], "group_sizes": dict(sizes)}
 
 
 def build_summary(csv_rows: int, csv_skipped: list[Skipped], image_skipped: list[Skipped], stats: dict,
@@ -202,7 +235,8 @@ class BuildSplits(beam.PTransform):
     "skipped" (a Skipped record for every row the images step refused; those refused from the CSV came in).
 
     The near-duplicate map joins the checked images as a side input that holds only images that have a
-    near-duplicate (about 50 of the 7,000 real ones), so image bytes cross no shuffle before TFDS's writer.
+    near-duplicate (about 50 of the 7,000 real ones); the checked images carry no bytes across that join
+    (`ToExample` reads them again), so image bytes cross no shuffle or materialisation before TFDS's writer.
     """
 
     def __init__(self, data: ManualData, schema: Schema, *, threshold: float, split_seed: int, fractions,
@@ -235,9 +269,6 @@ class BuildSplits(beam.PTransform):
                 _assign_split, groups=groups, seed=self._seed, fractions=self._fractions)
 
         stats = assigned | "CountClasses" >> beam.CombineGlobally(ClassCounts(self._schema))
-        group_sizes = (assigned | "GroupOfEach" >> beam.Map(lambda e: (e[1], 1))
-                       | "GroupSizes" >> beam.CombinePerKey(sum) | "SizeOfEach" >> beam.Values()
-                       | "SizeHistogram" >> beam.combiners.Count.PerElement() | "AsDict" >> beam.combiners.ToDict())
         image_skipped = checked[SKIPPED_TAG] | "CollectSkipped" >> beam.combiners.ToList()
         summary = (
             annotations.pipeline
@@ -245,36 +276,67 @@ class BuildSplits(beam.PTransform):
             | "Summarise" >> beam.Map(
                 _summarise, csv_rows=self._csv_rows, csv_skipped=self._csv_skipped,
                 image_skipped=beam.pvalue.AsSingleton(image_skipped), stats=beam.pvalue.AsSingleton(stats),
-                group_sizes=beam.pvalue.AsSingleton(group_sizes), config=self._config)
+                config=self._config)
         )
         names = [name for name, _ in self._fractions]
         parts = assigned | "PartitionBySplit" >> beam.Partition(lambda e, n: names.index(e[0]), len(names))
-        out = {name: parts[i] | f"Examples_{name}" >> beam.Map(_to_example, schema=self._schema)
+        out = {name: parts[i] | f"Examples_{name}" >> beam.ParDo(ToExample(self._data, self._schema))
                for i, name in enumerate(names)}
         out["summary"] = summary
         out["skipped"] = checked[SKIPPED_TAG]
         return out
 
 
+def _group_of(item: CheckedImage, groups: dict) -> tuple[str, bool]:
+    """The image's group, and whether other images may share it (a CSV group, or a near-duplicate)."""
+    ann = item.annotation
+    if ann.group:
+        return ann.group, True
+    group = groups.get(ann.image_id)
+    return (ann.image_id, False) if group is None else (group, True)
+
+
 def _assign_split(item: CheckedImage, groups: dict, seed: int, fractions):
-    group = item.annotation.group or groups.get(item.annotation.image_id, item.annotation.image_id)
-    return grouping.split_of(group, seed, fractions), group, item
+    group, shared = _group_of(item, groups)
+    return grouping.split_of(group, seed, fractions), group, item, shared
 
 
 def _assign_split_by_row(item: CheckedImage, groups: dict, order, fractions):
     rank = int(np.searchsorted(order, item.annotation.row))
-    group = item.annotation.group or groups.get(item.annotation.image_id, item.annotation.image_id)
-    return grouping.split_at(rank / len(order), fractions), group, item
+    group, shared = _group_of(item, groups)
+    return grouping.split_at(rank / len(order), fractions), group, item, shared
 
 
-def _to_example(element, schema: Schema):
-    _, group, item = element
-    ann = item.annotation
-    example = {"image": item.jpeg, "id": ann.image_id, "group": group}
-    for a in schema.attributes:
-        example[a.name] = np.asarray(ann.labels[a.name], np.uint8) if a.is_multi_label else ann.labels[a.name]
-    return ann.image_id, example
+class ToExample(beam.DoFn):
+    """(split, group, CheckedImage, shared) -> (id, TFDS example), with the image bytes read again and checked.
+
+    The bytes stored are the ones `ReadAndCheckImages` checked (same CRC-32), else the build stops: a source
+    that changes while it is being built would otherwise give a dataset of images nobody checked.
+    """
+
+    def __init__(self, data: ManualData, schema: Schema):
+        self._data, self._schema = data, schema
+
+    def setup(self):
+        _quiet_reported_stops()
+
+    def process(self, element):
+        _, group, item, _ = element
+        ann = item.annotation
+        jpeg = item.converted_jpeg if item.converted_from else self._read_again(ann, item.crc32)
+        example = {"image": jpeg, "id": ann.image_id, "group": group}
+        for a in self._schema.attributes:
+            example[a.name] = np.asarray(ann.labels[a.name], np.uint8) if a.is_multi_label else ann.labels[a.name]
+        yield ann.image_id, example
+
+    def _read_again(self, ann: Annotation, crc32: int) -> bytes:
+        data = self._data.read_image(ann.image_id)
+        if data is None or zlib.crc32(data) != crc32:
+            now = "is gone" if data is None else "has other bytes"
+            raise ImageChangedError(f"row {ann.row}: {ann.image_id} {now} since this build checked it; the source "
+                                    f"{self._data.source_file} changed during the build: rebuild once it is stable")
+        return data
 
 
-def _summarise(_, csv_rows, csv_skipped, image_skipped, stats, group_sizes, config):
-    return build_summary(csv_rows, csv_skipped, image_skipped, stats, group_sizes, config)
+def _summarise(_, csv_rows, csv_skipped, image_skipped, stats, config):
+    return build_summary(csv_rows, csv_skipped, image_skipped, stats, stats["group_sizes"], config)

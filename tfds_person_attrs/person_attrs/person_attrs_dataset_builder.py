@@ -3,9 +3,10 @@
     python -m pipeline.preprocess --manual_dir ../shared/data --data_dir out/data      # the usual way
     tfds build tfds_person_attrs/person_attrs --config hvc --manual_dir ../shared/data --data_dir out/data
 
-One Beam graph serves all three splits: the CSV is validated in the launching process, images are read
-and checked once by the workers, near-duplicates are grouped over all images, and each group lands in
-one split chosen by a stable hash. See README.md beside this file for features and metadata.
+One Beam graph serves all three splits: the CSV is validated in the launching process, images are
+decoded and checked once by the workers (and their bytes read again, unchanged, when written), near-duplicates
+are grouped over all images, and each group lands in one split chosen by a stable hash. See README.md
+beside this file for features and metadata.
 """
 
 from __future__ import annotations
