@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 DATA ?=
 OUT ?= out
 PRESET ?= demo
+# SEED: of the generated demo set (ignored with DATA).
+SEED ?= 0
 
 .PHONY: setup browser demo test clean
 
@@ -24,7 +26,7 @@ browser:
 	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq chromium) || echo "chromium not installed: the report test will be skipped"; }
 
 demo: setup
-	@$(PY) -m pipeline.demo --out $(OUT) --preset $(PRESET) $(if $(DATA),--data $(DATA),)
+	@$(PY) -m pipeline.demo --out $(OUT) --preset $(PRESET) --seed $(SEED) $(if $(DATA),--data $(DATA),)
 
 test: setup browser
 	$(VENV)/bin/ruff check .

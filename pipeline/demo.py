@@ -2,6 +2,7 @@
 
     python -m pipeline.demo --out out                                  # a generated demo set, demo preset
     python -m pipeline.demo --out out --data ../shared/data/hvc_data.zip --preset hvc
+    python -m pipeline.demo --out out --seed 1                         # another generated set
     python -m pipeline.demo --out out --verbose                        # every library log line of every step
 
 Each step is the same command a user (or a Vertex AI / Kubeflow step) runs, printed before it runs, so the
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="hvc_data.zip or its folder; default: generate a demo set")
     p.add_argument("--preset", default="demo", help="trainer preset (demo, smoke, hvc) or a YAML config")
     p.add_argument("--num_images", type=cli.positive_int, default=1200, help="size of the generated demo set")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated demo set")
     p.add_argument("overrides", nargs="*", help="trainer overrides such as --train.epochs=3 (after --)")
     args = p.parse_args(argv)
     if args.data and not os.path.exists(args.data):
@@ -113,7 +115,7 @@ def run_demo(args) -> None:
     if not manual:
         manual = os.path.join(args.out, "demo_data")
         step("generate a demo set", chain.Step("tfds_person_attrs.demo_data", [
-            "--out", manual, "--num_images", str(args.num_images)]))
+            "--out", manual, "--num_images", str(args.num_images), "--seed", str(args.seed)]))
     outputs = chain.create_pipeline(LocalSteps(args.out), manual, dataset_config=None, train_config=args.preset,
                                     train_overrides=args.overrides, eval_split="test")
     job_dir, eval_dir = outputs["model"], outputs["report"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pathlib
 
 import yaml
 
@@ -61,3 +62,21 @@ def test_real_slice_build_train_evaluate_predict(tmp_path, capfd):
         predictions = [json.loads(line) for line in f]
     assert len(predictions) == 8
     assert all(p["pose"] in ("Back", "Front-Frontish", "Side") and 0 <= p["pose_prob"] <= 1 for p in predictions)
+
+
+def test_the_demo_generates_the_set_of_its_seed(tmp_path, monkeypatch):
+    from tfds_person_attrs.demo_data import write_demo_data
+
+    run_step = demo.step
+
+    def generate_only(title, args):  # the real generate step; every later step stops the demo
+        if "tfds_person_attrs.demo_data" not in args:
+            raise demo.StepFailed(title, 3)
+        run_step(title, args)
+
+    monkeypatch.setattr(demo, "step", generate_only)
+    assert demo.main(["--out", str(tmp_path / "out"), "--num_images", "4", "--seed", "7"]) == 3
+    made = (tmp_path / "out" / "demo_data" / "hvc_annotations.csv").read_text()
+    for seed, same in ((7, True), (0, False)):
+        expected = write_demo_data(str(tmp_path / f"seed{seed}"), num_images=4, seed=seed)
+        assert (made == (pathlib.Path(expected) / "hvc_annotations.csv").read_text()) == same, seed

@@ -72,3 +72,11 @@ def test_vertex_env_wins():
         "gs://b/model", "gs://b/tb", "gs://b/ckpt/backup", "gs://b/ckpt/checkpoints/best.keras")
     d = job_paths("/job", {})
     assert (d.model_dir, d.logs_dir, d.config_yaml) == ("/job/model", "/job/logs", "/job/config.yaml")
+
+
+def test_every_preset_weights_only_heads_of_the_hvc_schema():
+    from tfds_person_attrs.schema import HVC
+    from trainer.config import PRESETS
+
+    for name in PRESETS:  # demo and hvc train on the hvc heads; a misspelt head would fail only at train start
+        check_loss_weights(load_config(name), HVC.names)

@@ -5,11 +5,12 @@ The layout matches the real data: `hvc_annotations.csv` (columns `filename,<attr
 plus `resized/N.jpg`, 224x224 RGB JPEGs letterboxed into a vertical band with black bars left and
 right; `num_missing` extra CSV rows point at images that do not exist, as in the real CSV.
 
-Every attribute is drawn visibly so that a small CNN can learn it (see `_draw_person`): gender ->
-hair length and clothing colour family, age -> hair grey level, weight -> torso width, pose ->
-face / back of head / narrow profile, bag -> dark hip rectangle or light bag with handles, footwear ->
-shoe shape and colour (CantSee: feet below the frame), emotion -> mouth (front pose only),
-image quality -> blur, noise and JPEG quality.
+Every attribute is drawn visibly so that a small CNN can learn it (see demo_draw's `_draw_person`): gender ->
+hair length and clothing colour family, age -> hair grey level, weight -> body width (torso, and less so
+arms and legs) and a belly over the belt when overweight, pose -> face / back of head / narrow profile, bag ->
+dark hip rectangle or light bag with handles, footwear -> shoe shape and colour (CantSee: feet below the
+frame), emotion -> face marks (a red face with angry brows, a white grin, blue tears, or a thin neutral mouth;
+on front and profile views, not from the back), image quality -> blur, noise and JPEG quality.
 
     python -m tfds_person_attrs.demo_data --out /tmp/hvc_demo --num_images 600
     python -m tfds_person_attrs.demo_data --out /tmp/hvc_demo --num_images 600 --zip   # /tmp/hvc_demo/hvc_data.zip

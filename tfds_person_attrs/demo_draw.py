@@ -21,7 +21,10 @@ SIZE = 224
 
 # Per-class visual parameters, in HVC class order (the comment names the order assumed).
 HAIR_GREY = (40, 70, 110, 160, 215)                # age: 15-25, 25-35, 35-45, 45-55, 55+
-TORSO_WIDTH = (1.0, 1.5, 1.22, 0.7)                # weight: normal, over, slightly-over, under
+# weight: normal, over, slightly-over, under. Steps of x1.6 between the common classes: the random figure height
+# and the band's stretch to the model's width each change a width by up to x1.3, so smaller steps are not learnt
+# in the demo's budget (x1.22 was not).
+TORSO_WIDTH = (0.9, 1.8, 1.45, 0.55)
 BAG_KIND = ("office", "grocery", None)             # bag: Daily/Office/Work, Grocery/Home/Plastic, None
 SHOE_KIND = (None, "fancy", "normal")              # footwear: CantSee, Fancy, Normal
 MOUTH = ("angry", "happy", "neutral", "sad")       # emotion: Angry/Serious, Happy, Neutral, Sad
@@ -78,25 +81,36 @@ def _rect(draw, cx, y0, w, y1, fill):
 
 
 def _face(draw, cx, hy, hw, hh, view, mouth, facing, skin):
+    # Emotion marks are sized to survive the worst image quality (2x downscale, blur 1.6) and the demo model's
+    # 4x stem: a white open grin, blue tears and a thick down-turned mouth, thick angry brows on a face flushed
+    # red (see _draw_person); neutral is a thin short line. Thin 2-pixel mouths were not learnt. A profile shows
+    # the half on its facing side; the back of the head shows none: there emotion is not visible, as in real data.
     eye = (20, 20, 20)
     ey = hy + hh * 0.42
     if view == "front":
-        for dx in (-0.22, 0.22):
-            draw.ellipse([cx + dx * hw - 2, ey - 2, cx + dx * hw + 2, ey + 2], fill=eye)
-        if mouth == "angry":  # slanted brows, pointing down to the nose, and a tight straight mouth
-            for s in (-1, 1):
-                draw.line([cx + s * 0.35 * hw, ey - 6, cx + s * 0.08 * hw, ey - 3], fill=eye, width=2)
-        my, mw = hy + hh * 0.72, hw * 0.28
-        box = [cx - mw, my - 4, cx + mw, my + 4]
-        if mouth == "happy":
-            draw.arc(box, 10, 170, fill=(150, 20, 30), width=2)
-        elif mouth == "sad":
-            draw.arc([box[0], my, box[2], my + 8], 190, 350, fill=(90, 20, 30), width=2)
-        else:
-            half = mw if mouth == "angry" else mw * 0.6
-            draw.line([cx - half, my, cx + half, my], fill=(110, 30, 40), width=2)
-    elif view == "side":  # one eye and a nose bump on the facing side
-        draw.ellipse([cx + facing * 0.25 * hw - 2, ey - 2, cx + facing * 0.25 * hw + 2, ey + 2], fill=eye)
+        eye_xs, mx, mw = [cx - 0.22 * hw, cx + 0.22 * hw], cx, hw * 0.32
+    elif view == "side":
+        eye_xs, mx, mw = [cx + facing * 0.25 * hw], cx + facing * 0.22 * hw, hw * 0.2
+    else:
+        return
+    for ex in eye_xs:
+        draw.ellipse([ex - 2, ey - 2, ex + 2, ey + 2], fill=eye)
+    my = hy + hh * 0.70
+    if mouth == "angry":  # thick brows slanting down to the nose, a tight straight mouth
+        for ex in eye_xs:
+            s = 1 if ex >= cx else -1
+            draw.line([ex + s * 0.16 * hw, ey - 7, ex - s * 0.16 * hw, ey - 3], fill=eye, width=3)
+        draw.line([mx - mw, my, mx + mw, my], fill=(40, 5, 10), width=3)
+    elif mouth == "happy":  # a wide open grin: a white half-disc with a dark rim
+        draw.chord([mx - mw * 1.25, my - hh * 0.14, mx + mw * 1.25, my + hh * 0.18], 0, 180, fill=(252, 252, 252),
+                   outline=(90, 10, 20), width=1)
+    elif mouth == "sad":  # a thick down-turned mouth and blue tears running from the eyes
+        draw.arc([mx - mw, my, mx + mw, my + hh * 0.22], 190, 350, fill=(40, 5, 10), width=3)
+        for ex in eye_xs:
+            draw.rectangle([ex - 1.5, ey + 3, ex + 1.5, ey + hh * 0.3], fill=(40, 130, 255))
+    else:
+        draw.line([mx - mw * 0.5, my, mx + mw * 0.5, my], fill=(110, 30, 40), width=1)
+    if view == "side":  # a nose bump on the facing side
         nx = cx + facing * hw * 0.5
         draw.polygon([(nx, ey), (nx + facing * 5, ey + 7), (nx, ey + 9)], fill=skin)
 
@@ -146,15 +160,17 @@ def _draw_person(draw, rng, labels, cx):
     hair = (int(g), int(g * 0.92), int(g * 0.85))  # slightly warm so young hair reads as dark brown
     top = _clothing_colour(rng, long_hair)
     trousers = _hsv(rng.uniform(0.55, 0.7), rng.uniform(0.1, 0.5), rng.uniform(0.12, 0.45))
-    width = TORSO_WIDTH[labels["weight"]] * (0.55 if view == "side" else 1.0)
-    tw = 0.19 * H * width
-    hw, hh = 0.085 * H, 0.12 * H
+    # Weight: the torso, and less so the legs and arms, are wider the heavier the person; in profile the
+    # torso is narrower but keeps the same proportions between classes.
+    bulk = TORSO_WIDTH[labels["weight"]]
+    tw = 0.19 * H * bulk * (0.65 if view == "side" else 1.0)
+    hw, hh = 0.10 * H, 0.135 * H  # a slightly large head, so the face marks have room
     hy = y_top
     torso_y0, torso_y1, leg_y1 = y_top + 0.15 * H, y_top + 0.52 * H, y_top + 0.95 * H
 
     if long_hair:  # long hair falls behind the shoulders; drawn first so the face sits on top
         _rect(draw, cx - facing * hw * 0.3, hy + hh * 0.2, hw * 1.35, y_top + 0.25 * H, hair)
-    leg_w = 0.075 * H * min(TORSO_WIDTH[labels["weight"]], 1.3)
+    leg_w = 0.075 * H * bulk ** 0.75
     if view == "side":  # walking profile: legs in a wide stride, an inverted V seen from the side
         stride = rng.uniform(0.11, 0.16) * H
         leg_xs = [cx - stride, cx + stride]
@@ -168,9 +184,14 @@ def _draw_person(draw, rng, labels, cx):
     # Seen from the back the hair covers the nape; from the front the neck and a V-neck of skin show.
     _rect(draw, cx, hy + hh - 2, hw * 0.45, torso_y0 + 2, hair if view == "back" else skin)
     draw.rounded_rectangle([cx - tw / 2, torso_y0, cx + tw / 2, torso_y1], radius=int(0.04 * H), fill=top)
+    if bulk > 1:  # a belly: wider than the chest and hanging over the belt (forward, in profile)
+        bx = cx + facing * tw * 0.2
+        bw = tw * (1 + 0.35 * (bulk - 1))
+        draw.ellipse([bx - bw / 2, torso_y0 + 0.45 * (torso_y1 - torso_y0), bx + bw / 2,
+                      torso_y1 + 0.12 * H * (bulk - 1)], fill=top)
     if view == "front":
         draw.polygon([(cx - hw * 0.45, torso_y0), (cx + hw * 0.45, torso_y0), (cx, torso_y0 + 0.07 * H)], fill=skin)
-    arm_w = 0.05 * H
+    arm_w = 0.05 * H * (0.6 + 0.4 * bulk)
     arm_xs = [cx + facing * 2] if view == "side" else [cx - tw / 2 - arm_w / 2, cx + tw / 2 + arm_w / 2]
     sleeve = tuple(int(c * 0.78) for c in top)  # a shade darker so arms read as arms, not a wider torso
     for ax in arm_xs:
@@ -180,13 +201,16 @@ def _draw_person(draw, rng, labels, cx):
     if view == "back":  # the back of the head: all hair, no face
         draw.ellipse(head, fill=hair)
     else:
-        draw.ellipse(head, fill=skin)
+        face = skin
+        if MOUTH[labels["emotion"]] == "angry":  # flushed a strong red
+            face = tuple(int(0.2 * c + 0.8 * r) for c, r in zip(skin, (220, 35, 35)))
+        draw.ellipse(head, fill=face)
         cap = [head[0] - 1, head[1] - 2, head[2] + 1, head[1] + hh * (0.55 if long_hair else 0.45)]
         draw.chord(cap, 180, 360, fill=hair)
         if view == "side":  # hair covers the back half of a profile head
             draw.chord([head[0], head[1], head[2], head[3]], 90 if facing > 0 else 270, 270 if facing > 0 else 450,
                        fill=hair)
-        _face(draw, cx, hy, hw, hh, view, MOUTH[labels["emotion"]], facing, skin)
+        _face(draw, cx, hy, hw, hh, view, MOUTH[labels["emotion"]], facing, face)
     _shoes(draw, rng, shoe, leg_xs, leg_y1, leg_w, facing)
     side = facing if facing else int(rng.choice([-1, 1]))
     _bag(draw, rng, BAG_KIND[labels["bag"]], cx, tw, H, y_top, side)
