@@ -83,15 +83,15 @@ def test_every_backbone_trains_one_step_under_the_heads(name):
     assert all(not np.array_equal(a, b) for a, b in zip(before_heads, head_values(model)))
     # model.weight_decay and model.sync_batchnorm reach the backbone's layers too (the applications take neither)
     assert len(model.losses) > len(HVC.names)
-    assert all(layer.synchronized for layer in model.get_layer("backbone").layers
-               if isinstance(layer, keras.layers.BatchNormalization))
+    bn = [layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert all(layer.synchronized and layer.momentum == 0.9 for layer in bn)
 
 
 def test_weights_file_round_trip_then_a_training_step(tmp_path):
     """A .weights.h5 of a keras.applications net, written here, is what `--model.weights=PATH` loads; the model
     then trains from it."""
     config = config_for("mobilenetv3small")
-    source = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3))
+    source = keras.applications.MobileNetV3Small(include_top=False, weights=None)  # as the README writes one
     path = str(tmp_path / "mobilenet.weights.h5")
     source.save_weights(path)
     model = compiled_model(config.replace(**{"model.weights": path}), HVC, tf.distribute.get_strategy(), 2)

@@ -167,13 +167,19 @@ def set_trainable(backbone: keras.Model, trainable: bool, freeze_batchnorm: bool
 
 
 def _apply_layer_settings(net: keras.Model, mcfg) -> None:
-    """model.weight_decay and model.sync_batchnorm for keras.applications layers, which take neither as an
-    argument (the scratch nets set both when they create their layers)."""
+    """model.weight_decay, model.sync_batchnorm and the scratch nets' BatchNorm momentum for keras.applications
+    layers, which take none of them as an argument (the scratch nets set them when they create their layers).
+
+    The applications ship BN momentum 0.99-0.999, meant for ImageNet's hundreds of thousands of steps: after the
+    few hundred to few thousand steps of a run here their moving statistics are still mostly their initial
+    values, and inference with them fails (docs/results.md measures it). Frozen BN layers do not update them.
+    """
     reg = keras.regularizers.L2(mcfg.weight_decay) if mcfg.weight_decay > 0 else None
     sync = mcfg.sync_batchnorm and keras.backend.backend() == "tensorflow"
     for layer in net.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = layer.synchronized or sync
+            layer.momentum = scratch_nets.BN_MOMENTUM
         for attr in _KERNELS:
             variable = getattr(layer, attr, None)
             if reg is not None and isinstance(variable, keras.Variable) and variable.regularizer is None:

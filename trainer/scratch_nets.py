@@ -14,6 +14,11 @@ from __future__ import annotations
 import keras
 
 
+# BatchNorm's moving-average momentum: the statistics follow the weights within a few tens of steps, so that evaluation
+# after a run of a few thousand steps uses statistics of the trained weights.
+BN_MOMENTUM = 0.9
+
+
 def stem_stride(height: int, configured: int = 0) -> int:
     """0 = auto: keep the first group's feature maps at 32-127 px tall (1 below 128 px, 2 below 256, else 4)."""
     if configured:
@@ -41,7 +46,7 @@ class _Layers:
                                             name=name)(x)
 
     def bn(self, x, name):
-        return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=self.sync,
+        return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=1e-5, synchronized=self.sync,
                                                name=f"{name}_bn")(x)
 
     def bn_relu(self, x, name):
