@@ -186,11 +186,15 @@ def test_frozen_warm_up_trains_heads_only_then_unfreezes(hvc_data_dir, tmp_path)
     assert all(np.array_equal(after_warm_up[i], after_unfreezing[i]) for i in bn)
 
 
-def test_backbone_lr_multiplier_scales_the_backbone_updates_only():
+@pytest.mark.parametrize("mirrored", [False, True], ids=["default", "mirrored"])
+def test_backbone_lr_multiplier_scales_the_backbone_updates_only(mirrored):
+    # MirroredStrategy: the optimizer updates per-device components of mirrored variables, found by their key
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"]) if mirrored else tf.distribute.get_strategy()
+
     def one_step(multiplier, weights=None):
         config = config_for("sepconv", "--optim.schedule=constant", "--augment.enabled=false",
                             f"--train.backbone_lr_multiplier={multiplier}")
-        model = compiled_model(config, HVC, tf.distribute.get_strategy(), steps_per_epoch=2)
+        model = compiled_model(config, HVC, strategy, steps_per_epoch=2)
         model.run_eagerly = True
         if weights is not None:
             model.set_weights(weights)

@@ -170,9 +170,10 @@ def _apply_layer_settings(net: keras.Model, mcfg) -> None:
     """model.weight_decay, model.sync_batchnorm and the scratch nets' BatchNorm momentum for keras.applications
     layers, which take none of them as an argument (the scratch nets set them when they create their layers).
 
-    The applications ship BN momentum 0.99-0.999, meant for ImageNet's hundreds of thousands of steps: after the
-    few hundred to few thousand steps of a run here their moving statistics are still mostly their initial
-    values, and inference with them fails (docs/results.md measures it). Frozen BN layers do not update them.
+    Most applications ship BN momentum 0.99 (MobileNetV3 0.999), meant for ImageNet's hundreds of thousands of
+    steps: after the few hundred to few thousand steps of a run here their moving statistics are still largely
+    their initial values, and inference with them fails (docs/results.md measures it). Frozen BN layers do not
+    update them.
     """
     reg = keras.regularizers.L2(mcfg.weight_decay) if mcfg.weight_decay > 0 else None
     sync = mcfg.sync_batchnorm and keras.backend.backend() == "tensorflow"
