@@ -36,7 +36,8 @@ from tfds_person_attrs.schema import HVC  # noqa: E402
 from trainer.config import load_config  # noqa: E402
 from trainer.losses import make_losses  # noqa: E402
 from trainer.metrics import head_metrics  # noqa: E402
-from trainer.model import build_model, stem_stride  # noqa: E402
+from trainer.model import build_model  # noqa: E402
+from trainer.scratch_nets import stem_stride  # noqa: E402
 from trainer.schedules import make_optimizer, make_schedule  # noqa: E402
 
 # (name, depth, width, height, width_px, batch); "hvc" takes the preset's own model, size and batch.

@@ -56,11 +56,15 @@ def test_files_beside_the_saved_model(exported):
 
 
 def test_exported_matches_in_memory_model(exported):
+    assert_serves_like(*exported)
+
+
+def assert_serves_like(model, config, out):
+    """The SavedModel at `out` gives the in-memory model's probabilities, labels and decisions on JPEGs."""
     import tensorflow as tf
 
     from trainer.preprocess_ops import image_decoder
 
-    model, config, out = exported
     jpegs = [letterboxed_jpeg(i) for i in range(3)] + [letterboxed_jpeg(9, size=(50, 120), band=(0, 50))]
     decode = image_decoder(config.data)
     images = tf.stack([decode(tf.constant(b)) for b in jpegs])
@@ -116,7 +120,10 @@ _CLEAN_LOAD = textwrap.dedent("""
 
 
 def test_exported_loads_without_the_project(exported, tmp_path):
-    _, _, out = exported
+    serve_without_the_project(exported[2], tmp_path)
+
+
+def serve_without_the_project(out, tmp_path):
     jpg = tmp_path / "x.jpg"
     jpg.write_bytes(letterboxed_jpeg(5))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
@@ -124,3 +131,20 @@ def test_exported_loads_without_the_project(exported, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "OK" in res.stdout and "gender_label" in res.stdout and "tags_active" in res.stdout
+
+
+def test_another_backbone_exports_the_same_signature(tmp_path):
+    """A keras.applications backbone (its own normalisation inside) behind the same heads and serving signature."""
+    from trainer.config import load_config
+    from trainer.export import export_model
+    from trainer.model import build_model
+
+    config = load_config(["--config", "smoke", "--model.backbone=mobilenetv3small", "--data.height=64",
+                          "--data.width=32"])
+    import keras
+
+    build_model(SCHEMA, config).save(tmp_path / "model.keras")  # as trainer.export gets it: from the job's file
+    model = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    out = export_model(model, config, SCHEMA, str(tmp_path / "model"))
+    assert_serves_like(model, config, out)
+    serve_without_the_project(out, tmp_path)

@@ -59,7 +59,8 @@ class BreakBatchNormBeforeValidation(keras.callbacks.Callback):
 
     def on_test_begin(self, logs=None):
         if self.current == self.epoch:
-            bn = next(layer for layer in self.model.layers if isinstance(layer, keras.layers.BatchNormalization))
+            bn = next(layer for layer in self.model.get_layer("backbone").layers
+                      if isinstance(layer, keras.layers.BatchNormalization))
             bn.moving_variance.assign(-np.ones(bn.moving_variance.shape, "float32"))
 
 

@@ -1,4 +1,5 @@
-"""The run's callbacks: mean accuracy, LR/momentum logging, non-finite guard, best model, TensorBoard.
+"""The run's callbacks: backbone warm-up, mean accuracy, LR/momentum logging, non-finite guard, best model,
+TensorBoard.
 
     python -m trainer.task --config smoke --data_dir out/data --job_dir out/job   # uses all of them
 
@@ -18,6 +19,7 @@ import keras
 import numpy as np
 
 from trainer import atomic
+from trainer.backbones import frozen_batchnorm, set_trainable
 from trainer.metrics import MeanAccuracy
 
 log = logging.getLogger(__name__)
@@ -89,8 +91,28 @@ class BestCheckpoint(keras.callbacks.Callback):
         atomic.save_with(self.path, self.model.save)
 
 
-def make_callbacks(paths, schema, best: float | None = None, tensorboard: bool = True):
+class BackboneWarmup(keras.callbacks.Callback):
+    """`--train.freeze_backbone_epochs=N`: the backbone is frozen for epochs 0..N-1 (the heads learn on fixed
+    features, BatchNorm in inference mode), then trainable. Set at every epoch's start from the epoch number, so
+    a resumed run is in the right phase; the loop retraces its step when the trainable variables change."""
+
+    def __init__(self, epochs: int, freeze_batchnorm: bool):
+        super().__init__()
+        self.epochs, self.freeze_batchnorm = epochs, freeze_batchnorm
+
+    def on_epoch_begin(self, epoch, logs=None):
+        backbone = self.model.get_layer("backbone")
+        trainable = epoch >= self.epochs
+        if trainable != backbone.trainable:
+            set_trainable(backbone, trainable, self.freeze_batchnorm)
+            if trainable:
+                log.info("epoch %d: backbone unfrozen after %d epoch(s) of heads only", epoch + 1, self.epochs)
+
+
+def make_callbacks(paths, schema, best: float | None = None, tensorboard: bool = True, config=None):
     cbs = [MeanAccuracy(schema), LogSchedule(), RaiseOnNonFinite(), BestCheckpoint(paths.best_keras, MONITOR, best)]
+    if config is not None and config.train.freeze_backbone_epochs:
+        cbs.insert(0, BackboneWarmup(config.train.freeze_backbone_epochs, frozen_batchnorm(config.model)))
     if not tensorboard:
         return cbs
     # tf.summary needs the tensorboard package, which TensorFlow no longer pulls in itself.

@@ -22,6 +22,10 @@ SCHEDULES = ("one_cycle", "cosine", "step", "triangular", "triangular2", "consta
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 CLASS_BALANCE = ("none", "inverse", "effective")
+# trainer.backbones.REGISTRY's names (this module imports no Keras; a test keeps the two equal)
+BACKBONES = ("wrn", "resnet20v1", "sepconv", "densenet121", "resnet50v2", "efficientnetv2b0", "mobilenetv3small",
+             "mobilenetv3large", "vgg16", "inceptionv3")
+WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".hdf5")
 
 
 class ConfigError(ValueError):
@@ -52,6 +56,12 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    backbone: str = "wrn"  # one of BACKBONES; depth, width, dropout and stem_stride apply to the scratch nets
+    # none | imagenet (keras.applications backbones; downloaded once) | PATH or gs:// URI of a .weights.h5/.h5 file
+    weights: str = "none"
+    # auto | true | false: BatchNorm layers of the backbone stay in inference mode (moving statistics, not
+    # trained) for the whole run; auto = true for pretrained weights, false for none
+    freeze_batchnorm: str = "auto"
     depth: int = 16  # WRN-d-k: d = 6n + 4
     width: int = 4  # k: channels 16k, 32k, 64k
     dropout: float = 0.3  # between the two convs of each block (WRN paper)
@@ -118,6 +128,8 @@ class TrainConfig:
     backup_every_steps: int = 0  # besides every epoch; 0 = epochs only
     verbose: str = "auto"  # Keras fit verbosity: auto, 0, 1, 2
     seed: int = 42
+    freeze_backbone_epochs: int = 0  # train the heads alone for this many epochs, then the whole model
+    backbone_lr_multiplier: float = 1.0  # the backbone's learning rate = the schedule's x this (heads: x 1)
     # Resuming from JOB_DIR/backup with a config that differs from the one that made it is refused (the
     # message names the fields) unless this is true.
     allow_config_change: bool = False
@@ -204,6 +216,10 @@ def validate(c: Config) -> None:
         v = getattr(d, f)
         need(v >= 16 and v % 4 == 0, f"data.{f}", f"must be a multiple of 4 and >= 16, got {v}")
     need(d.shuffle_buffer >= 0 and d.cycle_length >= 1, "data.shuffle_buffer/cycle_length", "must be >= 0 / >= 1")
+    need(m.backbone in BACKBONES, "model.backbone", f"must be one of {BACKBONES}, got {m.backbone!r}")
+    need(m.weights in ("none", "imagenet") or m.weights.endswith(WEIGHTS_SUFFIXES), "model.weights",
+         f"must be none, imagenet or a weights file ending in {' or '.join(WEIGHTS_SUFFIXES)}, got {m.weights!r}")
+    need(m.freeze_batchnorm in ("auto", "true", "false"), "model.freeze_batchnorm", "must be auto, true or false")
     need((m.depth - 4) % 6 == 0 and m.depth >= 10, "model.depth", f"WRN depth must be 6n+4 >= 10, got {m.depth}")
     need(m.width >= 1, "model.width", f"must be >= 1, got {m.width}")
     need(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}")
@@ -223,6 +239,8 @@ def validate(c: Config) -> None:
     need(t.epochs >= 1 and t.batch_size >= 1, "train.epochs/batch_size", "must be >= 1")
     need(min(t.global_batch_size, t.steps_per_epoch, t.validation_steps, t.backup_every_steps) >= 0, "train",
          "global_batch_size, steps_per_epoch, validation_steps, backup_every_steps must be >= 0")
+    need(t.freeze_backbone_epochs >= 0 and t.backbone_lr_multiplier > 0,
+         "train.freeze_backbone_epochs/backbone_lr_multiplier", "must be >= 0 / > 0")
     need(t.verbose in ("auto", "0", "1", "2"), "train.verbose", "must be auto, 0, 1 or 2")
     need(ds.strategy in STRATEGIES, "distribute.strategy", f"must be one of {STRATEGIES}")
     need(ds.mixed_precision in PRECISIONS, "distribute.mixed_precision", f"must be one of {PRECISIONS}")

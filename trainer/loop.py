@@ -43,7 +43,15 @@ class Loop:
         # no public call that builds the compiled losses and metrics without data, hence the private one.
         with strategy.scope():
             model._symbolic_build(data_batch=element_spec)
+        self._trace()
+
+    def _trace(self) -> None:
+        """(Re)creates the compiled functions. A trace fixes which variables train and whether BatchNorm uses
+        batch statistics (Keras reads `trainable` when tracing), so a change of trainable variables (the backbone
+        warm-up) needs a new trace; fit does the same when a model is compiled again."""
+        model, strategy = self.model, self.strategy
         jit = bool(model.jit_compile)  # Keras' own resolution of "auto" (off under a strategy)
+        self._traced_for = self._trainable_key()
 
         def on_every_replica(data):
             logs = strategy.run(model.train_step, args=(data,))
@@ -59,12 +67,17 @@ class Loop:
         self.train_step = tf.function(lambda iterator: self.step_function(next(iterator)))
         self._test = tf.function(test_on_every_replica, jit_compile=jit, reduce_retracing=True)
 
+    def _trainable_key(self) -> tuple:
+        return tuple(id(v) for v in self.model.trainable_variables)
+
     def metrics(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}{k}": float(v) for k, v in self.model.get_metrics_result().items()}
 
     def train_epoch(self, iterator, epoch: int, batches: range, callbacks):
         self.model.reset_metrics()
         callbacks.on_epoch_begin(epoch)
+        if self._trainable_key() != self._traced_for:
+            self._trace()
         for batch in batches:
             callbacks.on_train_batch_begin(batch)
             loss = self.train_step(iterator)

@@ -6,7 +6,8 @@ Because every value is computed from the optimizer's step counter, a run restore
 restores that counter) continues on exactly the same curve. `StepSchedule` wraps the functions as a
 serialisable LearningRateSchedule that also answers `momentum(step)`; `ScheduledSGD` applies that momentum on
 every update (Keras' SGD bakes `self.momentum` into the traced graph as a constant, so setting it from a
-callback would have no effect).
+callback would have no effect). It also scales the learning rate of a chosen set of variables (the backbone's,
+`--train.backbone_lr_multiplier`) inside the same update, so the heads and the backbone follow one schedule.
 """
 
 from __future__ import annotations
@@ -125,10 +126,20 @@ class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
 class ScheduledSGD(keras.optimizers.SGD):
     """SGD whose momentum is read from its StepSchedule at the current step, inside the compiled update."""
 
-    def __init__(self, learning_rate, nesterov=False, **kwargs):
+    def __init__(self, learning_rate, nesterov=False, lr_multiplier=1.0, **kwargs):
         kwargs.pop("momentum", None)
         # momentum must be non-zero so that Keras builds the momentum slots.
         super().__init__(learning_rate=learning_rate, momentum=0.9, nesterov=nesterov, **kwargs)
+        self.lr_multiplier = float(lr_multiplier)
+        self._scaled = frozenset()
+
+    def scale_learning_rate_of(self, variables) -> None:
+        """The variables whose updates use lr_multiplier x the learning rate (call before training; they are
+        found by Keras' own variable key, which also identifies mirrored and distributed variables)."""
+        self._scaled = frozenset(self._var_key(v) for v in variables)
+
+    def get_config(self):
+        return {**super().get_config(), "lr_multiplier": self.lr_multiplier}
 
     @property
     def schedule(self) -> StepSchedule | None:
@@ -143,6 +154,8 @@ class ScheduledSGD(keras.optimizers.SGD):
 
     def update_step(self, gradient, variable, learning_rate):
         # Keras' SGD.update_step with the momentum taken from the schedule (same step as the learning rate).
+        if self.lr_multiplier != 1.0 and self._var_key(variable) in self._scaled:
+            learning_rate = learning_rate * self.lr_multiplier
         learning_rate = ops.cast(learning_rate, variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
         momentum = ops.cast(self.current_momentum(), variable.dtype)
@@ -164,6 +177,9 @@ def make_schedule(optim, total_steps: int, steps_per_epoch: int, lr_scale: float
         decay_rate=optim.decay_rate, half_cycle_steps=round(optim.cycle_epochs * steps_per_epoch / 2))
 
 
-def make_optimizer(optim, schedule: StepSchedule) -> ScheduledSGD:
+def make_optimizer(optim, schedule: StepSchedule, scaled_variables=(), lr_multiplier: float = 1.0) -> ScheduledSGD:
+    """`scaled_variables` (the backbone's) learn at lr_multiplier x the schedule's rate."""
     kw = {"clipnorm": optim.clipnorm} if optim.clipnorm > 0 else {}
-    return ScheduledSGD(learning_rate=schedule, nesterov=optim.nesterov, **kw)
+    optimizer = ScheduledSGD(learning_rate=schedule, nesterov=optim.nesterov, lr_multiplier=lr_multiplier, **kw)
+    optimizer.scale_learning_rate_of(scaled_variables)
+    return optimizer

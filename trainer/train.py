@@ -155,7 +155,7 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
         val_ds = strategy.distribute_datasets_from_function(lambda ctx: _eval_pipeline(
             config, ctx, global_batch, schema))
         verbose, progress = fit_verbosity(config.train.verbose) if task.is_chief else (0, [])
-        callbacks = [*make_callbacks(out, schema, best(state.history, MONITOR), tensorboard=task.is_chief),
+        callbacks = [*make_callbacks(out, schema, best(state.history, MONITOR), task.is_chief, config),
                      *progress, *extra_callbacks, recorder]  # the recorder last: it commits what the others logged
         callback_list = keras.callbacks.CallbackList(callbacks, add_progbar=verbose != 0, model=model,
                                                      verbose=verbose, epochs=config.train.epochs,
@@ -186,8 +186,11 @@ def compiled_model(config, schema, strategy, steps_per_epoch: int, class_counts=
         lr_scale = distribute.lr_scale(config, strategy.num_replicas_in_sync)
         schedule = make_schedule(config.optim, steps_per_epoch * config.train.epochs, steps_per_epoch, lr_scale)
         losses, loss_weights = make_losses(schema, config.loss, class_counts)
-        model.compile(optimizer=make_optimizer(config.optim, schedule), loss=losses, loss_weights=loss_weights,
-                      metrics=head_metrics(schema), jit_compile=distribute.jit_compile(config))
+        # The backbone's variables learn at train.backbone_lr_multiplier x the heads' rate.
+        optimizer = make_optimizer(config.optim, schedule, model.get_layer("backbone").trainable_variables,
+                                   config.train.backbone_lr_multiplier)
+        model.compile(optimizer=optimizer, loss=losses, loss_weights=loss_weights, metrics=head_metrics(schema),
+                      jit_compile=distribute.jit_compile(config))
     return model
 
 
