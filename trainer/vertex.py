@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     p.add_argument("--wait", action="store_true", help="block until the job ends; non-zero exit unless it succeeded")
     t = p.add_argument_group("hyperparameter tuning")
     t.add_argument("--tuning", action="store_true", help="submit (or print) a HyperparameterTuningJob")
-    t.add_argument("--metric", default="val_mean_accuracy", help="the tag the trainer reports")
+    t.add_argument("--metric", default="val_mean_balanced_accuracy", help="the tag the trainer reports")
     t.add_argument("--goal", default="MAXIMIZE", choices=["MAXIMIZE", "MINIMIZE"])
     t.add_argument("--param", action="append", default=[], help="NAME=double:MIN:MAX[:log] | int:.. | discrete:.. | categorical:..")
     t.add_argument("--max_trials", type=cli.positive_int, default=8)
