@@ -12,8 +12,8 @@ labels and logs them as `<head>_<metric>` / `val_<head>_<metric>`:
   `mAP` (Keras' AUC of the precision-recall curve per label on 200 thresholds, averaged over labels: an
   interpolated approximation of trainer.eval_metrics' exact AP). Binary accuracy is not tracked: with rare
   labels it rewards answering "absent" everywhere.
-The metrics accumulate counts in variables that Keras creates with aggregation "sum", so under tf.distribute
-(trainer.loop reads them outside the step) every replica's counts are added before the ratio is taken: the
+The metrics accumulate counts in variables that Keras creates with aggregation "sum", so under a distribution
+strategy (trainer.loop reads them outside the step) every replica's counts are added before the ratio is taken: the
 epoch value is exact over the whole split, not a mean of per-replica or per-batch ratios.
 
 `MeanBalancedAccuracy` adds to each epoch's logs `mean_balanced_accuracy` (the mean over heads of balanced
@@ -120,11 +120,6 @@ def balanced_keys(schema, prefix: str = "") -> dict[str, str]:
     """{head: the log key of its chance-corrected metric}: balanced accuracy, or mA for a multi-label head."""
     return {a.name: f"{prefix}{a.name}_{'mA' if a.is_multi_label else 'balanced_accuracy'}"
             for a in schema.attributes}
-
-
-def chance_level(attribute) -> float:
-    """What a constant answer scores on the head's balanced metric: 0.5 for mA, 1/C for balanced accuracy."""
-    return 0.5 if attribute.is_multi_label else 1.0 / attribute.num_classes
 
 
 def _mean(logs: dict, keys) -> float | None:

@@ -23,7 +23,7 @@ import numpy as np
 
 DEFAULT_THRESHOLD = 0.5
 FILE_NAME = "thresholds.json"
-CHOSEN_BY = "max per-label balanced accuracy (TPR + TNR) / 2 on the validation split"
+CHOSEN_BY = "max per-label balanced accuracy (TPR + TNR) / 2"
 
 
 def best_threshold(y_true, scores) -> tuple[float, float]:

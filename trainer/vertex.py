@@ -158,7 +158,7 @@ def report_hyperparameter_tuning_metric(tag: str, value: float, step: int | None
 
     The service reads JSON lines from $CLOUD_ML_HP_METRIC_FILE (default /tmp/hypertune/output.metrics); like
     the package, the file keeps the last 100 reports. `tag` must equal the tuning job's `--metric`.
-        report_hyperparameter_tuning_metric("val_mean_accuracy", 0.71, step=3000)
+        report_hyperparameter_tuning_metric("val_mean_balanced_accuracy", 0.71, step=3000)
     """
     path = path or os.environ.get("CLOUD_ML_HP_METRIC_FILE", "/tmp/hypertune/output.metrics")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
