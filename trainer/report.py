@@ -147,23 +147,9 @@ def history_figures(page: _Page, hist: Mapping[str, np.ndarray], heads: Sequence
         ax.grid(alpha=0.3)
         page.figure(fig, "curves_loss.png", "training and validation loss")
     found = [(h, *_head_accuracy_columns(hist, h)) for h in (*heads, "mean")]  # + the trainer's mean_accuracy
-    found = [f for f in found if f[1] or f[2]]
+    found = [(h, tr, va, None) for h, tr, va in found if tr or va]
     if found:
-        cols = min(4, len(found))
-        rows = -(-len(found) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows), squeeze=False)
-        for ax, (h, tr, va) in zip(axes.flat, found):
-            for k, style in ((tr, "--"), (va, "-")):
-                if k:
-                    ax.plot(epochs, hist[k], style, marker="o", ms=2, label="val" if k == va else "train")
-            ax.set_title(h, fontsize=9)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        for ax in list(axes.flat)[len(found):]:
-            ax.axis("off")
-        fig.tight_layout()
-        page.figure(fig, "curves_accuracy.png", "per-head accuracy per epoch")
+        _curve_grid(page, hist, epochs, found, "curves_accuracy.png", "per-head accuracy per epoch")
     if schema is not None:
         balanced_curves(page, hist, epochs, schema)
     sched = [k for k in ("lr", "learning_rate", "momentum") if k in hist]
@@ -293,17 +279,23 @@ def balanced_curves(page: _Page, hist: Mapping[str, np.ndarray], epochs: np.ndar
     for a in schema.attributes:
         key = f"{a.name}_{'mA' if a.is_multi_label else 'balanced_accuracy'}"
         chance = MA_CHANCE if a.is_multi_label else 1.0 / a.num_classes
-        panels.append((f"{a.name} {'mA' if a.is_multi_label else 'bal. acc.'}", key, chance))
-    panels.append(("mean over heads (monitor)", "mean_balanced_accuracy", None))
-    panels = [p for p in panels if p[1] in hist or f"val_{p[1]}" in hist]
-    if not panels:
-        return
+        panels.append((f"{a.name} {'mA' if a.is_multi_label else 'bal. acc.'}", key, f"val_{key}", chance))
+    panels.append(("mean over heads (monitor)", "mean_balanced_accuracy", "val_mean_balanced_accuracy", None))
+    panels = [(title, tr if tr in hist else None, va if va in hist else None, chance)
+              for title, tr, va, chance in panels if tr in hist or va in hist]
+    if panels:
+        _curve_grid(page, hist, epochs, panels, "curves_balanced.png",
+                    "per-head balanced accuracy or mA per epoch, with chance")
+
+
+def _curve_grid(page: _Page, hist, epochs, panels, name: str, alt: str) -> None:
+    """One small plot per (title, train column, validation column, chance level or None), 4 to a row."""
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows), squeeze=False)
-    for ax, (title, key, chance) in zip(axes.flat, panels):
-        for k, style, label in ((key, "--", "train"), (f"val_{key}", "-", "val")):
-            if k in hist:
+    for ax, (title, train, val, chance) in zip(axes.flat, panels):
+        for k, style, label in ((train, "--", "train"), (val, "-", "val")):
+            if k:
                 ax.plot(epochs, hist[k], style, marker="o", ms=2, label=label)
         if chance is not None:
             ax.axhline(chance, color="k", ls=":", lw=1, label="chance")
@@ -314,7 +306,7 @@ def balanced_curves(page: _Page, hist: Mapping[str, np.ndarray], epochs: np.ndar
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
-    page.figure(fig, "curves_balanced.png", "per-head balanced accuracy or mA per epoch, with chance")
+    page.figure(fig, name, alt)
 
 
 def flat_metrics_table(metrics: Mapping[str, Any]) -> str:
