@@ -392,7 +392,8 @@ def write_report(out_dir: str, schema=None, metrics: Mapping[str, Any] | None = 
         page.add("<p>Red rows do not beat the majority-class baseline (the training split's most frequent class, "
                  "scored on this split). Balanced accuracy is the mean per-class recall: 1/C for a constant guess. "
                  "A log loss not below the prior's (always answering the training class frequencies) means the "
-                 "head's probabilities tell no more about the image than the class frequencies do.</p>")
+                 "head's probabilities tell no more about the image than the class frequencies do. A red "
+                 "multi-label row has an mA not above 0.5, what any constant answer scores.</p>")
     if history_csv and _exists(history_csv):
         page.add("<h2>Training</h2>")
         history_figures(page, read_history(history_csv), schema.names if schema else (), schema)
