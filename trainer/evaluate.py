@@ -101,7 +101,10 @@ def _keep_worst(kept: dict | None, new: dict, k: int) -> dict:
 
 def format_table(metrics: dict[str, Any]) -> str:
     """The terminal table: one row per head, the baseline beside the accuracy, '<' where it does not beat it."""
-    lines = [f"{'head':<16}{'acc':>8}{'baseline':>10}{'bal.acc':>9}{'macroF1':>9}{'logloss':>9}{'prior':>8}{'n':>7}"]
+    lines = []
+    if any(h["kind"] != "multi" for h in metrics["heads"].values()):
+        lines.append(f"{'head':<16}{'acc':>8}{'baseline':>10}{'bal.acc':>9}{'macroF1':>9}{'logloss':>9}{'prior':>8}"
+                     f"{'n':>7}")
     for name, h in metrics["heads"].items():
         if h["kind"] == "multi":
             lines += _multi_label_lines(name, h)
@@ -118,6 +121,9 @@ def format_table(metrics: dict[str, Any]) -> str:
         base = s.get("mean_majority_baseline")
         lines.append(f"{'mean':<16}{s['mean_accuracy']:8.3f}" + (f"{base:10.3f}" if base is not None else f"{'-':>10}")
                      + f"{s['mean_balanced_accuracy']:9.3f}{s['mean_macro_f1']:9.3f}")
+    if s.get("mean_mA") is not None:
+        lines.append(f"{'mean mA':<16} {s['mean_mA']:.3f} (chance {eval_metrics.MA_CHANCE:.3f}) over the multi-label "
+                     f"heads, mAP {s['mean_mAP']:.3f}, {s['labels_at_chance']} label(s) at chance")
     lines.append("('<': not better than always answering the training split's most frequent class, or for "
                  "multi-label heads an mA not above chance (0.5); prior: the log loss of always answering the "
                  "training class frequencies)")
