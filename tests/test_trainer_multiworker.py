@@ -119,13 +119,19 @@ def test_two_workers_match_one_process(tmp_path):
                                                     "metrics.json", "model", "model.keras"]  # chief only
 
 
-def wait_for(predicate, timeout, what):
+def wait_for(predicate, timeout, what, procs):
+    """Waits for predicate(); a process that ends first, or the timeout, fails with the processes' own output."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
         if predicate():
             return
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    outputs = "\n".join(f"--- process {i} (exit {code}):\n{(out + err)[-1500:]}"
+                        for i, (code, out, err) in enumerate(finish(p) for p in procs))
+    raise AssertionError(f"no {what} after {timeout} s or a process ended first\n{outputs}")
 
 
 def test_killed_worker_stops_the_other_and_both_commands_again_resume(tmp_path):
@@ -138,7 +144,7 @@ def test_killed_worker_stops_the_other_and_both_commands_again_resume(tmp_path):
         return state is not None and state.epoch >= 1
 
     with killed_at_exit([start(args, cluster.tf_config(layout, "worker", i)) for i in range(2)]) as procs:
-        wait_for(committed, 300, "epoch 1's backup")
+        wait_for(committed, 400, "epoch 1's backup", procs)
         time.sleep(0.5)  # into the next epoch
         procs[0].kill()  # kill -9 the chief, lock holder and collective leader
         killed_at = time.monotonic()
