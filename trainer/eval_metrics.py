@@ -227,7 +227,7 @@ def multi_label_metrics(y_true, probs, class_names: Sequence[str] | None = None,
                            "per_label_mA": _nan_to_none(per_label_ma), "per_label_ap": _nan_to_none(aps),
                            "per_label_f1": _nan_to_none(per_label_f1(y_true, y_pred)),
                            "per_label_accuracy": np.mean(y_true == y_pred, axis=0).tolist(),
-                           # labels no better than a constant answer: the model gives every image the same one
+                           # labels no better than a constant answer (which scores exactly 0.5)
                            "labels_at_chance": [class_names[j] if class_names is not None else j
                                                 for j, v in enumerate(per_label_ma) if v <= MA_CHANCE]}
     if class_names is not None:

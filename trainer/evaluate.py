@@ -137,8 +137,8 @@ def _multi_label_lines(name: str, h: dict[str, Any]) -> list[str]:
              f"{h['mAP']:.3f}  inst.F1 {h['instance_f1']:.3f}  n {h['n']}{flag}"]
     stuck = h.get("labels_at_chance") or []
     if stuck:
-        lines.append(f"{'':<16} {len(stuck)} of {len(h['per_label_mA'])} labels at chance (mA <= 0.5, the same "
-                     f"answer for every image): {', '.join(map(str, stuck))}")
+        lines.append(f"{'':<16} {len(stuck)} of {len(h['per_label_mA'])} labels at chance (mA <= 0.5: no better "
+                     f"than one answer for every image): {', '.join(map(str, stuck))}")
     return lines
 
 

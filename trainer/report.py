@@ -244,8 +244,8 @@ def multi_label_section(page: _Page, schema, metrics: Mapping[str, Any]) -> None
         return
     page.add("<h2>Multi-label heads, per label</h2><p>One row and one pair of bars per label. mA is (true positive "
              "rate + true negative rate) / 2 at the label's threshold: 0.5 (the dashed line) is what any constant "
-             "answer scores, so a red row or a bar on the line is a label the model gives every image the same "
-             "answer for. AP (average precision) does not depend on the threshold; its chance level is the "
+             "answer scores, so a red row or a bar at or below the line is a label the model does no better on than "
+             "by answering every image the same. AP (average precision) does not depend on the threshold; its chance level is the "
              "label's share of positives. Thresholds are 0.5 unless chosen on validation (trainer.evaluate "
              "--choose_thresholds).</p>")
     for a in multi:
