@@ -3,8 +3,8 @@
     python -m trainer.task --config smoke --data_dir out/data --job_dir out/job --model.width=2
     python -c "from trainer.config import load_config; print(load_config(['--config', 'hvc']).to_yaml())"
 
-`load_config` starts from the dataclass defaults, applies a preset (`smoke`, `hvc`) or a YAML file, then the
-overrides, and validates the result. `Config.to_yaml()` / `config_from_yaml(path)` round-trip exactly, so
+`load_config` starts from the dataclass defaults, applies a preset (`smoke`, `demo`, `hvc`, `par`, `par_gpu`)
+or a YAML file, then the overrides, and validates the result. `Config.to_yaml()` / `config_from_yaml(path)` round-trip exactly, so
 evaluate/export rebuild preprocessing from JOB_DIR/config.yaml.
 """
 
@@ -276,7 +276,7 @@ def config_from_yaml(path: str) -> Config:
 
 
 def load_config(argv: Sequence[str] | str | None = None) -> Config:
-    """`--config smoke|hvc|file.yaml`, `--data_dir`, `--job_dir`, then any `--section.field=value`.
+    """`--config PRESET|file.yaml`, `--data_dir`, `--job_dir`, then any `--section.field=value`.
 
     A str argument is a preset name or a YAML path. Values are parsed as YAML (`--loss.weights={age: 4}`,
     `--augment.erasing_scale=[0.1,0.3]`), and also accepted as `--model.width 8`.
