@@ -220,12 +220,14 @@ def test_thresholds_chosen_on_validation_carry_into_evaluation_export_and_predic
     saved = json.load(open(os.path.join(own, thresholds.FILE_NAME)))
     schema = dataset_info(config.data).schema
     pred = evaluate.predict_split(eval_model.from_keras(model, config), schema, "validation")
-    assert saved["thresholds"] == thresholds.choose(schema, pred["labels"], pred["probs"]) and saved["split"] == "validation"
+    assert saved["thresholds"] == thresholds.choose(schema, pred["labels"], pred["probs"])
+    assert saved["split"] == "validation"
     assert on_val["heads"]["clothes"]["threshold"] == saved["thresholds"]["clothes"]
     # each chosen threshold is at least as good on validation as the default, by the label's balanced accuracy
     at_default = evaluate.evaluate(job, data_dir, "validation", out_dir=str(tmp_path / "default"))
     assert at_default["heads"]["clothes"]["threshold"] == [0.5] * 3
-    for chosen, default in zip(on_val["heads"]["clothes"]["per_label_mA"], at_default["heads"]["clothes"]["per_label_mA"]):
+    for chosen, default in zip(on_val["heads"]["clothes"]["per_label_mA"],
+                               at_default["heads"]["clothes"]["per_label_mA"]):
         assert chosen >= default - 1e-12
     on_test = evaluate.evaluate(own, data_dir, "test")  # later evaluations of the job use them
     assert on_test["heads"]["clothes"]["threshold"] == saved["thresholds"]["clothes"]

@@ -187,5 +187,6 @@ def test_threshold_of_a_label_without_positives_stays_the_default():
 
     assert best_threshold(np.zeros(4), np.linspace(0, 1, 4))[0] == DEFAULT_THRESHOLD
     schema = Schema("s", (Attribute("g", ("f", "m"), column="g"), Attribute("t", ("p", "q"), kind="multi", column="t")))
-    chosen = choose(schema, {"t": np.array([[0, 1], [0, 0], [0, 1]])}, {"t": np.array([[0.9, 0.3], [0.1, 0.2], [0.5, 0.4]])})
+    chosen = choose(schema, {"t": np.array([[0, 1], [0, 0], [0, 1]])},
+                    {"t": np.array([[0.9, 0.3], [0.1, 0.2], [0.5, 0.4]])})
     assert chosen == {"t": [DEFAULT_THRESHOLD, 0.3]}  # single-label heads have no threshold

@@ -91,7 +91,8 @@ def test_class_weights_and_head_loss_values():
 def test_weighted_bce_weighs_positives_by_exp_1_minus_r_and_negatives_by_exp_r():
     # label 0 present in 25 of 100 training images (r = 0.25), label 1 in 90 (r = 0.9)
     pos, neg = positive_negative_weights([25, 90], 100)
-    assert pos == pytest.approx([math.exp(0.75), math.exp(0.1)]) and neg == pytest.approx([math.exp(0.25), math.exp(0.9)])
+    assert pos == pytest.approx([math.exp(0.75), math.exp(0.1)])
+    assert neg == pytest.approx([math.exp(0.25), math.exp(0.9)])
     # y = [1, 0], p = [0.8, 0.3]: -(e^0.75 ln 0.8 + e^0.9 ln 0.7) / 2, by hand (2.1170 * 0.22314 + 2.4596 * 0.35667) / 2
     loss = HeadLoss(True, 2, positive_weights=pos, negative_weights=neg)
     assert float(loss(np.array([[1.0, 0.0]]), np.array([[0.8, 0.3]]))) == pytest.approx(0.674837, rel=1e-4)

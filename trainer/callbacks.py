@@ -99,7 +99,8 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 
 def make_callbacks(paths, schema, best: float | None = None, tensorboard: bool = True):
-    cbs = [MeanBalancedAccuracy(schema), LogSchedule(), RaiseOnNonFinite(), BestCheckpoint(paths.best_keras, MONITOR, best)]
+    cbs = [MeanBalancedAccuracy(schema), LogSchedule(), RaiseOnNonFinite(),
+           BestCheckpoint(paths.best_keras, MONITOR, best)]
     if not tensorboard:
         return cbs
     # tf.summary needs the tensorboard package, which TensorFlow no longer pulls in itself.

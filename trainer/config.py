@@ -4,8 +4,8 @@
     python -c "from trainer.config import load_config; print(load_config(['--config', 'hvc']).to_yaml())"
 
 `load_config` starts from the dataclass defaults, applies a preset (`smoke`, `demo`, `hvc`, `par`, `par_gpu`)
-or a YAML file, then the overrides, and validates the result. `Config.to_yaml()` / `config_from_yaml(path)` round-trip exactly, so
-evaluate/export rebuild preprocessing from JOB_DIR/config.yaml.
+or a YAML file, then the overrides, and validates the result. `Config.to_yaml()` / `config_from_yaml(path)`
+round-trip exactly, so evaluate/export rebuild preprocessing from JOB_DIR/config.yaml.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ The page holds: the metrics table with each head's majority-class baseline and b
 heads: mA beside its chance level 0.5, and a per-label table of positives, mA, AP, F1 and threshold), the
 training curves (accuracy, and balanced accuracy / mA against chance) and the LR/momentum schedule read from
 JOB_DIR/history.csv, one confusion matrix per single-label head, the per-label mA/AP chart of each multi-label
-head under its own heading, and a grid of test images with predicted and true labels, worst mistakes first. Images are PNG files in the
-report folder referenced by relative paths (copy the folder, not just the .html); `embed=True` inlines them
-as base64 too, for a page that travels as one file.
+head under its own heading, and a grid of test images with predicted and true labels, worst mistakes first.
+Images are PNG files in the report folder referenced by relative paths (copy the folder, not just the .html);
+`embed=True` inlines them as base64 too, for a page that travels as one file.
 
 evaluate.py calls write_report with predictions and sample images; on its own it re-renders a job's page
 from metrics.json and history.csv:
@@ -244,9 +244,9 @@ def multi_label_section(page: _Page, schema, metrics: Mapping[str, Any]) -> None
         return
     page.add("<h2>Multi-label heads, per label</h2><p>One row and one pair of bars per label. mA is (true positive "
              "rate + true negative rate) / 2 at the label's threshold: 0.5 (the dashed line) is what any constant "
-             "answer scores, so a red row or a bar at or below the line is a label the model does no better on than "
-             "by answering every image the same. AP (average precision) does not depend on the threshold; its chance level is the "
-             "label's share of positives. Thresholds are 0.5 unless chosen on validation (trainer.evaluate "
+             "answer scores, so a red row or a bar at or below the line is a label the model does no better on "
+             "than by answering every image the same. AP (average precision) does not depend on the threshold; its "
+             "chance level is the label's share of positives. Thresholds are 0.5 unless chosen on validation (trainer.evaluate "
              "--choose_thresholds).</p>")
     for a in multi:
         page.add(per_label_table(a.name, metrics["heads"][a.name], a.classes))

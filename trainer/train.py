@@ -181,7 +181,8 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
             "history": history, "job_dir": paths.job_dir, "model": model}
 
 
-def compiled_model(config, schema, strategy, steps_per_epoch: int, class_counts=None, num_train: int = 0) -> keras.Model:
+def compiled_model(config, schema, strategy, steps_per_epoch: int, class_counts=None,
+                   num_train: int = 0) -> keras.Model:
     """The model with its optimizer, schedule, losses and metrics, made in the strategy's scope; class_counts and
     num_train (the training split's) feed class balancing and the weighted BCE."""
     with strategy.scope():
