@@ -78,7 +78,8 @@ def summary_table(metrics: dict) -> str:
     lines = [f"{'head':<16}{'accuracy':>10}{'baseline':>10}"]
     for name, h in metrics["heads"].items():
         if h["kind"] == "multi":
-            lines.append(f"{name:<16}{h['mA']:>10.3f}{'-':>10}   (multi-label: mean accuracy over classes)")
+            lines.append(f"{name:<16}{h['mA']:>10.3f}{h['mA_chance']:>10.3f}   (multi-label: mA beside its chance "
+                         "level" + (", not above it)" if h["mA"] <= h["mA_chance"] else ")"))
             continue
         base = h.get("majority_baseline")
         beaten = base is None or h["accuracy"] > base

@@ -40,6 +40,14 @@ SCRIPT = textwrap.dedent("""
     x32 = np.random.default_rng(1).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
     sep_loss = net.fit(x32, {k: v[:8] for k, v in y.items()}, batch_size=8, epochs=1, verbose=0).history["loss"]
     # One layer that opts out of XLA (e.g. keras.layers.RandomTranslation) switches it off for the whole model.
+    # a multi-label head: the weighted BCE and the mA / mAP / balanced-accuracy metrics
+    from tests.trainer_fixtures import MULTI_SCHEMA
+    mcfg = load_config(["--config", "smoke", "--loss.multi_label_loss=weighted_bce"])
+    m = build_model(MULTI_SCHEMA, mcfg)
+    mlosses, mweights = make_losses(MULTI_SCHEMA, mcfg.loss, {"gender": [8, 8], "clothes": [4, 8, 2]}, 16)
+    m.compile(optimizer="sgd", loss=mlosses, loss_weights=mweights, metrics=head_metrics(MULTI_SCHEMA))
+    my = {"gender": np.arange(16) % 2, "clothes": (np.arange(48).reshape(16, 3) % 3 == 0).astype("float32")}
+    multi = m.fit(x, my, batch_size=8, epochs=1, verbose=0).history
     jit = {}
     for preset in ("smoke", "hvc"):
         m = build_model(HVC, load_config(["--config", preset]))
@@ -47,7 +55,8 @@ SCRIPT = textwrap.dedent("""
         jit[preset] = bool(m.jit_compile)
     print("RESULT " + json.dumps({"backend": keras.backend.backend(), "loss": h.history["loss"] + sep_loss, "jit": jit,
                                   "shapes": {k: list(v.shape) for k, v in out.items()},
-                                  "tensorflow_imported": "tensorflow" in sys.modules}))
+                                  "tensorflow_imported": "tensorflow" in sys.modules,
+                                  "multi": {k: v[-1] for k, v in multi.items()}}))
 """)
 
 
@@ -63,3 +72,6 @@ def test_model_trains_under_jax_without_tensorflow():
     assert len(r["loss"]) == 3 and all(v == v and v < 100 for v in r["loss"])  # finite
     assert r["shapes"]["age"] == [2, 5] and r["shapes"]["gender"] == [2, 2]
     assert r["jit"] == {"smoke": True, "hvc": True}
+    multi = r["multi"]
+    assert {"clothes_mA", "clothes_mAP", "gender_balanced_accuracy", "gender_accuracy"} <= set(multi)
+    assert 0 <= multi["clothes_mA"] <= 1 and multi["loss"] == multi["loss"]

@@ -60,9 +60,21 @@ def test_training_in_a_pipe_prints_one_line_per_epoch_and_nothing_else(hvc_data_
     assert_clean(r.stderr)
     lines = r.stderr.splitlines()
     epochs = [line for line in lines if line.startswith("epoch ")]
-    assert [e.split()[1] for e in epochs] == ["1/2", "2/2"] and all("val mean acc" in e for e in epochs)
+    assert [e.split()[1] for e in epochs] == ["1/2", "2/2"]
+    assert all("val mean bal" in e and "val mean acc" in e for e in epochs)
     assert lines[-1].startswith(f"done: model, metrics.json and history.csv in {job}")
     assert len(lines) <= 6, lines  # strategy, run summary, 2 epochs, done
+
+
+def test_a_data_dir_with_several_datasets_is_one_line_naming_them(tmp_path):
+    for name in ("hvc", "street_people"):
+        (tmp_path / "data" / "person_attrs" / name / "1.0.0").mkdir(parents=True)
+        (tmp_path / "data" / "person_attrs" / name / "1.0.0" / "dataset_info.json").write_text("{}")
+    r = run_command("trainer.task", "--config", "par", "--data_dir", str(tmp_path / "data"), "--job_dir",
+                    str(tmp_path / "job"))
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"error: {tmp_path / 'data'} holds several datasets ['hvc', 'street_people']: pick one with "
+        "--data.dataset=NAME"]
 
 
 def test_verbose_shows_the_traceback_of_a_user_error(tmp_path):

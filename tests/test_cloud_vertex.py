@@ -9,6 +9,7 @@ import json
 import pytest
 
 from trainer import vertex
+from trainer.callbacks import MONITOR
 from trainer.paths import job_paths
 
 IMAGE = "us-central1-docker.pkg.dev/p/person-attrs/person-attrs:v1"
@@ -78,7 +79,7 @@ def test_tuning_job_spec(capsys):
                    "--max_trials", "12", "--parallel_trials", "3")
     check_against_api(spec, "tuning")
     study = spec["studySpec"]
-    assert study["metrics"] == [{"metricId": "val_mean_accuracy", "goal": "MAXIMIZE"}]
+    assert study["metrics"] == [{"metricId": MONITOR, "goal": "MAXIMIZE"}]  # the tag the trainer reports
     assert study["parameters"] == [
         {"parameterId": "train.max_lr", "doubleValueSpec": {"minValue": 0.05, "maxValue": 1.0},
          "scaleType": "UNIT_LOG_SCALE"},

@@ -203,3 +203,49 @@ def test_an_unknown_split_names_the_splits_there(job_dir):
     job, data_dir, _ = job_dir
     with pytest.raises(cli.UserError, match=r"--split 'tset'.*\['test', 'train', 'validation'\]"):
         evaluate.evaluate(job, data_dir, "tset")
+
+
+def test_thresholds_chosen_on_validation_carry_into_evaluation_export_and_predict(job_dir, tmp_path, capsys):
+    import tensorflow as tf
+
+    from trainer import cli, eval_model, evaluate, export, predict, thresholds
+    from trainer.config import config_from_yaml
+    from trainer.data import dataset_info
+
+    job, data_dir, model = job_dir
+    config = config_from_yaml(os.path.join(job, "config.yaml"))
+    own = _job_with(tmp_path, config, model)  # a job dir of its own: the shared one stays at the default
+    with pytest.raises(cli.UserError, match="choose them on the validation split"):
+        evaluate.evaluate(own, data_dir, "test", choose_thresholds=True)
+    on_val = evaluate.evaluate(own, data_dir, "validation", choose_thresholds=True)
+    saved = json.load(open(os.path.join(own, thresholds.FILE_NAME)))
+    schema = dataset_info(config.data).schema
+    pred = evaluate.predict_split(eval_model.from_keras(model, config), schema, "validation")
+    assert saved["thresholds"] == thresholds.choose(schema, pred["labels"], pred["probs"])
+    assert saved["split"] == "validation"
+    assert on_val["heads"]["clothes"]["threshold"] == saved["thresholds"]["clothes"]
+    # each chosen threshold is at least as good on validation as the default, by the label's balanced accuracy
+    at_default = evaluate.evaluate(job, data_dir, "validation", out_dir=str(tmp_path / "default"))
+    assert at_default["heads"]["clothes"]["threshold"] == [0.5] * 3
+    for chosen, default in zip(on_val["heads"]["clothes"]["per_label_mA"],
+                               at_default["heads"]["clothes"]["per_label_mA"]):
+        assert chosen >= default - 1e-12
+    on_test = evaluate.evaluate(own, data_dir, "test")  # later evaluations of the job use them
+    assert on_test["heads"]["clothes"]["threshold"] == saved["thresholds"]["clothes"]
+    assert on_test["thresholds_from"] == os.path.join(own, thresholds.FILE_NAME)
+    assert "(chance 0.500)" in capsys.readouterr().out
+
+    assert export.main(["--job_dir", own]) == 0  # the export serves them ...
+    served = json.load(open(os.path.join(own, "model", "labels.json")))
+    assert served["thresholds"] == saved["thresholds"]
+    jpeg = tf.io.encode_jpeg(tf.cast(tf.random.uniform((64, 48, 3), 0, 255, seed=1), tf.uint8)).numpy()
+    out = tf.saved_model.load(os.path.join(own, "model")).signatures["serving_default"](image_bytes=tf.constant([jpeg]))
+    active = out["clothes_probs"].numpy()[0] >= np.array(saved["thresholds"]["clothes"])
+    np.testing.assert_array_equal(out["clothes_active"].numpy()[0], active.astype(np.int32))
+    # ... and so does predict, which reads the export's decisions
+    row = next(predict.Predictor(os.path.join(own, "model")).rows(["x.jpg"], {
+        k: v.numpy() for k, v in out.items()}))
+    assert row["clothes"] == "|".join(c for c, on in zip(schema["clothes"].classes, active) if on)
+    # and evaluating the export scores at its own thresholds
+    from_export = evaluate.evaluate(os.path.join(own, "model"), data_dir, "test", out_dir=str(tmp_path / "e"))
+    assert from_export["heads"]["clothes"]["threshold"] == saved["thresholds"]["clothes"]

@@ -152,3 +152,41 @@ def test_evaluate_arrays_and_sample_losses():
     assert losses.shape == (4,)
     # sample 1 (true 0, predicted 1 with 0.93) is the single-label mistake; it has the largest loss
     assert int(np.argmax(losses)) == 1
+
+
+def test_per_label_figures_at_per_label_thresholds():
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    p = np.array([[0.6, 0.2], [0.4, 0.3], [0.7, 0.25], [0.2, 0.1]])
+    at_default = em.multi_label_metrics(y, p, ("a", "b"))
+    assert at_default["threshold"] == [0.5, 0.5]
+    assert at_default["per_label_mA"] == [1.0, 0.5] and at_default["labels_at_chance"] == ["b"]  # b: never positive
+    assert at_default["per_label_positives"] == [2, 2] and at_default["mA_chance"] == 0.5
+    chosen = em.multi_label_metrics(y, p, ("a", "b"), threshold=[0.5, 0.25])
+    assert chosen["per_label_mA"] == [1.0, 1.0] and chosen["labels_at_chance"] == []
+    # F1 of b at 0.25: predicted {1, 2}, true {1, 2} -> 1; at 0.5: nothing predicted -> 0
+    assert chosen["per_label_f1"] == [1.0, 1.0] and at_default["per_label_f1"] == [1.0, 0.0]
+    np.testing.assert_allclose(skm.f1_score(y, p >= [0.5, 0.25], average=None), chosen["per_label_f1"])
+
+
+@pytest.mark.parametrize("y,s,expected", [
+    ([0, 0, 1, 1], [0.1, 0.3, 0.35, 0.8], (0.35, 1.0)),  # separable: the lowest positive score
+    # candidates 0.9: (1/2 + 1)/2 = 0.75; 0.4: (1 + 2/3)/2 = 0.833; 0.2: (1 + 1/3)/2 = 0.667
+    ([1, 0, 1, 0, 0], [0.9, 0.6, 0.4, 0.2, 0.1], (0.4, 5 / 6)),
+    ([0, 1, 0, 1], [0.1, 0.3, 0.6, 0.9], (0.3, 0.75)),  # 0.9 and 0.3 tie at 0.75: the one nearer 0.5 wins
+])
+def test_threshold_maximises_balanced_accuracy_by_hand(y, s, expected):
+    from trainer.thresholds import best_threshold
+
+    threshold, bal = best_threshold(np.array(y), np.array(s))
+    assert (threshold, bal) == pytest.approx(expected)
+    assert em.label_based_mA(np.array(y)[:, None], (np.array(s) >= threshold)[:, None])[0] == pytest.approx(bal)
+
+
+def test_threshold_of_a_label_without_positives_stays_the_default():
+    from trainer.thresholds import DEFAULT_THRESHOLD, best_threshold, choose
+
+    assert best_threshold(np.zeros(4), np.linspace(0, 1, 4))[0] == DEFAULT_THRESHOLD
+    schema = Schema("s", (Attribute("g", ("f", "m"), column="g"), Attribute("t", ("p", "q"), kind="multi", column="t")))
+    chosen = choose(schema, {"t": np.array([[0, 1], [0, 0], [0, 1]])},
+                    {"t": np.array([[0.9, 0.3], [0.1, 0.2], [0.5, 0.4]])})
+    assert chosen == {"t": [DEFAULT_THRESHOLD, 0.3]}  # single-label heads have no threshold

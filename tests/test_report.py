@@ -32,7 +32,9 @@ def _fake_run(tmp_path, with_schedule=True):
     metrics = eval_metrics.evaluate_arrays(SCHEMA, labels, probs,
                                            {"gender": [10, 3], "age": [1, 5, 2], "tags": [3, 4, 1]})
     hist = tmp_path / "history.csv"
-    cols = ["epoch", "loss", "val_loss", "gender_accuracy", "val_gender_accuracy", "age_accuracy", "val_age_accuracy"]
+    cols = ["epoch", "loss", "val_loss", "gender_accuracy", "val_gender_accuracy", "age_accuracy", "val_age_accuracy",
+            "val_gender_balanced_accuracy", "val_age_balanced_accuracy", "tags_mA", "val_tags_mA",
+            "val_mean_balanced_accuracy"]
     cols += ["lr", "momentum"] if with_schedule else []
     with open(hist, "w", newline="") as f:
         w = csv.writer(f)
@@ -47,8 +49,8 @@ def test_report_files_and_order(tmp_path):
     metrics, hist, samples = _fake_run(tmp_path)
     path = report.write_report(str(tmp_path / "r"), SCHEMA, metrics, hist, samples, max_images=5)
     text = open(path).read()
-    for name in ("curves_loss.png", "curves_accuracy.png", "schedule.png", "confusion_gender.png",
-                 "confusion_age.png", "confusion_tags.png", "samples/000.png", "samples/004.png"):
+    for name in ("curves_loss.png", "curves_accuracy.png", "curves_balanced.png", "schedule.png",
+                 "confusion_gender.png", "confusion_age.png", "labels_tags.png", "samples/000.png", "samples/004.png"):
         assert os.path.getsize(tmp_path / "r" / name) > 100, name
         assert f'src="{name}"' in text  # referenced relatively, so the folder is the report
     assert not os.path.exists(tmp_path / "r" / "samples/005.png")
@@ -58,6 +60,28 @@ def test_report_files_and_order(tmp_path):
     prior = metrics["heads"]["age"]["prior_log_loss"]
     assert "prior's log loss" in text
     assert f"<td>{prior:.3f}</td>" in text  # the age row shows its prior's log loss
+
+
+def test_multi_label_heads_get_chance_levels_a_per_label_table_and_their_own_section(tmp_path):
+    metrics, hist, samples = _fake_run(tmp_path)
+    tags = metrics["heads"]["tags"]
+    # the coat label answered the same for every image: mA exactly 0.5
+    labels = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 0]])
+    probs = np.array([[0.9, 0.2, 0.3], [0.1, 0.8, 0.3], [0.7, 0.6, 0.3], [0.2, 0.1, 0.3]])
+    metrics = {**metrics, "heads": {**metrics["heads"], "tags": eval_metrics.multi_label_metrics(
+        labels, probs, ("hat", "bag", "coat"), train_counts=tags["train_positive_counts"])}}
+    text = open(report.write_report(str(tmp_path / "r"), SCHEMA, metrics, hist, samples, max_images=3)).read()
+    multi_row = re.search(r'<table id="metrics-multi">.*?</table>', text, re.S).group(0)
+    assert "chance mA" in multi_row and "<td>0.500</td>" in multi_row  # chance beside the head's mA
+    assert "1 of 3" in multi_row  # labels at chance
+    table = re.search(r'<table id="labels-tags">.*?</table>', text, re.S).group(0)
+    for column in ("train positives", "positives here", "mA (chance 0.5)", "AP", "F1", "threshold"):
+        assert column in table
+    rows = re.findall(r'<tr class="(\w*)"><td>(\w+)</td>', table)
+    assert rows == [("", "hat"), ("", "bag"), ("below", "coat")]  # the label at chance is marked
+    section = text.index("<h2>Multi-label heads, per label</h2>")
+    assert text.index("<h2>Confusion matrices</h2>") < text.index('src="confusion_age.png"') < section
+    assert section < text.index('src="labels_tags.png"')  # the chart sits under its own heading
 
 
 def test_missing_schedule_columns_are_noted(tmp_path):
@@ -75,7 +99,7 @@ def test_confusion_to_tensorboard(tmp_path):
     values = {}
     for ev in tf.compat.v1.train.summary_iterator(tf.io.gfile.glob(str(tmp_path / "tb" / "events*"))[0]):
         values.update({v.tag: v for v in ev.summary.value})
-    assert {"confusion/gender", "confusion/age", "confusion/tags"} <= set(values)
+    assert {"confusion/gender", "confusion/age", "labels/tags"} <= set(values)
     v = values["confusion/age"]
     assert v.metadata.plugin_data.plugin_name == "images"  # what TensorBoard's Images tab looks for
     w, h, png = tf.make_ndarray(v.tensor)
@@ -112,5 +136,5 @@ def test_report_renders_in_chromium(tmp_path, embed):
     path = report.write_report(str(tmp_path / "r"), SCHEMA, metrics, hist, samples, max_images=6, embed=embed)
     loaded, total, table = _render(path, tmp_path)
     assert table
-    assert total == 3 + 3 + 6  # curves, schedule, confusion x3, samples
+    assert total == 4 + 3 + 6  # curves x3, schedule, confusion x2 and the per-label chart, samples
     assert loaded == total

@@ -38,6 +38,32 @@ def test_user_schema_file_with_multi_label(tmp_path):
     assert s["objects"].is_multi_label and s.required_columns == ("image_path", "cat", "dog")
 
 
+def test_the_hvc_multi_label_example_reads_every_hvc_row_as_one_hot_labels():
+    """docs/examples/hvc_multi_label.yaml: the hvc CSV as 27 binary labels, with no conversion and no row lost."""
+    from tfds_person_attrs.annotations import parse_annotations
+
+    schema = load_schema(str(fx.REPO / "docs" / "examples" / "hvc_multi_label.yaml"))
+    assert all(a.is_multi_label for a in schema.attributes) and sum(a.num_classes for a in schema.attributes) == 27
+    assert [(a.name, a.classes) for a in schema.attributes] == [(a.name, a.classes) for a in HVC.attributes]
+    with zipfile.ZipFile(fx.hvc_zip()) as z:
+        kept, skipped = parse_annotations(z.read(fx.CSV_NAME), schema)
+    _, rows = fx.real_rows()
+    assert len(kept) == len(rows) and not skipped
+    first, row = kept[0], rows[0]
+    for a, h in zip(schema.attributes, HVC.attributes):
+        assert sum(first.labels[a.name]) == 1 and a.classes[first.labels[a.name].index(1)] == row[h.column]
+
+
+def test_schema_loss_weights_must_name_attributes(tmp_path):
+    path = tmp_path / "w.yaml"
+    path.write_text("name: s\nattributes: [{name: a, classes: [x, y]}]\nloss_weights: {a: 2, b: 3}\n")
+    with pytest.raises(SchemaError, match=r"loss_weights names unknown attribute\(s\) \['b'\]"):
+        load_schema(str(path))
+    path.write_text("name: s\nattributes: [{name: a, classes: [x, y]}]\nloss_weights: {a: 2}\n")
+    assert load_schema(str(path)).loss_weights == {"a": 2.0}
+    assert HVC.loss_weights["emotion"] == 4 and schema_from_dict(HVC.to_dict()) == HVC
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"attributes": [{"name": "a", "classes": ["x", "y"]}]}, "missing required field 'name'"),
     ({"name": "s", "attributes": []}, "'attributes' must be a non-empty list"),

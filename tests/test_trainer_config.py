@@ -7,7 +7,9 @@ import dataclasses
 
 import pytest
 
-from trainer.config import ConfigError, check_loss_weights, config_from_yaml, load_config
+from tests.trainer_fixtures import MULTI_SCHEMA
+from tfds_person_attrs.schema import HVC
+from trainer.config import ConfigError, check_against_schema, config_from_yaml, load_config
 from trainer.paths import job_paths
 
 
@@ -16,7 +18,7 @@ def test_presets_and_overrides():
                      "--optim.max_lr", "1e-2", "--loss.weights.age=5", "--augment.erasing_scale=[0.1, 0.3]"])
     assert (c.model.width, c.model.depth, c.optim.max_lr) == (8, 16, 0.01)
     assert c.data.data_dir == "gs://b/d" and c.train.job_dir == "/j"
-    assert c.loss.weights["age"] == 5.0 and c.loss.weights["emotion"] == 4.0  # preset weight kept
+    assert dict(c.loss.weights) == {"age": 5.0}  # hvc's head weights live in its schema, not the preset
     assert c.augment.erasing_scale == (0.1, 0.3)
     assert load_config("smoke").model.depth == 10
 
@@ -56,12 +58,36 @@ def test_validation_errors(argv, match):
         load_config(argv)
 
 
-def test_unknown_loss_weight_names_fail_at_train_start():
+def test_unknown_loss_weight_names_fail_at_train_start_saying_how_to_fix():
     c = load_config(["--loss.weights={agee: 2}"])
-    with pytest.raises(ConfigError, match="agee"):
-        check_loss_weights(c, ["age", "gender"])
-    check_loss_weights(load_config("hvc"), ["gender", "image_quality", "age", "weight", "bag", "footwear",
-                                            "emotion", "pose"])
+    with pytest.raises(ConfigError, match=r"unknown attribute\(s\) \['agee'\].*'--loss.weights=\{\}'"):
+        check_against_schema(c, HVC)
+
+
+@pytest.mark.parametrize("preset", ["smoke", "hvc", "par", "par_gpu"])
+def test_every_preset_fits_any_dataset(preset):
+    """No preset but `demo` (made for the demo set) names heads: per-head weights belong to the dataset's schema
+    (HVC.loss_weights)."""
+    c = load_config(preset)
+    assert dict(c.loss.weights) == {}
+    for schema in (HVC, MULTI_SCHEMA):
+        check_against_schema(c, schema)
+
+
+def test_par_presets_balance_multi_label_heads():
+    for preset in ("par", "par_gpu"):
+        assert load_config(preset).loss.multi_label_loss == "weighted_bce"
+    assert load_config("par_gpu").data.height > load_config("par").data.height
+    with pytest.raises(ConfigError, match="multi_label_loss"):
+        load_config(["--loss.multi_label_loss=focal"])
+
+
+def test_class_balance_is_not_silently_ignored_on_multi_label_heads():
+    c = load_config(["--loss.class_balance=inverse"])
+    check_against_schema(c, HVC)  # single-label heads only: fine
+    with pytest.raises(ConfigError, match=r"\['clothes'\].*--loss.multi_label_loss=weighted_bce"):
+        check_against_schema(c, MULTI_SCHEMA)
+    check_against_schema(c.replace(**{"loss.multi_label_loss": "weighted_bce"}), MULTI_SCHEMA)
 
 
 def test_vertex_env_wins():

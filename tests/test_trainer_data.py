@@ -11,8 +11,9 @@ import tensorflow as tf
 from PIL import Image
 
 from tests import trainer_fixtures as fx
-from trainer.config import DataConfig
-from trainer.data import builder, dataset_info, make_eval_dataset, make_train_dataset, shard_split, split_examples
+from trainer.config import ConfigError, DataConfig, load_config
+from trainer.data import (builder, dataset_info, dataset_name, make_eval_dataset, make_train_dataset, shard_split,
+                          split_examples)
 from trainer.preprocess_ops import decode_jpeg_scaled, image_decoder, person_band
 
 THRESHOLD = DataConfig().letterbox_threshold
@@ -111,3 +112,19 @@ def test_every_example_is_read_by_exactly_one_worker(split):
     assert images.shape == (4, 32, 16, 3)
     with pytest.raises(ValueError, match="fewer than the 17 workers"):
         shard_split(cfg.data, "train[:16]", 17, 0)
+
+
+def test_the_dataset_is_the_one_the_data_dir_holds_else_a_one_line_error(tmp_path):
+    cfg = load_config(["--data_dir", str(tmp_path)]).data
+    with pytest.raises(ConfigError, match="holds no built dataset"):
+        dataset_name(cfg)
+    for name in ("street", "voc"):
+        (tmp_path / "person_attrs" / name / "1.0.0").mkdir(parents=True)
+        (tmp_path / "person_attrs" / name / "1.0.0" / "dataset_info.json").write_text("{}")
+        if name == "street":
+            assert dataset_name(cfg) == "street"
+    with pytest.raises(ConfigError, match=r"several datasets \['street', 'voc'\]: pick one with --data.dataset=NAME"):
+        dataset_name(cfg)
+    named = load_config(["--data_dir", str(tmp_path), "--data.dataset=hvc"]).data
+    with pytest.raises(ConfigError, match=r"no built dataset at .*hvc/1.0.0.*\['street/1.0.0', 'voc/1.0.0'\]"):
+        builder(named)

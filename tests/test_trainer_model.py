@@ -14,7 +14,7 @@ import pytest
 from tests.trainer_fixtures import MULTI_SCHEMA
 from tfds_person_attrs.schema import HVC
 from trainer.config import load_config
-from trainer.losses import HeadLoss, class_weights, make_losses
+from trainer.losses import HeadLoss, class_weights, make_losses, positive_negative_weights
 from trainer.model import build_model
 from trainer.scratch_nets import stem_stride
 
@@ -89,6 +89,23 @@ def test_class_weights_and_head_loss_values():
     raw = make_losses(HVC, load_config(["--config", "hvc", "--loss.normalize_weights=false"]).loss)[1]
     assert raw["age"] == 4.0 and sum(raw.values()) == 23
     assert make_losses(MULTI_SCHEMA, load_config("smoke").loss)[1] == {"gender": 1.0, "clothes": 1.0}
+
+
+def test_weighted_bce_weighs_positives_by_exp_1_minus_r_and_negatives_by_exp_r():
+    # label 0 present in 25 of 100 training images (r = 0.25), label 1 in 90 (r = 0.9)
+    pos, neg = positive_negative_weights([25, 90], 100)
+    assert pos == pytest.approx([math.exp(0.75), math.exp(0.1)])
+    assert neg == pytest.approx([math.exp(0.25), math.exp(0.9)])
+    # y = [1, 0], p = [0.8, 0.3]: -(e^0.75 ln 0.8 + e^0.9 ln 0.7) / 2, by hand (2.1170 * 0.22314 + 2.4596 * 0.35667) / 2
+    loss = HeadLoss(True, 2, positive_weights=pos, negative_weights=neg)
+    assert float(loss(np.array([[1.0, 0.0]]), np.array([[0.8, 0.3]]))) == pytest.approx(0.674837, rel=1e-4)
+    # through make_losses, from the dataset's training counts (positives per label) and size
+    cfg = load_config(["--config", "smoke", "--loss.multi_label_loss=weighted_bce"]).loss
+    losses, _ = make_losses(MULTI_SCHEMA, cfg, {"gender": [5, 5], "clothes": [25, 90, 50]}, num_train=100)
+    assert losses["clothes"].positive_weights == pytest.approx(np.exp(1 - np.array([0.25, 0.9, 0.5])).tolist())
+    assert losses["gender"].class_weights is None and losses["gender"].positive_weights is None
+    with pytest.raises(ValueError, match="clothes.*training class counts"):
+        make_losses(MULTI_SCHEMA, cfg)
 
 
 def test_random_shift_moves_whole_pixels_with_black_fill_and_is_identity_at_inference():

@@ -106,13 +106,34 @@ def test_crash_resume_continues_and_writes_every_output(tmp_path):
     assert not os.path.exists(f"{job}/backup")  # removed once the run completed
     rows = read_rows(job)
     assert [r["epoch"] for r in rows] == ["0", "1"]
-    assert {"lr", "momentum", "val_mean_accuracy", "val_gender_accuracy"} <= set(rows[0])
+    assert {"lr", "momentum", "val_mean_accuracy", "val_mean_balanced_accuracy", "val_gender_accuracy",
+            "val_gender_balanced_accuracy"} <= set(rows[0])
     metrics = json.load(open(f"{job}/metrics.json"))
     assert metrics["epochs_completed"] == 2
-    assert set(metrics["val_accuracy"]) == set(HVC.names)
+    assert set(metrics["val_accuracy"]) == set(metrics["val_balanced_accuracy"]) == set(HVC.names)
     assert metrics["val_mean_accuracy"] == pytest.approx(np.mean(list(metrics["val_accuracy"].values())))
-    assert metrics["best_val_mean_accuracy"] == pytest.approx(max(float(r["val_mean_accuracy"]) for r in rows))
+    assert metrics["val_mean_balanced_accuracy"] == pytest.approx(
+        np.mean(list(metrics["val_balanced_accuracy"].values())))
+    assert metrics["best_val_mean_balanced_accuracy"] == pytest.approx(
+        max(float(r["val_mean_balanced_accuracy"]) for r in rows))
     assert not [n for n in os.listdir(job) + os.listdir(f"{job}/checkpoints") if n.startswith(".tmp-")]
+
+
+def test_multi_label_run_takes_the_only_dataset_and_tracks_mA(tmp_path):
+    """No --data.dataset: the data dir's one dataset is used and recorded; multi-label heads get mA and mAP in
+    history.csv, the weighted BCE trains, and the monitor is the mean of balanced accuracy and mA."""
+    job = str(tmp_path / "job")
+    cfg = fx.smoke_config(fx.fixture_data_dir(fx.MULTI_SCHEMA.name), job, dataset="",
+                          **{"loss.multi_label_loss": "weighted_bce", "train.epochs": 1})
+    result = run(cfg)
+    with open(f"{job}/config.yaml") as f:
+        assert "dataset: multi_demo" in f.read()
+    row = read_rows(job)[-1]
+    assert {"val_clothes_mA", "val_clothes_mAP", "val_gender_balanced_accuracy"} <= set(row)
+    assert "val_clothes_accuracy" not in row
+    assert float(row["val_mean_balanced_accuracy"]) == pytest.approx(
+        (float(row["val_clothes_mA"]) + float(row["val_gender_balanced_accuracy"])) / 2)
+    assert result["model"].loss["clothes"].positive_weights is not None
 
 
 def test_nan_loss_fails_loudly(tmp_path):
@@ -179,4 +200,5 @@ def test_vertex_tuning_trial_gets_its_own_dir_and_reports_its_metric(tmp_path, m
     assert (job / "trial_3" / "metrics.json").is_file() and not (job / "metrics.json").exists()
     reported = json.loads(metric_file.read_text().splitlines()[-1])
     assert reported["trial"] == "3" and reported["global_step"] == str(result["steps"])
-    assert float(reported["val_mean_accuracy"]) == pytest.approx(result["metrics"]["best_val_mean_accuracy"], abs=1e-6)
+    assert float(reported["val_mean_balanced_accuracy"]) == pytest.approx(
+        result["metrics"]["best_val_mean_balanced_accuracy"], abs=1e-6)

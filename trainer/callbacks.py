@@ -1,10 +1,16 @@
-"""The run's callbacks: backbone warm-up, mean accuracy, LR/momentum logging, non-finite guard, best model,
+"""The run's callbacks: backbone warm-up, mean balanced accuracy, LR/momentum logging, non-finite guard, best model,
 TensorBoard.
 
     python -m trainer.task --config smoke --data_dir out/data --job_dir out/job   # uses all of them
 
-Order matters: callbacks that add keys to the epoch logs (MeanAccuracy, LogSchedule) come before the ones
-that read them (the guard, BestCheckpoint monitors val_mean_accuracy, TensorBoard). The guard comes before
+The best model (checkpoints/best.keras) is the epoch with the highest MONITOR, `val_mean_balanced_accuracy`:
+the mean over heads of each head's validation balanced accuracy (softmax heads) or mA (multi-label heads). A
+constant predictor scores exactly chance on it (1/C per softmax head, 0.5 per multi-label head) whatever the
+class frequencies, so a model that learnt nothing cannot be chosen over one that learnt something, as it can
+by accuracy on imbalanced heads.
+
+Order matters: callbacks that add keys to the epoch logs (MeanBalancedAccuracy, LogSchedule) come before the
+ones that read them (the guard, BestCheckpoint, TensorBoard). The guard comes before
 BestCheckpoint, so a blown-up epoch is never saved as the best. Backups, history.csv and metrics.json are not
 callbacks: the loop commits them after every callback has seen the epoch (trainer.history).
 """
@@ -20,10 +26,10 @@ import numpy as np
 
 from trainer import atomic
 from trainer.backbones import frozen_batchnorm, set_trainable
-from trainer.metrics import MeanAccuracy
+from trainer.metrics import MeanBalancedAccuracy
 
 log = logging.getLogger(__name__)
-MONITOR = "val_mean_accuracy"
+MONITOR = "val_mean_balanced_accuracy"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -110,7 +116,8 @@ class BackboneWarmup(keras.callbacks.Callback):
 
 
 def make_callbacks(paths, schema, best: float | None = None, tensorboard: bool = True, config=None):
-    cbs = [MeanAccuracy(schema), LogSchedule(), RaiseOnNonFinite(), BestCheckpoint(paths.best_keras, MONITOR, best)]
+    cbs = [MeanBalancedAccuracy(schema), LogSchedule(), RaiseOnNonFinite(),
+           BestCheckpoint(paths.best_keras, MONITOR, best)]
     if config is not None and config.train.freeze_backbone_epochs:
         cbs.insert(0, BackboneWarmup(config.train.freeze_backbone_epochs, frozen_batchnorm(config.model)))
     if not tensorboard:

@@ -3,9 +3,9 @@
     python -m trainer.task --config smoke --data_dir out/data --job_dir out/job --model.width=2
     python -c "from trainer.config import load_config; print(load_config(['--config', 'hvc']).to_yaml())"
 
-`load_config` starts from the dataclass defaults, applies a preset (`smoke`, `hvc`) or a YAML file, then the
-overrides, and validates the result. `Config.to_yaml()` / `config_from_yaml(path)` round-trip exactly, so
-evaluate/export rebuild preprocessing from JOB_DIR/config.yaml.
+`load_config` starts from the dataclass defaults, applies a preset (`smoke`, `demo`, `hvc`, `par`, `par_gpu`)
+or a YAML file, then the overrides, and validates the result. `Config.to_yaml()` / `config_from_yaml(path)`
+round-trip exactly, so evaluate/export rebuild preprocessing from JOB_DIR/config.yaml.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ CLASS_BALANCE = ("none", "inverse", "effective")
 BACKBONES = ("wrn", "resnet20v1", "sepconv", "densenet121", "resnet50v2", "efficientnetv2b0", "mobilenetv3small",
              "mobilenetv3large", "vgg16", "inceptionv3")
 WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".hdf5")
+MULTI_LABEL_LOSSES = ("bce", "weighted_bce")
 
 
 class ConfigError(ValueError):
@@ -35,7 +36,7 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     data_dir: str = ""  # holds person_attrs/<dataset>/<version>; local or gs://
-    dataset: str = "hvc"  # the schema name = the TFDS config name
+    dataset: str = ""  # the schema name = the TFDS config name; "" = the one dataset data_dir holds
     version: str = "1.0.0"
     height: int = 128
     width: int = 64
@@ -109,8 +110,10 @@ class LossConfig:
     weights: Mapping[str, float] = dataclasses.field(default_factory=dict)  # by attribute; missing = 1.0
     normalize_weights: bool = True  # divide the weights by their mean: the LR then does not depend on their sum
     label_smoothing: float = 0.0
-    class_balance: str = "none"  # "inverse" frequency or "effective" number (Cui et al. 2019)
+    class_balance: str = "none"  # single-label heads: "inverse" frequency or "effective" number (Cui et al. 2019)
     class_balance_beta: float = 0.999
+    # multi-label heads: "bce", or "weighted_bce" (positives vs negatives per label, trainer/losses.py)
+    multi_label_loss: str = "bce"
 
     def __post_init__(self):
         # Frozen all the way down: the weights mapping is read-only too.
@@ -167,6 +170,18 @@ class Config:
         return config_from_dict(_merge(self.to_dict(), overrides, "replace"))
 
 
+# Attribute data of any schema (single- or multi-label heads) on a CPU: the hvc recipe at 64x32 for ~2x the epochs
+# per hour, positive/negative-balanced BCE on multi-label heads. docs/results.md measures it on the hvc data read
+# as 27 binary labels (docs/examples/hvc_multi_label.yaml).
+_PAR: dict[str, Any] = {
+    "data": {"height": 64, "width": 32, "cache": True},
+    "model": {"depth": 16, "width": 2, "dropout": 0.1},
+    "augment": {"translate": 0.1, "erasing": 0.25},
+    "optim": {"schedule": "one_cycle", "max_lr": 0.05},
+    "loss": {"multi_label_loss": "weighted_bce"},
+    "train": {"epochs": 20, "batch_size": 64},
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a CPU: tiny input and net, a few steps.
     "smoke": {
@@ -180,28 +195,35 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 90 CPU seconds. Full-size input (224x112: the noise and blur of image quality and the face marks of emotion
     # survive) with a stride-4 stem, so the trunk runs at 56x28; batch 16 for more updates per second. No random
     # shift: the generator already places and sizes each figure at random, and the shift took a third of each CPU
-    # step, which buys 18 epochs instead of 12. Loss weights on the heads that learn last (age, weight, emotion).
+    # step, which buys 18 epochs instead of 12. Loss weights on the heads that learn last (age, weight, emotion);
+    # the preset names every head, so the hvc schema's own weights do not apply to the demo set.
     # benchmarks/demo_learns.py checks that every head beats its majority baseline (docs/performance.md, section 8).
     "demo": {
         "data": {"height": 224, "width": 112, "shuffle_buffer": 1024, "cache": True},
         "model": {"depth": 10, "width": 1, "dropout": 0.0, "stem_stride": 4},
         "augment": {"erasing": 0.0, "translate": 0.0},
         "optim": {"max_lr": 0.1},
-        "loss": {"weights": {"age": 3, "weight": 4, "emotion": 3}},
+        "loss": {"weights": {"gender": 1, "image_quality": 1, "age": 3, "weight": 4, "bag": 1, "footwear": 1,
+                             "emotion": 3, "pose": 1}},
         "train": {"epochs": 18, "batch_size": 16},
     },
     # The real run on the HVC data, sized for a 2-core CPU (docs/results.md): letterboxed 224x224 images, the
     # person band resized to 96x48, WRN-16-2, max LR from the LR range test, light regularisation, 42 epochs
-    # (~2 h 20 min there); evaluate with --flip_tta for the headline row.
+    # (~2 h 20 min there); evaluate with --flip_tta for the headline row. The per-head loss weights of that
+    # recipe belong to the data and live in its schema (tfds_person_attrs.schema.HVC.loss_weights).
     "hvc": {
         "data": {"height": 96, "width": 48, "cache": True},
         "model": {"depth": 16, "width": 2, "dropout": 0.1},
         "augment": {"translate": 0.1, "erasing": 0.25, "color_jitter": 0.0},
         "optim": {"schedule": "one_cycle", "max_lr": 0.05},
-        "loss": {"weights": {"gender": 2, "image_quality": 2, "age": 4, "weight": 3, "bag": 3, "pose": 3,
-                             "footwear": 2, "emotion": 4}},
         "train": {"epochs": 42, "batch_size": 64},
     },
+    "par": _PAR,
+    # The same for a GPU: pedestrian-attribute benchmarks' 256x128 input, WRN-16-4, more epochs, bfloat16; no
+    # decoded-image cache (98 KB per image at this size: 10 GB for a 100,000-image set).
+    "par_gpu": {**_PAR, "data": {**_PAR["data"], "height": 256, "width": 128, "cache": False},
+                "model": {**_PAR["model"], "width": 4}, "train": {**_PAR["train"], "epochs": 40},
+                "distribute": {"mixed_precision": "mixed_bfloat16"}},
 }
 
 
@@ -236,6 +258,7 @@ def validate(c: Config) -> None:
     need(0 <= lo.label_smoothing < 1, "loss.label_smoothing", f"must be in [0, 1), got {lo.label_smoothing}")
     need(lo.class_balance in CLASS_BALANCE, "loss.class_balance", f"must be one of {CLASS_BALANCE}")
     need(0 < lo.class_balance_beta < 1, "loss.class_balance_beta", "must be in (0, 1)")
+    need(lo.multi_label_loss in MULTI_LABEL_LOSSES, "loss.multi_label_loss", f"must be one of {MULTI_LABEL_LOSSES}")
     need(t.epochs >= 1 and t.batch_size >= 1, "train.epochs/batch_size", "must be >= 1")
     need(min(t.global_batch_size, t.steps_per_epoch, t.validation_steps, t.backup_every_steps) >= 0, "train",
          "global_batch_size, steps_per_epoch, validation_steps, backup_every_steps must be >= 0")
@@ -248,12 +271,19 @@ def validate(c: Config) -> None:
     need(ds.cpu_devices >= 0, "distribute.cpu_devices", f"must be >= 0, got {ds.cpu_devices}")
 
 
-def check_loss_weights(c: Config, attribute_names: Sequence[str]) -> None:
-    """At train start, when the dataset's schema is known: every weighted name must be a head."""
-    unknown = sorted(set(c.loss.weights) - set(attribute_names))
+def check_against_schema(c: Config, schema) -> None:
+    """At train start, when the dataset's schema is known: every weighted name must be a head, and class
+    balancing must not be asked of multi-label heads, which it does not touch."""
+    unknown = sorted(set(c.loss.weights) - set(schema.names))
     if unknown:
-        raise ConfigError(f"loss.weights: unknown attribute(s) {unknown}; the dataset's heads are "
-                          f"{list(attribute_names)}")
+        raise ConfigError(f"loss.weights: unknown attribute(s) {unknown} for dataset {schema.name!r}, whose heads "
+                          f"are {list(schema.names)}; name those (--loss.weights.HEAD=W) or drop the weights "
+                          "('--loss.weights={}')")
+    multi = [a.name for a in schema.attributes if a.is_multi_label]
+    if multi and c.loss.class_balance != "none" and c.loss.multi_label_loss == "bce":
+        raise ConfigError(f"loss.class_balance={c.loss.class_balance} balances single-label heads only; the "
+                          f"multi-label heads {multi} are balanced by --loss.multi_label_loss=weighted_bce: set it "
+                          "(or --loss.class_balance=none)")
 
 
 def config_from_dict(d: Mapping[str, Any], source: str = "config") -> Config:
@@ -266,7 +296,7 @@ def config_from_yaml(path: str) -> Config:
 
 
 def load_config(argv: Sequence[str] | str | None = None) -> Config:
-    """`--config smoke|hvc|file.yaml`, `--data_dir`, `--job_dir`, then any `--section.field=value`.
+    """`--config PRESET|file.yaml`, `--data_dir`, `--job_dir`, then any `--section.field=value`.
 
     A str argument is a preset name or a YAML path. Values are parsed as YAML (`--loss.weights={age: 4}`,
     `--augment.erasing_scale=[0.1,0.3]`), and also accepted as `--model.width 8`.

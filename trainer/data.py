@@ -24,7 +24,7 @@ from typing import Mapping
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tfds_person_attrs.schema import Schema, schema_from_dict
+from tfds_person_attrs.schema import BUILTIN_SCHEMAS, Schema, schema_from_dict
 from trainer.config import ConfigError
 from trainer.preprocess_ops import image_decoder
 
@@ -38,17 +38,58 @@ class DatasetInfo:
     num_examples: Mapping[str, int]  # {split: examples}
 
 
-def dataset_dir(data_cfg) -> str:
+def built_datasets(data_dir: str) -> list[str]:
+    """The datasets built under data_dir, as "name/version" (folders person_attrs/NAME/VERSION/dataset_info.json)."""
+    root = os.path.join(data_dir, "person_attrs")
+    if not tf.io.gfile.isdir(root):
+        return []
+    found = []
+    for name in sorted(n.rstrip("/") for n in tf.io.gfile.listdir(root)):
+        if not tf.io.gfile.isdir(os.path.join(root, name)):
+            continue
+        for version in sorted(v.rstrip("/") for v in tf.io.gfile.listdir(os.path.join(root, name))):
+            if tf.io.gfile.exists(os.path.join(root, name, version, "dataset_info.json")):
+                found.append(f"{name}/{version}")
+    return found
+
+
+def dataset_name(data_cfg) -> str:
+    """data.dataset, or when it is empty the one dataset data_dir holds (none or several: a ConfigError)."""
+    if data_cfg.dataset:
+        return data_cfg.dataset
+    _need_data_dir(data_cfg)
+    names = sorted({entry.split("/")[0] for entry in built_datasets(data_cfg.data_dir)})
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise ConfigError(f"{data_cfg.data_dir} holds no built dataset (no person_attrs/NAME/VERSION/"
+                          "dataset_info.json); build one with `python -m pipeline.preprocess --data_dir "
+                          f"{data_cfg.data_dir} ...`, or pass the --data_dir it was built into")
+    raise ConfigError(f"{data_cfg.data_dir} holds several datasets {names}: pick one with --data.dataset=NAME")
+
+
+def with_dataset(config):
+    """The config with data.dataset filled in (see dataset_name), as a run records it in config.yaml."""
+    return config if config.data.dataset else config.replace(**{"data.dataset": dataset_name(config.data)})
+
+
+def _need_data_dir(data_cfg) -> None:
     if not data_cfg.data_dir:
         raise ConfigError("data.data_dir is empty: pass --data_dir DIR (the pipeline's output, local or gs://)")
-    return os.path.join(data_cfg.data_dir, "person_attrs", data_cfg.dataset, data_cfg.version)
+
+
+def dataset_dir(data_cfg) -> str:
+    _need_data_dir(data_cfg)
+    return os.path.join(data_cfg.data_dir, "person_attrs", dataset_name(data_cfg), data_cfg.version)
 
 
 def builder(data_cfg):
     path = dataset_dir(data_cfg)
     if not tf.io.gfile.exists(os.path.join(path, "dataset_info.json")):
-        raise FileNotFoundError(f"no built dataset at {path} (dataset_info.json missing); build it with the "
-                                "pipeline, or set --data.dataset / --data.version")
+        present = built_datasets(data_cfg.data_dir)
+        raise ConfigError(f"no built dataset at {path} (dataset_info.json missing); {data_cfg.data_dir} holds "
+                          + (f"{present}: pick one with --data.dataset=NAME (and --data.version=V)" if present else
+                             "no dataset: build one with the pipeline, or pass the --data_dir it was built into"))
     return tfds.builder_from_directory(path)
 
 
@@ -59,6 +100,10 @@ def dataset_info(data_cfg) -> DatasetInfo:
     if "schema" not in meta:
         raise ValueError(f"{dataset_dir(data_cfg)}: metadata has no 'schema'; rebuild with the pipeline")
     schema = schema_from_dict(meta["schema"], source=f"{dataset_dir(data_cfg)} metadata")
+    builtin = BUILTIN_SCHEMAS.get(schema.name)
+    if "loss_weights" not in meta["schema"] and builtin is not None and builtin.attributes == schema.attributes:
+        # built before schemas carried their loss weights: the built-in schema's are this data's
+        schema = dataclasses.replace(schema, loss_weights=dict(builtin.loss_weights))
     counts = dict(meta.get("class_counts", {}))
     return DatasetInfo(schema, counts, {name: s.num_examples for name, s in b.info.splits.items()})
 

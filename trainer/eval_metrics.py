@@ -9,7 +9,8 @@ accuracy hides a head that only learned the prior (emotion is 72% "Neutral"). Be
 prior's log loss (always answering the training class frequencies): a head whose log loss is not below its
 prior's tells no more about the image than the class frequencies do, whatever its accuracy says.
 Multi-label attributes: mA (the pedestrian-attribute standard), instance-level accuracy/precision/recall/F1
-and mAP.
+and mAP, and per label its positives, mA, AP and F1 at its decision threshold (trainer.thresholds). Any
+constant answer scores mA = 0.5 (MA_CHANCE) on every label, so a label at or below it has learnt nothing.
 
     python -c "import numpy as np; from trainer import eval_metrics as m; \
 print(m.single_label_metrics(np.array([0,1,1,2]), np.eye(3)[[0,1,2,2]], train_counts=[5,1,1]))"
@@ -21,7 +22,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from trainer import thresholds as threshold_lib
+from trainer.thresholds import DEFAULT_THRESHOLD
+
 _EPS = 1e-12
+MA_CHANCE = 0.5  # mA of any constant answer: TPR + TNR = 1
 
 
 # ---------------------------------------------------------------- single-label
@@ -196,20 +201,35 @@ def mean_average_precision(y_true, scores) -> tuple[float, np.ndarray]:
     return (float(np.nanmean(aps)) if np.any(~np.isnan(aps)) else float("nan")), aps
 
 
+def per_label_f1(y_true, y_pred) -> np.ndarray:
+    """F1 of each label's positive class; NaN for a label neither present nor predicted."""
+    t, p = np.asarray(y_true).astype(bool), np.asarray(y_pred).astype(bool)
+    tp, denom = (t & p).sum(axis=0), t.sum(axis=0) + p.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
+
+
 def multi_label_metrics(y_true, probs, class_names: Sequence[str] | None = None,
-                        train_counts: Sequence[int] | None = None, threshold: float = 0.5) -> dict[str, Any]:
-    """All multi-label numbers for one attribute. y_true: 0/1 [N, L]; probs: sigmoid outputs [N, L]."""
+                        train_counts: Sequence[int] | None = None, threshold=DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """All multi-label numbers for one attribute. y_true: 0/1 [N, L]; probs: sigmoid outputs [N, L];
+    threshold: one for every label, or one per label (chosen on validation, trainer.thresholds)."""
     y_true = np.asarray(y_true).astype(np.int64)
     probs = np.asarray(probs, dtype=np.float64)
-    y_pred = (probs >= threshold).astype(np.int64)
+    thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (probs.shape[1],))
+    y_pred = (probs >= thresholds).astype(np.int64)
     ma, per_label_ma = label_based_mA(y_true, y_pred)
     m_ap, aps = mean_average_precision(y_true, probs)
-    out: dict[str, Any] = {"kind": "multi", "n": int(y_true.shape[0]), "threshold": threshold, "mA": ma,
-                           "mAP": m_ap, **instance_metrics(y_true, y_pred),
+    out: dict[str, Any] = {"kind": "multi", "n": int(y_true.shape[0]), "threshold": thresholds.tolist(), "mA": ma,
+                           "mA_chance": MA_CHANCE, "mAP": m_ap, **instance_metrics(y_true, y_pred),
                            # exact-match ratio: what a single "accuracy" means for a set of labels
                            "accuracy": float(np.mean(np.all(y_true == y_pred, axis=1))),
+                           "per_label_positives": y_true.sum(axis=0).astype(int).tolist(),
                            "per_label_mA": _nan_to_none(per_label_ma), "per_label_ap": _nan_to_none(aps),
-                           "per_label_accuracy": np.mean(y_true == y_pred, axis=0).tolist()}
+                           "per_label_f1": _nan_to_none(per_label_f1(y_true, y_pred)),
+                           "per_label_accuracy": np.mean(y_true == y_pred, axis=0).tolist(),
+                           # labels no better than a constant answer (which scores exactly 0.5)
+                           "labels_at_chance": [class_names[j] if class_names is not None else j
+                                                for j, v in enumerate(per_label_ma) if v <= MA_CHANCE]}
     if class_names is not None:
         out["classes"] = list(class_names)
     if train_counts is not None:
@@ -222,16 +242,21 @@ def multi_label_metrics(y_true, probs, class_names: Sequence[str] | None = None,
 # --------------------------------------------------------------- whole schema
 
 def evaluate_arrays(schema, labels: Mapping[str, Any], probs: Mapping[str, Any],
-                    train_counts: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
+                    train_counts: Mapping[str, Sequence[int]] | None = None,
+                    thresholds: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
     """Metrics for every attribute of `schema` plus the summary; the content of metrics.json's "heads".
 
-    labels/probs: {attribute: array} as produced by the eval dataset and the model's dict output.
+    labels/probs: {attribute: array} as produced by the eval dataset and the model's dict output; thresholds:
+    per-label decision thresholds of multi-label attributes (default trainer.thresholds.DEFAULT_THRESHOLD).
     """
     heads = {}
     for a in schema.attributes:
         counts = (train_counts or {}).get(a.name)
-        fn = multi_label_metrics if a.is_multi_label else single_label_metrics
-        heads[a.name] = fn(labels[a.name], probs[a.name], class_names=a.classes, train_counts=counts)
+        if a.is_multi_label:
+            heads[a.name] = multi_label_metrics(labels[a.name], probs[a.name], a.classes, counts,
+                                                threshold=threshold_lib.for_attribute(thresholds, a))
+        else:
+            heads[a.name] = single_label_metrics(labels[a.name], probs[a.name], a.classes, counts)
     single = [h for h in heads.values() if h["kind"] == "single"]
     summary = {"mean_accuracy": float(np.mean([h["accuracy"] for h in single])) if single else None,
                "mean_balanced_accuracy": float(np.mean([h["balanced_accuracy"] for h in single])) if single else None,
@@ -242,6 +267,10 @@ def evaluate_arrays(schema, labels: Mapping[str, Any], probs: Mapping[str, Any],
     if multi:
         summary["mean_mA"] = float(np.mean([h["mA"] for h in multi]))
         summary["mean_mAP"] = float(np.nanmean([h["mAP"] for h in multi]))
+        summary["labels_at_chance"] = sum(len(h["labels_at_chance"]) for h in multi)
+    # the checkpoint monitor's quantity, on this split: chance is 1/C per softmax head, 0.5 per multi-label head
+    summary["mean_balanced_accuracy_all_heads"] = float(np.mean(
+        [h["mA"] if h["kind"] == "multi" else h["balanced_accuracy"] for h in heads.values()]))
     return {"heads": heads, "summary": summary}
 
 

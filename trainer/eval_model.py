@@ -44,6 +44,9 @@ class EvalModel:
     heads: dict[str, Head]
     probs: Callable[[tf.Tensor, tf.Tensor], Mapping[str, tf.Tensor]]
     flip_tta: bool  # the probabilities average each image and its mirror
+    # per-label decision thresholds of multi-label heads (trainer.thresholds): the export's own, or
+    # JOB_DIR/thresholds.json for a Keras model; None = the default threshold
+    thresholds: dict[str, list[float]] | None = None
 
 
 def is_saved_model(path: str) -> bool:
@@ -62,12 +65,14 @@ def load(path: str, data_dir: str | None = None, flip_tta: bool = False) -> Eval
 
 
 def _load_keras(path: str, data_dir: str | None, flip_tta: bool) -> EvalModel:
+    from trainer import thresholds
     from trainer.export import load_job
 
     model, config, job_dir = load_job(path, data_dir)
     labels = os.path.join(job_dir, "model", LABELS_FILE)  # the same run's export names the classes
     heads = _heads_from_labels(labels) if tf.io.gfile.exists(labels) else None
-    return from_keras(model, config, job_dir, flip_tta, heads, path)
+    loaded = from_keras(model, config, job_dir, flip_tta, heads, path)
+    return dataclasses.replace(loaded, thresholds=thresholds.read(job_dir))
 
 
 def from_keras(model, config, job_dir: str | None = None, flip_tta: bool = False,
@@ -94,7 +99,8 @@ def _load_saved_model(path: str, data_dir: str | None, flip_tta: bool) -> EvalMo
             raise UserError(f"{path}: no {os.path.basename(needed)} beside {SAVED_MODEL_FILE}; evaluate takes "
                             "folders written by trainer.export (or training), which carry it")
     with tf.io.gfile.GFile(labels) as f:
-        baked_flip = bool(json.load(f).get("flip_tta", False))
+        vocabulary = json.load(f)
+    baked_flip = bool(vocabulary.get("flip_tta", False))
     if flip_tta and not baked_flip:
         raise UserError(f"--flip_tta: {path} was exported without it; export with `python -m trainer.export "
                         "--flip_tta` or evaluate the job dir with --flip_tta")
@@ -110,7 +116,7 @@ def _load_saved_model(path: str, data_dir: str | None, flip_tta: bool) -> EvalMo
 
     parent = os.path.dirname(path)
     job_dir = parent if tf.io.gfile.exists(os.path.join(parent, "config.yaml")) else None
-    return EvalModel(path, "saved_model", config, job_dir, heads, probs, baked_flip)
+    return EvalModel(path, "saved_model", config, job_dir, heads, probs, baked_flip, vocabulary.get("thresholds"))
 
 
 def _heads_from_labels(path: str) -> dict[str, Head]:

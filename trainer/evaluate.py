@@ -12,6 +12,15 @@ in the dataset's metadata. Output in --out: metrics.json (every number, per head
 index.html with its PNGs; the confusion matrices also go to TensorBoard (JOB_DIR/logs/eval_<split>, or
 AIP_TENSORBOARD_LOG_DIR) unless --no-tensorboard. --flip_tta averages each image's and its mirror's
 probabilities (default --out JOB_DIR/eval_<split>_flip); metrics.json records which was used.
+
+Multi-label heads are scored at their decision thresholds: the default 0.5, or per-label thresholds chosen on
+validation. `--choose_thresholds` (on a job dir, with --split validation) picks per label the threshold that
+maximises its balanced accuracy (TPR + TNR) / 2, writes JOB_DIR/thresholds.json and scores the split with
+them; later evaluations of the job and `trainer.export` (hence `trainer.predict`) use them:
+
+    python -m trainer.evaluate --model JOB_DIR --split validation --choose_thresholds
+    python -m trainer.evaluate --model JOB_DIR --split test          # at the chosen thresholds
+    python -m trainer.export --job_dir JOB_DIR                       # serves them
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import cli, eval_metrics, eval_model, report
+from trainer import thresholds as threshold_lib
 from trainer import data as data_lib
 
 
@@ -81,11 +91,13 @@ def _keep_worst(kept: dict | None, new: dict, k: int) -> dict:
 
 def format_table(metrics: dict[str, Any]) -> str:
     """The terminal table: one row per head, the baseline beside the accuracy, '<' where it does not beat it."""
-    lines = [f"{'head':<16}{'acc':>8}{'baseline':>10}{'bal.acc':>9}{'macroF1':>9}{'logloss':>9}{'prior':>8}{'n':>7}"]
+    lines = []
+    if any(h["kind"] != "multi" for h in metrics["heads"].values()):
+        lines.append(f"{'head':<16}{'acc':>8}{'baseline':>10}{'bal.acc':>9}{'macroF1':>9}{'logloss':>9}{'prior':>8}"
+                     f"{'n':>7}")
     for name, h in metrics["heads"].items():
         if h["kind"] == "multi":
-            lines.append(f"{name:<16} mA {h['mA']:.3f}  mAP {h['mAP']:.3f}  inst.F1 {h['instance_f1']:.3f}"
-                         f"  inst.acc {h['instance_accuracy']:.3f}  n {h['n']}")
+            lines += _multi_label_lines(name, h)
             continue
         base = h.get("majority_baseline")
         flag = " <" if base is not None and h["accuracy"] <= base else ""
@@ -99,17 +111,35 @@ def format_table(metrics: dict[str, Any]) -> str:
         base = s.get("mean_majority_baseline")
         lines.append(f"{'mean':<16}{s['mean_accuracy']:8.3f}" + (f"{base:10.3f}" if base is not None else f"{'-':>10}")
                      + f"{s['mean_balanced_accuracy']:9.3f}{s['mean_macro_f1']:9.3f}")
-    lines.append("('<': not better than always answering the training split's most frequent class; "
-                 "prior: the log loss of always answering the training class frequencies)")
+    if s.get("mean_mA") is not None:
+        lines.append(f"{'mean mA':<16} {s['mean_mA']:.3f} (chance {eval_metrics.MA_CHANCE:.3f}) over the multi-label "
+                     f"heads, mAP {s['mean_mAP']:.3f}, {s['labels_at_chance']} label(s) at chance")
+    lines.append("('<': not better than always answering the training split's most frequent class, or for "
+                 "multi-label heads an mA not above chance (0.5); prior: the log loss of always answering the "
+                 "training class frequencies)")
     return "\n".join(lines)
+
+
+def _multi_label_lines(name: str, h: dict[str, Any]) -> list[str]:
+    """A multi-label head: mA beside its chance level, mAP, instance F1; then the labels stuck at chance."""
+    flag = " <" if h["mA"] <= h.get("mA_chance", eval_metrics.MA_CHANCE) else ""
+    lines = [f"{name:<16} mA {h['mA']:.3f} (chance {h.get('mA_chance', eval_metrics.MA_CHANCE):.3f})  mAP "
+             f"{h['mAP']:.3f}  inst.F1 {h['instance_f1']:.3f}  n {h['n']}{flag}"]
+    stuck = h.get("labels_at_chance") or []
+    if stuck:
+        lines.append(f"{'':<16} {len(stuck)} of {len(h['per_label_mA'])} labels at chance (mA <= 0.5: no better "
+                     f"than one answer for every image): {', '.join(map(str, stuck))}")
+    return lines
 
 
 def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | None = None, batch: int = 64,
              max_images: int = 48, max_steps: int = 0, tensorboard: bool = False,
-             embed: bool = False, flip_tta: bool = False) -> dict[str, Any]:
+             embed: bool = False, flip_tta: bool = False, choose_thresholds: bool = False) -> dict[str, Any]:
     """Loads, checks, predicts, scores, writes metrics.json and the report; returns the metrics dict."""
     t0 = time.time()
     model = eval_model.load(model_path, data_dir, flip_tta)
+    if choose_thresholds:
+        _check_can_choose(model, split)
     config, job_dir = model.config, model.job_dir
     info = data_lib.dataset_info(config.data)
     schema = info.schema
@@ -121,8 +151,17 @@ def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | N
         raise cli.UserError(f"{model_path} is not inside a job dir: pass --out FOLDER for the report")
     pred = predict_split(model, schema, split, batch, max_steps, keep_worst=max_images)
     train_counts = info.class_counts.get(config.data.train_split)
-    metrics = eval_metrics.evaluate_arrays(schema, pred["labels"], pred["probs"], train_counts)
-    metrics.update({"model": model_path, "job_dir": job_dir, "data_dir": config.data.data_dir, "split": split,
+    thresholds = model.thresholds
+    if choose_thresholds:
+        thresholds = threshold_lib.choose(schema, pred["labels"], pred["probs"])
+        path = os.path.join(job_dir, threshold_lib.FILE_NAME)
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write(threshold_lib.to_json(thresholds, schema, split))
+        print(f"wrote {path}: per-label thresholds ({threshold_lib.CHOSEN_BY}); evaluate other splits with them, "
+              f"and serve them: python -m trainer.export --job_dir {job_dir}")
+    metrics = eval_metrics.evaluate_arrays(schema, pred["labels"], pred["probs"], train_counts, thresholds)
+    metrics.update({"thresholds_from": _thresholds_origin(model, thresholds, choose_thresholds, split),
+                    "model": model_path, "job_dir": job_dir, "data_dir": config.data.data_dir, "split": split,
                     "num_examples": len(pred["ids"]), "baseline_from": config.data.train_split,
                     "flip_tta": model.flip_tta, "schema": schema.to_dict(), "seconds": round(time.time() - t0, 1)})
     out_dir = out_dir or os.path.join(job_dir, f"eval_{split}" + ("_flip" if model.flip_tta else ""))
@@ -146,6 +185,25 @@ def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | N
     return metrics
 
 
+def _check_can_choose(model: eval_model.EvalModel, split: str) -> None:
+    if model.kind != "keras" or model.job_dir is None:
+        raise cli.UserError(f"--choose_thresholds: pass the job dir (--model JOB_DIR), not {model.path}: the "
+                            "thresholds are written to JOB_DIR/thresholds.json for export to serve")
+    if split == "test":
+        raise cli.UserError("--choose_thresholds: choose them on the validation split (--split validation); "
+                            "thresholds chosen on the test split overstate the test figures")
+
+
+def _thresholds_origin(model: eval_model.EvalModel, thresholds, chosen_now: bool, split: str) -> str:
+    if chosen_now:
+        return f"chosen on this split ({split}): {threshold_lib.CHOSEN_BY}"
+    if thresholds is None:
+        return f"default {threshold_lib.DEFAULT_THRESHOLD} for every label"
+    if model.kind == "saved_model":
+        return f"the export's labels.json ({model.path})"
+    return os.path.join(model.job_dir, threshold_lib.FILE_NAME)
+
+
 def main(argv=None) -> int:
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="JOB_DIR, a .keras file inside it, or an exported model folder")
@@ -160,9 +218,12 @@ def main(argv=None) -> int:
     p.add_argument("--embed", action="store_true", help="inline the images too: index.html works on its own")
     p.add_argument("--flip_tta", action="store_true",
                    help="average each image's and its mirror's probabilities (test-time augmentation)")
+    p.add_argument("--choose_thresholds", action="store_true",
+                   help="pick each multi-label label's threshold maximising its balanced accuracy on this split "
+                        "(use --split validation) and write JOB_DIR/thresholds.json, which evaluate and export use")
     a = p.parse_args(argv)
     evaluate(a.model, a.data_dir, a.split, a.out, a.batch_size, a.max_images, a.max_steps, a.tensorboard, a.embed,
-             a.flip_tta)
+             a.flip_tta, a.choose_thresholds)
     return 0
 
 

@@ -4,10 +4,12 @@ The `serving_default` signature takes `image_bytes` (tf.string [None], encoded J
 same `trainer.preprocess_ops.image_decoder` as evaluation (traced into the graph, so serving needs no project
 code), runs the model and returns per attribute:
   - `<attr>_probs`: float32 [None, C], softmax (single-label) or sigmoid (multi-label) outputs;
-  - `<attr>_label`: string [None], the predicted class name; for multi-label the names with p >= 0.5
-    joined by the attribute's delimiter ("" when none);
+  - `<attr>_label`: string [None], the predicted class name; for multi-label the names whose probability is
+    >= the label's threshold, joined by the attribute's delimiter ("" when none);
   - `<attr>_active`: int32 [None, C], multi-label only, the 0/1 decisions.
-`labels.json` (class names per attribute) and `config.yaml` are written beside saved_model.pb. Vertex AI's
+The thresholds are JOB_DIR/thresholds.json's when `trainer.evaluate --choose_thresholds` wrote one, else
+trainer.thresholds.DEFAULT_THRESHOLD; `labels.json` (class names and thresholds per attribute) and
+`config.yaml` are written beside saved_model.pb. Vertex AI's
 prebuilt TensorFlow prediction container serves the folder from AIP_MODEL_DIR; a request is
 `{"instances": [{"image_bytes": {"b64": "<base64 JPEG>"}}]}`.
 
@@ -26,12 +28,12 @@ from typing import Any, Mapping
 import tensorflow as tf
 
 from trainer import cli
+from trainer import thresholds as threshold_lib
 from trainer.cli import UserError
 from trainer.preprocess_ops import image_decoder
 
 INPUT_KEY = "image_bytes"
 SIGNATURE = "serving_default"
-MULTI_LABEL_THRESHOLD = 0.5
 
 
 def model_outputs(model, images, flip_tta: bool = False) -> dict[str, Any]:
@@ -59,15 +61,16 @@ def decode_batch(image_bytes: tf.Tensor, config) -> tf.Tensor:
                      fn_output_signature=tf.TensorSpec((d.height, d.width, 3), tf.float32))
 
 
-def serving_outputs(probs: Mapping[str, tf.Tensor], schema) -> dict[str, tf.Tensor]:
-    """Probabilities -> the signature's outputs (`<attr>_probs`, `<attr>_label`, `<attr>_active`)."""
+def serving_outputs(probs: Mapping[str, tf.Tensor], schema, thresholds=None) -> dict[str, tf.Tensor]:
+    """Probabilities -> the signature's outputs (`<attr>_probs`, `<attr>_label`, `<attr>_active`); thresholds:
+    {multi-label attribute: per-label thresholds} (default trainer.thresholds.DEFAULT_THRESHOLD)."""
     out = {}
     for a in schema.attributes:
         p = tf.cast(probs[a.name], tf.float32)  # mixed-precision models return float16/bfloat16
         names = tf.constant(list(a.classes))
         out[f"{a.name}_probs"] = p
         if a.is_multi_label:
-            active = p >= MULTI_LABEL_THRESHOLD
+            active = p >= tf.constant(threshold_lib.for_attribute(thresholds, a), tf.float32)
             out[f"{a.name}_active"] = tf.cast(active, tf.int32)
             picked = tf.where(active, tf.broadcast_to(names, tf.shape(p)), "")
             # reduce_join keeps empty strings, so join the chosen names row by row without the blanks
@@ -79,22 +82,27 @@ def serving_outputs(probs: Mapping[str, tf.Tensor], schema) -> dict[str, tf.Tens
     return out
 
 
-def labels_dict(schema) -> dict[str, Any]:
-    """labels.json: the vocabulary a client needs to read `<attr>_probs` columns."""
-    return {"schema": schema.name, "input": INPUT_KEY, "multi_label_threshold": MULTI_LABEL_THRESHOLD,
-            "attributes": {a.name: {"kind": a.kind, "classes": list(a.classes), "delimiter": a.delimiter}
-                           for a in schema.attributes}}
+def labels_dict(schema, thresholds=None) -> dict[str, Any]:
+    """labels.json: the vocabulary a client needs to read `<attr>_probs` columns, and the thresholds served."""
+    out = {"schema": schema.name, "input": INPUT_KEY, "multi_label_threshold": threshold_lib.DEFAULT_THRESHOLD,
+           "attributes": {a.name: {"kind": a.kind, "classes": list(a.classes), "delimiter": a.delimiter}
+                          for a in schema.attributes}}
+    multi = [a for a in schema.attributes if a.is_multi_label]
+    if thresholds and multi:
+        out["thresholds"] = {a.name: threshold_lib.for_attribute(thresholds, a).tolist() for a in multi}
+    return out
 
 
-def export_model(model, config, schema, export_dir: str, flip_tta: bool = False) -> str:
+def export_model(model, config, schema, export_dir: str, flip_tta: bool = False, thresholds=None) -> str:
     """Writes the SavedModel, labels.json and config.yaml to export_dir (local or gs://); returns export_dir.
 
     flip_tta: the signature averages each image's and its mirror's probabilities, as `evaluate --flip_tta`.
+    thresholds: per-label decision thresholds of the multi-label heads (trainer.thresholds).
     """
     import keras
 
     def serve(image_bytes):
-        return serving_outputs(model_outputs(model, decode_batch(image_bytes, config), flip_tta), schema)
+        return serving_outputs(model_outputs(model, decode_batch(image_bytes, config), flip_tta), schema, thresholds)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -103,7 +111,7 @@ def export_model(model, config, schema, export_dir: str, flip_tta: bool = False)
     archive.write_out(export_dir, verbose=False)
     with tf.io.gfile.GFile(os.path.join(export_dir, "labels.json"), "w") as f:
         # flip_tta recorded so that whoever serves the folder can tell how its probabilities were made
-        f.write(json.dumps({**labels_dict(schema), "flip_tta": flip_tta}, indent=2))
+        f.write(json.dumps({**labels_dict(schema, thresholds), "flip_tta": flip_tta}, indent=2))
     with tf.io.gfile.GFile(os.path.join(export_dir, "config.yaml"), "w") as f:
         f.write(config.to_yaml())
     return export_dir
@@ -170,9 +178,11 @@ def main(argv=None) -> int:
     # labels.json takes the class names from this schema: a model of another schema would get wrong ones
     eval_model.check_heads(eval_model.from_keras(model, config), schema, dataset_dir(config.data))
     out = args.export_dir or job_paths(job_dir).model_dir
-    export_model(model, config, schema, out, args.flip_tta)
+    thresholds = threshold_lib.read(job_dir)
+    export_model(model, config, schema, out, args.flip_tta, thresholds)
     print(f"exported to {out} (signature {SIGNATURE!r}, input {INPUT_KEY!r}"
-          + (", flip test-time augmentation)" if args.flip_tta else ")"))
+          + (", flip test-time augmentation" if args.flip_tta else "")
+          + (f", multi-label thresholds of {os.path.join(job_dir, threshold_lib.FILE_NAME)})" if thresholds else ")"))
     return 0
 
 

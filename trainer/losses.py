@@ -9,8 +9,20 @@ Single-label heads take integer labels (softmax outputs); multi-label heads take
   al., CVPR 2019 (beta -> 0 is no balancing, beta -> 1 is inverse frequency).
 Weights are normalised so that their mean over the training labels is 1 (sum_c p_c w_c = 1): balancing
 changes which examples matter, not the head's overall scale, so the per-head weights keep their meaning.
-For multi-label heads the weight of class c scales its positive term only (n_c = its positives).
+Class balancing applies to single-label heads only.
+
+Multi-label heads balance positives against negatives per label instead (`loss.multi_label_loss`):
+- "bce": plain binary cross-entropy, every term weight 1;
+- "weighted_bce": the weighted sigmoid cross-entropy of DeepMAR (Li, Chen and Huang, "Multi-attribute Learning
+  for Pedestrian Attribute Recognition in Surveillance Scenarios", ACPR 2015) in the form of the strong
+  pedestrian-attribute baseline (Jia et al., "Rethinking of Pedestrian Attribute Recognition: Realistic
+  Datasets with Efficient Method", arXiv:2005.11909, 2020): with r_l the fraction of training images in which
+  label l is present, a positive of label l weighs exp(1 - r_l) and a negative exp(r_l) (sigma = 1), so a
+  label present in 24% of images weighs its positives exp(0.76) = 2.14 and its negatives exp(0.24) = 1.27.
+  Not normalised, as published.
 Keras 3 only (keras.ops), so these losses run under any backend.
+
+    python -c "from trainer.losses import positive_negative_weights; print(positive_negative_weights([24], 100))"
 """
 
 from __future__ import annotations
@@ -39,26 +51,41 @@ def class_weights(counts: Sequence[float], method: str, beta: float = 0.999) -> 
     return (w / float((p * w).sum())).tolist()
 
 
+def positive_negative_weights(positives: Sequence[float], num_examples: int) -> tuple[list[float], list[float]]:
+    """(positive weights, negative weights) per label of the weighted BCE (module docstring): exp(1 - r), exp(r)."""
+    if num_examples < 1:
+        raise ValueError("the positive/negative weights need at least one training example")
+    r = np.clip(np.asarray(positives, dtype=np.float64) / num_examples, 0.0, 1.0)
+    return np.exp(1.0 - r).tolist(), np.exp(r).tolist()
+
+
 @keras.saving.register_keras_serializable(package="person_attrs")
 class HeadLoss(keras.losses.Loss):
     """Cross-entropy for one head on probabilities (the heads end in softmax/sigmoid, in float32)."""
 
     def __init__(self, multi_label: bool, num_classes: int, label_smoothing: float = 0.0,
-                 class_weights: Sequence[float] | None = None, name: str = "head_loss", **kwargs):
+                 class_weights: Sequence[float] | None = None, name: str = "head_loss",
+                 positive_weights: Sequence[float] | None = None, negative_weights: Sequence[float] | None = None,
+                 **kwargs):
         super().__init__(name=name, **kwargs)
         self.multi_label, self.num_classes = bool(multi_label), int(num_classes)
         self.label_smoothing = float(label_smoothing)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.positive_weights = None if positive_weights is None else [float(w) for w in positive_weights]
+        self.negative_weights = None if negative_weights is None else [float(w) for w in negative_weights]
 
     def call(self, y_true, y_pred):
         y_pred = ops.clip(ops.cast(y_pred, "float32"), _EPS, 1.0 - _EPS)
         if self.multi_label:
             y = ops.cast(y_true, "float32")
             target = y * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
-            pos = target * ops.log(y_pred)
-            if self.class_weights is not None:
-                pos = pos * ops.convert_to_tensor(self.class_weights, "float32")
-            return -ops.mean(pos + (1.0 - target) * ops.log(1.0 - y_pred), axis=-1)
+            bce = target * ops.log(y_pred) + (1.0 - target) * ops.log(1.0 - y_pred)
+            if self.positive_weights is not None:
+                # the weight follows the hard label (smoothing moves the target, not which term it is)
+                w_pos = ops.convert_to_tensor(self.positive_weights, "float32")
+                w_neg = ops.convert_to_tensor(self.negative_weights, "float32")
+                bce = bce * (y * w_pos + (1.0 - y) * w_neg)
+            return -ops.mean(bce, axis=-1)
         labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
         one_hot = ops.one_hot(labels, self.num_classes)
         target = one_hot * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
@@ -69,22 +96,35 @@ class HeadLoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "multi_label": self.multi_label, "num_classes": self.num_classes,
-                "label_smoothing": self.label_smoothing, "class_weights": self.class_weights}
+                "label_smoothing": self.label_smoothing, "class_weights": self.class_weights,
+                "positive_weights": self.positive_weights, "negative_weights": self.negative_weights}
 
 
-def make_losses(schema, loss_config, class_counts: Mapping[str, Sequence[float]] | None = None):
-    """({head: HeadLoss}, {head: weight}) for model.compile; unnamed heads weigh 1.0."""
+def make_losses(schema, loss_config, class_counts: Mapping[str, Sequence[float]] | None = None,
+                num_train: int = 0):
+    """({head: HeadLoss}, {head: weight}) for model.compile.
+
+    class_counts: the training split's counts per class (positives per label for multi-label heads), and
+    num_train its number of examples: needed by class balancing and the weighted BCE. The head weights are the
+    schema's `loss_weights` updated by loss_config.weights; heads named in neither weigh 1.0.
+    """
     losses, weights = {}, {}
+    head_weights = {**schema.loss_weights, **loss_config.weights}
     for a in schema.attributes:
-        cw = None
-        if loss_config.class_balance != "none":
-            if not class_counts or a.name not in class_counts:
-                raise ValueError(f"loss.class_balance={loss_config.class_balance} needs the dataset's class "
-                                 f"counts for {a.name!r} (metadata['class_counts']['train'])")
-            cw = class_weights(class_counts[a.name], loss_config.class_balance, loss_config.class_balance_beta)
-        losses[a.name] = HeadLoss(a.is_multi_label, a.num_classes, loss_config.label_smoothing, cw,
-                                  name=f"{a.name}_loss")
-        weights[a.name] = float(loss_config.weights.get(a.name, 1.0))
+        kw = {}
+        balance = loss_config.multi_label_loss == "weighted_bce" if a.is_multi_label else (
+            loss_config.class_balance != "none")
+        if balance and (not class_counts or a.name not in class_counts or (a.is_multi_label and num_train < 1)):
+            raise ValueError(f"balancing the loss of {a.name!r} needs the dataset's training class counts "
+                             "(metadata['class_counts']['train']); rebuild the dataset with the pipeline")
+        if balance and a.is_multi_label:
+            kw["positive_weights"], kw["negative_weights"] = positive_negative_weights(class_counts[a.name], num_train)
+        elif balance:
+            kw["class_weights"] = class_weights(class_counts[a.name], loss_config.class_balance,
+                                                loss_config.class_balance_beta)
+        losses[a.name] = HeadLoss(a.is_multi_label, a.num_classes, loss_config.label_smoothing,
+                                  name=f"{a.name}_loss", **kw)
+        weights[a.name] = float(head_weights.get(a.name, 1.0))
     if loss_config.normalize_weights:
         # Relative weights, mean 1: the shared trunk's gradient then has the scale of one head's, so the
         # learning rate (and an LR range test) means the same whatever the weights add up to (hvc's sum to 23).

@@ -123,16 +123,19 @@ def run_lr_find(config, num_steps: int = 200, start_lr: float = 1e-5, end_lr: fl
     import tensorflow as tf
 
     from trainer import distribute
-    from trainer.data import dataset_info, make_train_dataset
+    from trainer.config import check_against_schema
+    from trainer.data import dataset_info, make_train_dataset, split_examples
     from trainer.losses import make_losses
     from trainer.model import build_model
 
     info = dataset_info(config.data)
+    check_against_schema(config, info.schema)
     keras.utils.set_random_seed(config.train.seed)
     previous_policy = distribute.set_precision(config)
     try:
         model = build_model(info.schema, config)
-        losses, weights = make_losses(info.schema, config.loss, info.class_counts.get(config.data.train_split))
+        losses, weights = make_losses(info.schema, config.loss, info.class_counts.get(config.data.train_split),
+                                      split_examples(config.data, config.data.train_split))
         o = config.optim
         momentum = o.momentum_min if o.schedule == "one_cycle" else o.momentum
         opt = keras.optimizers.SGD(learning_rate=start_lr, momentum=momentum, nesterov=o.nesterov)

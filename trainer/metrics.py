@@ -1,49 +1,151 @@
-"""Per-head accuracy metrics and the mean accuracy over heads (Keras metric objects and a callback only).
+"""Per-head training metrics that a constant predictor cannot flatter, and their mean over heads.
 
     python -c "from tfds_person_attrs.schema import HVC; from trainer.metrics import head_metrics; \
 print(head_metrics(HVC))"
 
-Each head gets its own metric object in a dict keyed by the head's name, so Keras pairs it with that head's
-labels and logs it as `<head>_accuracy` / `val_<head>_accuracy`. Single-label heads use sparse categorical
-accuracy (never binary accuracy on a softmax: that overstates it); multi-label heads use per-class binary
-accuracy at 0.5. `MeanAccuracy` adds `mean_accuracy` and `val_mean_accuracy` to each epoch's logs; it must
-come before any callback that reads them (checkpointing, CSV, TensorBoard).
+Each head gets its own metric objects in a dict keyed by the head's name, so Keras pairs them with that head's
+labels and logs them as `<head>_<metric>` / `val_<head>_<metric>`:
+- single-label (softmax) heads: `accuracy` (sparse categorical) and `balanced_accuracy` (mean recall over the
+  classes present in the labels; a constant answer scores 1/C whatever the class frequencies);
+- multi-label (sigmoid) heads: `mA` (mean over labels of (TPR + TNR) / 2 at the decision threshold
+  trainer.thresholds.DEFAULT_THRESHOLD, the pedestrian-attribute standard; a constant answer scores 0.5) and
+  `mAP` (Keras' AUC of the precision-recall curve per label on 200 thresholds, averaged over labels: an
+  interpolated approximation of trainer.eval_metrics' exact AP). Binary accuracy is not tracked: with rare
+  labels it rewards answering "absent" everywhere.
+The metrics accumulate counts in variables that Keras creates with aggregation "sum", so under a distribution
+strategy (trainer.loop reads them outside the step) every replica's counts are added before the ratio is taken: the
+epoch value is exact over the whole split, not a mean of per-replica or per-batch ratios.
+
+`MeanBalancedAccuracy` adds to each epoch's logs `mean_balanced_accuracy` (the mean over heads of balanced
+accuracy / mA: the checkpoint monitor, trainer.callbacks.MONITOR) and, when the schema has single-label heads,
+`mean_accuracy` (their mean accuracy), both also with the `val_` prefix. It must come before any callback that
+reads them (checkpointing, CSV, TensorBoard). Keras 3 only (keras.ops), so these run under any backend.
 """
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+from keras import ops
 
-ACCURACY = "accuracy"  # every head's metric; Keras logs it as <head>_accuracy and val_<head>_accuracy
-MEAN = "mean"  # MeanAccuracy logs the mean over heads under this name in place of a head's
+from trainer.thresholds import DEFAULT_THRESHOLD
+
+ACCURACY = "accuracy"  # every softmax head's metric; Keras logs it as <head>_accuracy and val_<head>_accuracy
+
+
+def _sum_variable(metric, name: str, size: int):
+    return metric.add_variable(shape=(size,), initializer="zeros", dtype="float32", aggregation="sum", name=name)
+
+
+def _mean_of_defined(ratios, defined):
+    """Mean of `ratios` over the entries where `defined`; 0 when none is (an empty epoch)."""
+    defined = ops.cast(defined, "float32")
+    return ops.sum(ratios * defined) / ops.maximum(ops.sum(defined), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="person_attrs")
+class BalancedAccuracy(keras.metrics.Metric):
+    """Mean per-class recall of a softmax head over the classes present in the labels (sklearn's
+    balanced_accuracy_score); y_true: int class indices, y_pred: probabilities [N, C]."""
+
+    def __init__(self, num_classes: int, name: str = "balanced_accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        self.correct = _sum_variable(self, "correct", self.num_classes)
+        self.support = _sum_variable(self, "support", self.num_classes)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        true = ops.one_hot(labels, self.num_classes)
+        hit = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), labels), "float32")
+        self.support.assign_add(ops.sum(true, axis=0))
+        self.correct.assign_add(ops.sum(true * hit[:, None], axis=0))
+
+    def result(self):
+        recall = self.correct / ops.maximum(self.support, 1.0)
+        return _mean_of_defined(recall, ops.greater(self.support, 0.0))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
+@keras.saving.register_keras_serializable(package="person_attrs")
+class LabelMeanAccuracy(keras.metrics.Metric):
+    """mA of a sigmoid head: mean over labels of (TPR + TNR) / 2 at `threshold`; a label with no positives (or
+    no negatives) in the data seen scores on the rate that exists (as trainer.eval_metrics.label_based_mA)."""
+
+    def __init__(self, num_labels: int, threshold: float = DEFAULT_THRESHOLD, name: str = "mA", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_labels, self.threshold = int(num_labels), float(threshold)
+        self.true_pos = _sum_variable(self, "true_pos", self.num_labels)
+        self.true_neg = _sum_variable(self, "true_neg", self.num_labels)
+        self.pos = _sum_variable(self, "pos", self.num_labels)
+        self.neg = _sum_variable(self, "neg", self.num_labels)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y = ops.cast(ops.greater(ops.cast(y_true, "float32"), 0.5), "float32")  # multi-hot labels as 0/1
+        p = ops.cast(ops.greater_equal(ops.cast(y_pred, "float32"), self.threshold), "float32")
+        self.pos.assign_add(ops.sum(y, axis=0))
+        self.neg.assign_add(ops.sum(1.0 - y, axis=0))
+        self.true_pos.assign_add(ops.sum(y * p, axis=0))
+        self.true_neg.assign_add(ops.sum((1.0 - y) * (1.0 - p), axis=0))
+
+    def result(self):
+        has_pos = ops.cast(ops.greater(self.pos, 0.0), "float32")
+        has_neg = ops.cast(ops.greater(self.neg, 0.0), "float32")
+        tpr = self.true_pos / ops.maximum(self.pos, 1.0)
+        tnr = self.true_neg / ops.maximum(self.neg, 1.0)
+        per_label = (tpr * has_pos + tnr * has_neg) / ops.maximum(has_pos + has_neg, 1.0)
+        return _mean_of_defined(per_label, ops.greater(has_pos + has_neg, 0.0))
+
+    def get_config(self):
+        return {**super().get_config(), "num_labels": self.num_labels, "threshold": self.threshold}
 
 
 def head_metrics(schema) -> dict[str, list[keras.metrics.Metric]]:
-    return {a.name: [keras.metrics.BinaryAccuracy(name=ACCURACY, threshold=0.5) if a.is_multi_label
-                     else keras.metrics.SparseCategoricalAccuracy(name=ACCURACY)]
-            for a in schema.attributes}
+    out = {}
+    for a in schema.attributes:
+        if a.is_multi_label:
+            out[a.name] = [LabelMeanAccuracy(a.num_classes),
+                           keras.metrics.AUC(curve="PR", multi_label=True, num_labels=a.num_classes, name="mAP")]
+        else:
+            out[a.name] = [keras.metrics.SparseCategoricalAccuracy(name=ACCURACY), BalancedAccuracy(a.num_classes)]
+    return out
 
 
 def accuracy_key(head: str, prefix: str = "") -> str:
-    """The log key of a head's accuracy (or of MEAN's), e.g. 'val_gender_accuracy' for prefix 'val_'."""
+    """The log key of a head's accuracy, e.g. 'val_gender_accuracy' for prefix 'val_'."""
     return f"{prefix}{head}_{ACCURACY}"
 
 
 def accuracy_keys(schema, prefix: str = "") -> dict[str, str]:
-    """{head: log key}, e.g. {'gender': 'val_gender_accuracy'} for prefix 'val_'."""
-    return {name: accuracy_key(name, prefix) for name in schema.names}
+    """{single-label head: its accuracy log key}, e.g. {'gender': 'val_gender_accuracy'} for prefix 'val_'."""
+    return {a.name: accuracy_key(a.name, prefix) for a in schema.attributes if not a.is_multi_label}
 
 
-def mean_accuracy(logs: dict, schema, prefix: str = "") -> float | None:
-    keys = accuracy_keys(schema, prefix).values()
-    if not all(k in logs for k in keys):
+def balanced_keys(schema, prefix: str = "") -> dict[str, str]:
+    """{head: the log key of its chance-corrected metric}: balanced accuracy, or mA for a multi-label head."""
+    return {a.name: f"{prefix}{a.name}_{'mA' if a.is_multi_label else 'balanced_accuracy'}"
+            for a in schema.attributes}
+
+
+def _mean(logs: dict, keys) -> float | None:
+    keys = list(keys)
+    if not keys or not all(k in logs for k in keys):
         return None
     return float(np.mean([float(logs[k]) for k in keys]))
 
 
-class MeanAccuracy(keras.callbacks.Callback):
-    """Writes mean_accuracy (train) and val_mean_accuracy (when validation ran) into the epoch logs."""
+def mean_balanced_accuracy(logs: dict, schema, prefix: str = "") -> float | None:
+    return _mean(logs, balanced_keys(schema, prefix).values())
+
+
+def mean_accuracy(logs: dict, schema, prefix: str = "") -> float | None:
+    return _mean(logs, accuracy_keys(schema, prefix).values())
+
+
+class MeanBalancedAccuracy(keras.callbacks.Callback):
+    """Writes [val_]mean_balanced_accuracy and, for single-label heads, [val_]mean_accuracy into the epoch logs."""
 
     def __init__(self, schema):
         super().__init__()
@@ -53,6 +155,7 @@ class MeanAccuracy(keras.callbacks.Callback):
         if logs is None:
             return
         for prefix in ("", "val_"):
-            value = mean_accuracy(logs, self.schema, prefix)
-            if value is not None:
-                logs[accuracy_key(MEAN, prefix)] = value
+            for key, fn in (("mean_balanced_accuracy", mean_balanced_accuracy), ("mean_accuracy", mean_accuracy)):
+                value = fn(logs, self.schema, prefix)
+                if value is not None:
+                    logs[f"{prefix}{key}"] = value

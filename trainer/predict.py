@@ -5,8 +5,10 @@
 
 Arguments are files, folders (their image files, not recursive) or globs (local or gs://). Output: one JSON
 line or CSV row per image: `path`, then per attribute its label and `<attr>_prob` (the probability of that
-label); multi-label attributes give the names above 0.5 joined by the schema's delimiter and one
-`<attr>_prob_<class>` per class (a `<attr>_probs` object in JSON). Non-JPEG images (PNG, ...) are converted
+label); multi-label attributes give the names the export decides present (probability >= the label's
+threshold: chosen on validation when the job had `trainer.evaluate --choose_thresholds` before export, listed
+in the export's labels.json, else 0.5) joined by the schema's delimiter, and one `<attr>_prob_<class>` per
+class (a `<attr>_probs` object in JSON). Non-JPEG images (PNG, ...) are converted
 to JPEG first, since the model's signature takes JPEG bytes. Unreadable files are named on stderr with the
 reason (truncated, not an image, ...) and skipped, and the exit code is 1 if there were any (2 if nothing could
 be predicted at all, or if the inputs hold no image file).

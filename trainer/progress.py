@@ -21,15 +21,17 @@ log = logging.getLogger(__name__)
 
 
 class EpochLine(keras.callbacks.Callback):
-    """Logs one short line per epoch: losses, mean accuracies, learning rate, seconds, and '(best)' on a new best.
+    """Logs one short line per epoch: losses, mean balanced accuracy (mean over heads of balanced accuracy / mA)
+    and mean accuracy (single-label heads), learning rate, seconds, and '(best)' on a new best of the monitor.
 
     Per-head numbers are in history.csv and TensorBoard; a line people read in a log stays short.
     """
 
-    KEYS = (("loss", "loss {:.3f}"), ("mean_accuracy", "mean acc {:.3f}"), ("val_loss", "val loss {:.3f}"),
-            ("val_mean_accuracy", "val mean acc {:.3f}"), ("lr", "lr {:.3g}"))
+    KEYS = (("loss", "loss {:.3f}"), ("mean_balanced_accuracy", "mean bal {:.3f}"), ("val_loss", "val loss {:.3f}"),
+            ("val_mean_balanced_accuracy", "val mean bal {:.3f}"), ("val_mean_accuracy", "val mean acc {:.3f}"),
+            ("lr", "lr {:.3g}"))
 
-    def __init__(self, monitor: str = "val_mean_accuracy"):
+    def __init__(self, monitor: str = "val_mean_balanced_accuracy"):
         super().__init__()
         self.monitor, self.best, self._start = monitor, -math.inf, 0.0
 

@@ -1,10 +1,12 @@
 """One HTML page per run or evaluation that a person opens in a browser, with its PNGs beside it.
 
-The page holds: the metrics table with each head's majority-class baseline and balanced accuracy, the
-training curves and the LR/momentum schedule read from JOB_DIR/history.csv, one confusion matrix per head,
-and a grid of test images with predicted and true labels, worst mistakes first. Images are PNG files in the
-report folder referenced by relative paths (copy the folder, not just the .html); `embed=True` inlines them
-as base64 too, for a page that travels as one file.
+The page holds: the metrics table with each head's majority-class baseline and balanced accuracy (multi-label
+heads: mA beside its chance level 0.5, and a per-label table of positives, mA, AP, F1 and threshold), the
+training curves (accuracy, and balanced accuracy / mA against chance) and the LR/momentum schedule read from
+JOB_DIR/history.csv, one confusion matrix per single-label head, the per-label mA/AP chart of each multi-label
+head under its own heading, and a grid of test images with predicted and true labels, worst mistakes first.
+Images are PNG files in the report folder referenced by relative paths (copy the folder, not just the .html);
+`embed=True` inlines them as base64 too, for a page that travels as one file.
 
 evaluate.py calls write_report with predictions and sample images; on its own it re-renders a job's page
 from metrics.json and history.csv:
@@ -31,6 +33,9 @@ matplotlib.use("Agg")  # headless: CI machines and training VMs have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from trainer.eval_metrics import MA_CHANCE  # noqa: E402
+from trainer.thresholds import DEFAULT_THRESHOLD  # noqa: E402
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -125,7 +130,7 @@ def _head_accuracy_columns(hist: Mapping[str, np.ndarray], head: str) -> tuple[s
     return tuple(k if k in hist else None for k in keys)
 
 
-def history_figures(page: _Page, hist: Mapping[str, np.ndarray], heads: Sequence[str]) -> None:
+def history_figures(page: _Page, hist: Mapping[str, np.ndarray], heads: Sequence[str], schema=None) -> None:
     epochs = hist.get("epoch", np.arange(len(next(iter(hist.values()), []))))
     epochs = epochs + 1 if epochs.size and epochs.min() == 0 else epochs  # CSVLogger counts from 0
     if "loss" in hist:
@@ -140,23 +145,11 @@ def history_figures(page: _Page, hist: Mapping[str, np.ndarray], heads: Sequence
         ax.grid(alpha=0.3)
         page.figure(fig, "curves_loss.png", "training and validation loss")
     found = [(h, *_head_accuracy_columns(hist, h)) for h in (*heads, "mean")]  # + the trainer's mean_accuracy
-    found = [f for f in found if f[1] or f[2]]
+    found = [(h, tr, va, None) for h, tr, va in found if tr or va]
     if found:
-        cols = min(4, len(found))
-        rows = -(-len(found) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows), squeeze=False)
-        for ax, (h, tr, va) in zip(axes.flat, found):
-            for k, style in ((tr, "--"), (va, "-")):
-                if k:
-                    ax.plot(epochs, hist[k], style, marker="o", ms=2, label="val" if k == va else "train")
-            ax.set_title(h, fontsize=9)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        for ax in list(axes.flat)[len(found):]:
-            ax.axis("off")
-        fig.tight_layout()
-        page.figure(fig, "curves_accuracy.png", "per-head accuracy per epoch")
+        _curve_grid(page, hist, epochs, found, "curves_accuracy.png", "per-head accuracy per epoch")
+    if schema is not None:
+        balanced_curves(page, hist, epochs, schema)
     sched = [k for k in ("lr", "learning_rate", "momentum") if k in hist]
     if {"momentum"} & set(sched) and ({"lr", "learning_rate"} & set(sched)):
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -199,14 +192,119 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
     out.append("</table>")
     multi = {k: h for k, h in heads.items() if h.get("kind") == "multi"}
     if multi:
-        keys = ("mA", "mAP", "instance_accuracy", "instance_precision", "instance_recall", "instance_f1", "n")
-        out.append('<table id="metrics-multi"><tr><th>attribute</th>'
-                   + "".join(f"<th>{k}</th>" for k in keys) + "</tr>")
-        out += [f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{_fmt(h.get(x))}</td>" for x in keys) + "</tr>"
-                for k, h in multi.items()]
-        out.append("</table>")
+        out.append(multi_label_table(multi))
     out.append("<p>" + ", ".join(f"<b>{html.escape(k)}</b> {_fmt(v)}" for k, v in summary.items()) + "</p>")
     return "\n".join(out)
+
+
+def _at_chance(h: Mapping[str, Any]) -> bool:
+    return h["mA"] <= h.get("mA_chance", MA_CHANCE)
+
+
+def multi_label_table(multi: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per multi-label head: mA beside its chance level (red at or below it), mAP, instance metrics."""
+    keys = ("mA", "mA_chance", "mAP", "instance_accuracy", "instance_precision", "instance_recall", "instance_f1", "n")
+    head = "".join(f"<th>{'chance mA' if k == 'mA_chance' else k}</th>" for k in keys)
+    rows = [f'<tr class="{"below" if _at_chance(h) else ""}"><td>{html.escape(k)}</td>'
+            + "".join(f"<td>{_fmt(h.get(x, MA_CHANCE if x == 'mA_chance' else None))}</td>" for x in keys)
+            + f"<td>{len(h.get('labels_at_chance') or [])} of {len(h.get('per_label_mA') or [])}</td></tr>"
+            for k, h in multi.items()]
+    return (f'<table id="metrics-multi"><tr><th>multi-label head</th>{head}<th>labels at chance</th></tr>'
+            + "".join(rows) + "</table>")
+
+
+def per_label_table(name: str, h: Mapping[str, Any], classes: Sequence[str]) -> str:
+    """One row per label of a multi-label head: training and evaluated positives, mA (red at chance), AP, F1 and
+    the decision threshold it was scored at."""
+    n = len(classes)
+
+    def col(key):
+        v = h.get(key)
+        return list(v) if isinstance(v, (list, tuple)) else [v] * n
+
+    train_pos, pos, ma, ap, f1, thr = (col(k) for k in ("train_positive_counts", "per_label_positives",
+                                                         "per_label_mA", "per_label_ap", "per_label_f1", "threshold"))
+    rows = []
+    for j, c in enumerate(classes):
+        below = ma[j] is not None and ma[j] <= MA_CHANCE
+        rows.append(f'<tr class="{"below" if below else ""}"><td>{html.escape(c)}</td>'
+                    + "".join(f"<td>{_fmt(v)}</td>" for v in (train_pos[j], pos[j], ma[j], ap[j], f1[j], thr[j]))
+                    + "</tr>")
+    return (f'<table id="labels-{html.escape(name)}"><tr><th>{html.escape(name)}: label</th><th>train positives</th>'
+            f"<th>positives here</th><th>mA (chance {MA_CHANCE})</th><th>AP</th><th>F1</th><th>threshold</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def multi_label_section(page: _Page, schema, metrics: Mapping[str, Any]) -> None:
+    """The multi-label heads' own section: per-label tables and the per-label mA/AP charts with chance marked."""
+    multi = [a for a in schema.attributes if a.is_multi_label and a.name in metrics.get("heads", {})]
+    if not multi:
+        return
+    page.add("<h2>Multi-label heads, per label</h2><p>One row and one pair of bars per label. mA is (true positive "
+             "rate + true negative rate) / 2 at the label's threshold: 0.5 (the dashed line) is what any constant "
+             "answer scores, so a red row or a bar at or below the line is a label the model does no better on "
+             "than by answering every image the same. AP (average precision) does not depend on the threshold; its "
+             "chance level is the label's share of positives. Thresholds are 0.5 unless chosen on validation (trainer.evaluate "
+             "--choose_thresholds).</p>")
+    for a in multi:
+        page.add(per_label_table(a.name, metrics["heads"][a.name], a.classes))
+    for name, fig in multi_label_figures(schema, metrics):
+        page.figure(fig, f"labels_{name}.png", f"per-label mA and AP of {name}")
+
+
+def multi_label_figures(schema, metrics: Mapping[str, Any]):
+    """(head, figure) per multi-label head: bars of mA and AP per label, the chance level of mA dashed."""
+    for a in schema.attributes:
+        h = metrics["heads"].get(a.name)
+        if h is None or not a.is_multi_label:
+            continue
+        fig, ax = plt.subplots(figsize=(1.5 + 0.5 * a.num_classes, 3))
+        x = np.arange(a.num_classes)
+        ax.bar(x - 0.2, [v or 0 for v in h["per_label_mA"]], 0.4, label="mA")
+        ax.bar(x + 0.2, [v or 0 for v in h["per_label_ap"]], 0.4, label="AP")
+        ax.axhline(h.get("mA_chance", MA_CHANCE), color="k", ls="--", lw=1, label="mA chance")
+        ax.set_xticks(x, a.classes, rotation=45, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{a.name}  mA {h['mA']:.3f}  mAP {h['mAP']:.3f}", fontsize=10)
+        ax.legend(fontsize=7)
+        yield a.name, fig
+
+
+def balanced_curves(page: _Page, hist: Mapping[str, np.ndarray], epochs: np.ndarray, schema) -> None:
+    """Per head, balanced accuracy (softmax) or mA (multi-label) per epoch with its chance level, and their mean
+    (the checkpoint monitor)."""
+    panels = []
+    for a in schema.attributes:
+        key = f"{a.name}_{'mA' if a.is_multi_label else 'balanced_accuracy'}"
+        chance = MA_CHANCE if a.is_multi_label else 1.0 / a.num_classes
+        panels.append((f"{a.name} {'mA' if a.is_multi_label else 'bal. acc.'}", key, f"val_{key}", chance))
+    panels.append(("mean over heads (monitor)", "mean_balanced_accuracy", "val_mean_balanced_accuracy", None))
+    panels = [(title, tr if tr in hist else None, va if va in hist else None, chance)
+              for title, tr, va, chance in panels if tr in hist or va in hist]
+    if panels:
+        _curve_grid(page, hist, epochs, panels, "curves_balanced.png",
+                    "per-head balanced accuracy or mA per epoch, with chance")
+
+
+def _curve_grid(page: _Page, hist, epochs, panels, name: str, alt: str) -> None:
+    """One small plot per (title, train column, validation column, chance level or None), 4 to a row."""
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows), squeeze=False)
+    for ax, (title, train, val, chance) in zip(axes.flat, panels):
+        for k, style, label in ((train, "--", "train"), (val, "-", "val")):
+            if k:
+                ax.plot(epochs, hist[k], style, marker="o", ms=2, label=label)
+        if chance is not None:
+            ax.axhline(chance, color="k", ls=":", lw=1, label="chance")
+        ax.set_title(title, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    page.figure(fig, name, alt)
 
 
 def flat_metrics_table(metrics: Mapping[str, Any]) -> str:
@@ -226,7 +324,13 @@ def _flatten(d, prefix=""):
     return out
 
 
-def sample_grid(page: _Page, schema, samples: Samples, max_images: int) -> None:
+def _thresholds_of(metrics: Mapping[str, Any] | None, attribute) -> list[float]:
+    """The thresholds the evaluation scored a multi-label head at (metrics.json), else the default 0.5."""
+    t = ((metrics or {}).get("heads", {}).get(attribute.name) or {}).get("threshold", DEFAULT_THRESHOLD)
+    return list(t) if isinstance(t, (list, tuple)) else [t] * attribute.num_classes
+
+
+def sample_grid(page: _Page, schema, samples: Samples, max_images: int, metrics=None) -> None:
     """Worst mistakes first: examples sorted by their summed cross-entropy over heads, highest first."""
     from PIL import Image
 
@@ -243,7 +347,9 @@ def sample_grid(page: _Page, schema, samples: Samples, max_images: int) -> None:
         for a in schema.attributes:
             p, y = np.asarray(samples.probs[a.name][i]), np.asarray(samples.labels[a.name][i])
             if a.is_multi_label:
-                pred, true = {c for c, v in zip(a.classes, p) if v >= 0.5}, {c for c, v in zip(a.classes, y) if v}
+                thr = _thresholds_of(metrics, a)
+                pred = {c for c, v, t in zip(a.classes, p, thr) if v >= t}
+                true = {c for c, v in zip(a.classes, y) if v}
                 ok, text = pred == true, f"{'|'.join(sorted(pred)) or '-'} (true {'|'.join(sorted(true)) or '-'})"
             else:
                 k = int(p.argmax())
@@ -284,19 +390,22 @@ def write_report(out_dir: str, schema=None, metrics: Mapping[str, Any] | None = 
         page.add("<p>Red rows do not beat the majority-class baseline (the training split's most frequent class, "
                  "scored on this split). Balanced accuracy is the mean per-class recall: 1/C for a constant guess. "
                  "A log loss not below the prior's (always answering the training class frequencies) means the "
-                 "head's probabilities tell no more about the image than the class frequencies do.</p>")
+                 "head's probabilities tell no more about the image than the class frequencies do. A red "
+                 "multi-label row has an mA not above 0.5, what any constant answer scores.</p>")
     if history_csv and _exists(history_csv):
         page.add("<h2>Training</h2>")
-        history_figures(page, read_history(history_csv), schema.names if schema else ())
+        history_figures(page, read_history(history_csv), schema.names if schema else (), schema)
     elif history_csv:
         page.add(f'<p class="note">No training history at {html.escape(history_csv)}: curves skipped.</p>')
     if metrics and schema and "heads" in metrics:
-        page.add("<h2>Confusion matrices</h2><p>Rows are true classes; colour and % are per-row recall.</p>")
+        if any(not a.is_multi_label for a in schema.attributes):
+            page.add("<h2>Confusion matrices</h2><p>Rows are true classes; colour and % are per-row recall.</p>")
         for name, fig in confusion_figures(schema, metrics):
             page.figure(fig, f"confusion_{name}.png", f"confusion matrix {name}")
+        multi_label_section(page, schema, metrics)
     if samples is not None and schema is not None:
         page.add("<h2>Test images, worst mistakes first</h2>")
-        sample_grid(page, schema, samples, max_images)
+        sample_grid(page, schema, samples, max_images, metrics)
     page.add("</body></html>")
     path = os.path.join(out_dir, "index.html")
     with open(path, "w", encoding="utf-8") as f:
@@ -305,23 +414,13 @@ def write_report(out_dir: str, schema=None, metrics: Mapping[str, Any] | None = 
 
 
 def confusion_figures(schema, metrics: Mapping[str, Any]):
-    """(head, figure) per single-label head, and a per-label mA/AP bar chart per multi-label attribute."""
+    """(head, figure) per single-label head (multi-label heads: multi_label_figures)."""
     for a in schema.attributes:
         h = metrics["heads"].get(a.name)
-        if h is None:
+        if h is None or a.is_multi_label:
             continue
-        if a.is_multi_label:
-            fig, ax = plt.subplots(figsize=(1 + 0.5 * a.num_classes, 3))
-            x = np.arange(a.num_classes)
-            ax.bar(x - 0.2, [v or 0 for v in h["per_label_mA"]], 0.4, label="mA")
-            ax.bar(x + 0.2, [v or 0 for v in h["per_label_ap"]], 0.4, label="AP")
-            ax.set_xticks(x, a.classes, rotation=45, ha="right", fontsize=8)
-            ax.set_title(a.name, fontsize=10)
-            ax.legend(fontsize=7)
-            yield a.name, fig
-        else:
-            yield a.name, confusion_figure(h["confusion_matrix"], a.classes,
-                                           f"{a.name}  acc {h['accuracy']:.3f}  bal {h['balanced_accuracy']:.3f}")
+        yield a.name, confusion_figure(h["confusion_matrix"], a.classes,
+                                       f"{a.name}  acc {h['accuracy']:.3f}  bal {h['balanced_accuracy']:.3f}")
 
 
 def log_confusion_to_tensorboard(logdir: str, schema, metrics: Mapping[str, Any], step: int = 0) -> None:
@@ -330,9 +429,11 @@ def log_confusion_to_tensorboard(logdir: str, schema, metrics: Mapping[str, Any]
 
     writer = tf.summary.create_file_writer(logdir)
     with writer.as_default():
-        for name, fig in confusion_figures(schema, metrics):
+        figures = [(f"confusion/{n}", f) for n, f in confusion_figures(schema, metrics)]
+        figures += [(f"labels/{n}", f) for n, f in multi_label_figures(schema, metrics)]
+        for tag, fig in figures:
             image = tf.image.decode_png(fig_to_png(fig), channels=4)
-            tf.summary.image(f"confusion/{name}", image[tf.newaxis], step=step)
+            tf.summary.image(tag, image[tf.newaxis], step=step)
     writer.flush()
 
 

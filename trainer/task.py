@@ -46,9 +46,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if task.is_chief:
-        best = result["metrics"].get("best_val_mean_accuracy")
+        best = result["metrics"].get("best_val_mean_balanced_accuracy")
         log.info("done: model, metrics.json and history.csv in %s%s", result["job_dir"],
-                 f" (best val mean accuracy {best:.3f})" if best is not None else "")
+                 f" (best val mean balanced accuracy / mA {best:.3f})" if best is not None else "")
     return 0
 
 

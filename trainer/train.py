@@ -4,8 +4,9 @@
 print(run(load_config(['--config', 'smoke', '--data_dir', 'out/data', '--job_dir', 'out/job']))['metrics'])"
 
 JOB_DIR gets: .lock (while the run lives), config.yaml (written first), backup/ (trainer.backup; removed when
-the run finishes), checkpoints/best.keras (best val_mean_accuracy), history.csv (per epoch, with lr and
-momentum), logs/ (TensorBoard), metrics.json (per-head validation accuracy, their mean, epochs completed),
+the run finishes), checkpoints/best.keras (best val_mean_balanced_accuracy, trainer.callbacks), history.csv
+(per epoch: every head's metrics, their means, lr and momentum), logs/ (TensorBoard), metrics.json (per-head
+validation balanced accuracy / mA and accuracy, their means, epochs completed),
 model.keras and model/ (the SavedModel from trainer.export). All but TensorBoard's files appear whole
 (trainer.atomic). Starting the same command again after a crash resumes from backup/ with the same step count,
 schedule and weights; a different config is refused unless train.allow_config_change is set.
@@ -30,13 +31,13 @@ import tensorflow as tf
 
 from trainer import atomic, backup, cluster, distribute, export, vertex
 from trainer.callbacks import MONITOR, make_callbacks
-from trainer.config import ConfigError, check_loss_weights
-from trainer.data import dataset_info, make_eval_dataset, make_train_dataset, split_examples
+from trainer.config import ConfigError, check_against_schema
+from trainer.data import dataset_info, make_eval_dataset, make_train_dataset, split_examples, with_dataset
 from trainer.history import Recorder, best
 from trainer.joblock import JobLock
 from trainer.loop import Loop, Schedule, gather_steps
 from trainer.losses import make_losses
-from trainer.metrics import accuracy_keys, head_metrics
+from trainer.metrics import accuracy_keys, balanced_keys, head_metrics
 from trainer.model import build_model
 from trainer.paths import job_paths, tuning_trial
 from trainer.progress import fit_verbosity
@@ -56,6 +57,7 @@ class PeerLostError(RuntimeError):
 def run(config, strategy: tf.distribute.Strategy | None = None, extra_callbacks=()) -> dict:
     """Trains per `config`; returns {'metrics', 'steps', 'history', 'job_dir', 'model'}."""
     task = cluster.from_env()
+    config = with_dataset(config)  # config.yaml names the dataset it trained on
     paths = job_paths(config.train.job_dir)
     with JobLock(paths.job_dir) if task.is_chief else contextlib.nullcontext():
         state = backup.read_state(paths.backup_dir)
@@ -111,7 +113,7 @@ def _check_resume(config, differences: list[str], backup_dir: str) -> None:
 def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
     info = dataset_info(config.data)
     schema = info.schema
-    check_loss_weights(config, schema.names)  # unknown head names fail before any work
+    check_against_schema(config, schema)  # unknown head names fail before any work
     replicas = strategy.num_replicas_in_sync
     global_batch = distribute.global_batch_size(config, replicas)
     n_train = split_examples(config.data, config.data.train_split)
@@ -137,7 +139,7 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
     previous_policy = distribute.set_precision(config)
     try:
         model = compiled_model(config, schema, strategy, steps_per_epoch,
-                               info.class_counts.get(config.data.train_split))
+                               info.class_counts.get(config.data.train_split), n_train)
         loop = Loop(model, strategy, make_eval_dataset(config, batch=1, schema=schema).element_spec)
         if state.step:
             backup.restore(model, paths.backup_dir, state)
@@ -179,13 +181,15 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
             "history": history, "job_dir": paths.job_dir, "model": model}
 
 
-def compiled_model(config, schema, strategy, steps_per_epoch: int, class_counts=None) -> keras.Model:
-    """The model with its optimizer, schedule, losses and metrics, made in the strategy's scope."""
+def compiled_model(config, schema, strategy, steps_per_epoch: int, class_counts=None,
+                   num_train: int = 0) -> keras.Model:
+    """The model with its optimizer, schedule, losses and metrics, made in the strategy's scope; class_counts and
+    num_train (the training split's) feed class balancing and the weighted BCE."""
     with strategy.scope():
         model = build_model(schema, config)
         lr_scale = distribute.lr_scale(config, strategy.num_replicas_in_sync)
         schedule = make_schedule(config.optim, steps_per_epoch * config.train.epochs, steps_per_epoch, lr_scale)
-        losses, loss_weights = make_losses(schema, config.loss, class_counts)
+        losses, loss_weights = make_losses(schema, config.loss, class_counts, num_train)
         # The backbone's variables learn at train.backbone_lr_multiplier x the heads' rate.
         optimizer = make_optimizer(config.optim, schedule, model.get_layer("backbone").trainable_variables,
                                    config.train.backbone_lr_multiplier)
@@ -204,8 +208,17 @@ def _eval_pipeline(config, ctx, global_batch: int, schema) -> tf.data.Dataset:
 
 
 def _final_metrics(rows, schema) -> dict:
-    """The last epoch's per-head validation accuracy and mean, the best mean of the run, and the epoch count."""
+    """The last epoch's per-head validation balanced accuracy / mA and accuracy (single-label heads), their
+    means, the best monitored mean of the run, and the epoch count."""
     last = rows[-1] if rows else {}
-    per_head = {name: float(last[key]) for name, key in accuracy_keys(schema, "val_").items() if key in last}
-    return {"val_accuracy": per_head, MONITOR: float(last.get(MONITOR, math.nan)),
-            f"best_{MONITOR}": best(rows, MONITOR), "epochs_completed": len(rows)}
+
+    def per_head(keys):
+        return {name: float(last[key]) for name, key in keys.items() if key in last}
+
+    out = {"val_balanced_accuracy": per_head(balanced_keys(schema, "val_")),
+           "val_accuracy": per_head(accuracy_keys(schema, "val_")),
+           MONITOR: float(last.get(MONITOR, math.nan)), f"best_{MONITOR}": best(rows, MONITOR),
+           "epochs_completed": len(rows)}
+    if "val_mean_accuracy" in last:
+        out["val_mean_accuracy"] = float(last["val_mean_accuracy"])
+    return out

@@ -159,7 +159,7 @@ def report_hyperparameter_tuning_metric(tag: str, value: float, step: int | None
 
     The service reads JSON lines from $CLOUD_ML_HP_METRIC_FILE (default /tmp/hypertune/output.metrics); like
     the package, the file keeps the last 100 reports. `tag` must equal the tuning job's `--metric`.
-        report_hyperparameter_tuning_metric("val_mean_accuracy", 0.71, step=3000)
+        report_hyperparameter_tuning_metric("val_mean_balanced_accuracy", 0.71, step=3000)
     """
     path = path or os.environ.get("CLOUD_ML_HP_METRIC_FILE", "/tmp/hypertune/output.metrics")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     p.add_argument("--wait", action="store_true", help="block until the job ends; non-zero exit unless it succeeded")
     t = p.add_argument_group("hyperparameter tuning")
     t.add_argument("--tuning", action="store_true", help="submit (or print) a HyperparameterTuningJob")
-    t.add_argument("--metric", default="val_mean_accuracy", help="the tag the trainer reports")
+    t.add_argument("--metric", default="val_mean_balanced_accuracy", help="the tag the trainer reports")
     t.add_argument("--goal", default="MAXIMIZE", choices=["MAXIMIZE", "MINIMIZE"])
     t.add_argument("--param", action="append", default=[],
                    help="NAME=double:MIN:MAX[:log] | int:.. | discrete:.. | categorical:..")
