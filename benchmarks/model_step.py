@@ -37,8 +37,8 @@ from trainer.config import load_config  # noqa: E402
 from trainer.losses import make_losses  # noqa: E402
 from trainer.metrics import head_metrics  # noqa: E402
 from trainer.model import build_model  # noqa: E402
-from trainer.scratch_nets import stem_stride  # noqa: E402
 from trainer.schedules import make_optimizer, make_schedule  # noqa: E402
+from trainer.scratch_nets import stem_stride  # noqa: E402
 
 # (name, depth, width, height, width_px, batch); "hvc" takes the preset's own model, size and batch.
 WORKLOADS = [("wrn16_4_224px_b128", 16, 4, 224, 224, 128), ("wrn16_8_128px_b256", 16, 8, 128, 128, 256),

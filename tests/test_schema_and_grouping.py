@@ -17,8 +17,14 @@ from apache_beam.testing.util import assert_that, equal_to
 from tests import data_fixtures as fx
 from tfds_person_attrs import grouping
 from tfds_person_attrs.annotations import Annotation, ManualData
-from tfds_person_attrs.beam_transforms import (SKIPPED_TAG, CheckedImage, ClassCounts, ImageChangedError,
-                                               ReadAndCheckImages, ToExample)
+from tfds_person_attrs.beam_transforms import (
+    SKIPPED_TAG,
+    CheckedImage,
+    ClassCounts,
+    ImageChangedError,
+    ReadAndCheckImages,
+    ToExample,
+)
 from tfds_person_attrs.images import inspect_image, mirrored
 from tfds_person_attrs.schema import HVC, SchemaError, load_schema, schema_from_dict
 
@@ -174,9 +180,10 @@ def test_group_sizes_count_shared_groups_by_name_and_the_rest_as_groups_of_one()
     def image(image_id, csv_group=None):
         return CheckedImage(Annotation(1, image_id, labels, csv_group), np.zeros(1), 0)
 
-    first = [("train", "p1", image("x/1", "p1"), True), ("train", "a", image("a"), True), ("test", "s1", image("s1"), False)]
-    second = [("train", "p1", image("x/2", "p1"), True), ("train", "a", image("b"), True), ("train", "a", image("c"), True),
-              ("validation", "s2", image("s2"), False)]
+    first = [("train", "p1", image("x/1", "p1"), True), ("train", "a", image("a"), True),
+             ("test", "s1", image("s1"), False)]
+    second = [("train", "p1", image("x/2", "p1"), True), ("train", "a", image("b"), True),
+              ("train", "a", image("c"), True), ("validation", "s2", image("s2"), False)]
     accs = []
     for part in (first, second):
         acc = counts.create_accumulator()

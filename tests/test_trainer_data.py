@@ -12,8 +12,15 @@ from PIL import Image
 
 from tests import trainer_fixtures as fx
 from trainer.config import ConfigError, DataConfig, load_config
-from trainer.data import (builder, dataset_info, dataset_name, make_eval_dataset, make_train_dataset, shard_split,
-                          split_examples)
+from trainer.data import (
+    builder,
+    dataset_info,
+    dataset_name,
+    make_eval_dataset,
+    make_train_dataset,
+    shard_split,
+    split_examples,
+)
 from trainer.preprocess_ops import decode_jpeg_scaled, image_decoder, person_band
 
 THRESHOLD = DataConfig().letterbox_threshold

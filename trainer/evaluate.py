@@ -36,8 +36,8 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import cli, eval_metrics, eval_model, report
-from trainer import thresholds as threshold_lib
 from trainer import data as data_lib
+from trainer import thresholds as threshold_lib
 
 
 def predict_split(model: eval_model.EvalModel, schema, split: str, batch: int = 64, max_steps: int = 0,

@@ -244,8 +244,8 @@ def multi_label_section(page: _Page, schema, metrics: Mapping[str, Any]) -> None
              "rate + true negative rate) / 2 at the label's threshold: 0.5 (the dashed line) is what any constant "
              "answer scores, so a red row or a bar at or below the line is a label the model does no better on "
              "than by answering every image the same. AP (average precision) does not depend on the threshold; its "
-             "chance level is the label's share of positives. Thresholds are 0.5 unless chosen on validation (trainer.evaluate "
-             "--choose_thresholds).</p>")
+             "chance level is the label's share of positives. Thresholds are 0.5 unless chosen on validation "
+             "(trainer.evaluate --choose_thresholds).</p>")
     for a in multi:
         page.add(per_label_table(a.name, metrics["heads"][a.name], a.classes))
     for name, fig in multi_label_figures(schema, metrics):

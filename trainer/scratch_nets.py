@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import keras
 
-
 # BatchNorm's moving-average momentum: the statistics follow the weights within a few tens of steps, so that evaluation
 # after a run of a few thousand steps uses statistics of the trained weights.
 BN_MOMENTUM = 0.9
