@@ -69,10 +69,10 @@ def test_the_demo_generates_the_set_of_its_seed(tmp_path, monkeypatch):
 
     run_step = demo.step
 
-    def generate_only(title, args):  # the real generate step; every later step stops the demo
-        if "tfds_person_attrs.demo_data" not in args:
+    def generate_only(title, command):  # the real generate step; every later step stops the demo
+        if command.module != "tfds_person_attrs.demo_data":
             raise demo.StepFailed(title, 3)
-        run_step(title, args)
+        run_step(title, command)
 
     monkeypatch.setattr(demo, "step", generate_only)
     assert demo.main(["--out", str(tmp_path / "out"), "--num_images", "4", "--seed", "7"]) == 3

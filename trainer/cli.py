@@ -155,6 +155,22 @@ class _PlainFormatter(logging.Formatter):
         return text if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {text}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at each record (as logging's last-resort handler does), not the stream
+    of the moment it was made: a later redirection (a test's capture, a notebook) then still sees the lines."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 _handler: logging.Handler | None = None
 
 
@@ -164,9 +180,12 @@ def setup_output() -> None:
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)
-    _handler = logging.StreamHandler(sys.stderr)
+    _handler = _StderrHandler()
     if verbose():
         _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        # A library may have set absl's logger to WARNING (absl.logging.set_verbosity; seen after loading a
+        # SavedModel in the same process): --verbose shows its INFO records anyway.
+        logging.getLogger("absl").setLevel(logging.NOTSET)
     else:
         _handler.setFormatter(_PlainFormatter("%(message)s"))
         _handler.addFilter(_Quiet())
