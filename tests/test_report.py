@@ -9,19 +9,17 @@ is missing.
 import csv
 import os
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
+from tests.browser_fixtures import CHROMIUM, render
 from tfds_person_attrs.schema import Attribute, Schema
 from trainer import eval_metrics, report
 
 SCHEMA = Schema("t", (Attribute("gender", ("female", "male"), column="g"),
                       Attribute("age", ("young", "mid", "old"), column="a"),
                       Attribute("tags", ("hat", "bag", "coat"), kind="multi", column="t")))
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _fake_run(tmp_path, with_schedule=True):
@@ -106,35 +104,12 @@ def test_confusion_to_tensorboard(tmp_path):
     assert tf.image.decode_png(png).shape[:2] == (int(h), int(w))
 
 
-_PROBE = """<script>window.addEventListener('load', function () {
-  var imgs = Array.from(document.images), ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; });
-  var m = document.createElement('div'); m.id = 'probe';
-  m.textContent = 'PROBE loaded=' + ok.length + ' total=' + imgs.length +
-    ' table=' + !!document.getElementById('metrics');
-  document.body.appendChild(m); });</script>"""
-
-
-def _render(html_path, tmp_path):
-    """Opens the page in headless chromium and returns (loaded images, total images, table present)."""
-    probe = os.path.join(os.path.dirname(html_path), "_probe.html")  # same folder: relative paths still resolve
-    with open(html_path) as f, open(probe, "w") as g:
-        g.write(f.read().replace("</body>", _PROBE + "</body>"))
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome-profile'}",
-           "--allow-file-access-from-files", "--virtual-time-budget=5000", "--dump-dom", "file://" + probe]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    m = re.search(r"PROBE loaded=(\d+) total=(\d+) table=(\w+)", out.stdout)
-    assert m, f"no probe in chromium output; stderr: {out.stderr[-2000:]}"
-    return int(m.group(1)), int(m.group(2)), m.group(3) == "true"
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: apt-get install -y chromium")
 @pytest.mark.parametrize("embed", [False, True])
 def test_report_renders_in_chromium(tmp_path, embed):
     metrics, hist, samples = _fake_run(tmp_path)
     path = report.write_report(str(tmp_path / "r"), SCHEMA, metrics, hist, samples, max_images=6, embed=embed)
-    loaded, total, table = _render(path, tmp_path)
+    loaded, total, table = render(path, tmp_path)
     assert table
     assert total == 4 + 3 + 6  # curves x3, schedule, confusion x2 and the per-label chart, samples
     assert loaded == total

@@ -48,6 +48,9 @@ class DataConfig:
     # uses the whole width, so a narrow band may be upsampled horizontally.
     dct_scaling: bool = False
     train_split: str = "train"
+    # A CSV with an "id" column (e.g. JOB_DIR/label_issues.csv of `trainer.label_audit`): those examples are left
+    # out of the train split (only that split: validation and test stay whole). "" = none.
+    exclude_ids: str = ""
     eval_split: str = "validation"
     shuffle_buffer: int = 2048
     cache: bool = False  # keep the decoded train split in memory as uint8 (when it fits: H*W*3 bytes per image)

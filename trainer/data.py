@@ -17,7 +17,9 @@ on every worker and keeps 1/N of them.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import logging
 import os
 from typing import Mapping
 
@@ -29,6 +31,7 @@ from trainer.config import ConfigError
 from trainer.preprocess_ops import image_decoder
 
 AUTOTUNE = tf.data.AUTOTUNE
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +124,69 @@ def split_examples(data_cfg, split: str) -> int:
     return builder(data_cfg).info.splits[split].num_examples
 
 
+def has_groups(data_cfg) -> bool:
+    """Whether the built records carry the near-duplicate group each example was split by."""
+    return "group" in builder(data_cfg).info.features
+
+
+def split_ids(data_cfg, split: str) -> list[tuple[str, str]]:
+    """(id, group) of every example of `split` in its stored order; the group is the id itself when the records
+    carry none (see has_groups). Reads the records without decoding a single image."""
+    ds = _read(data_cfg, split, shuffle_files=False, seed=None)
+    ds = ds.map(lambda ex: (ex["id"], ex["group"] if "group" in ex else ex["id"])).batch(4096)
+    return [(i.decode(), g.decode()) for ids, groups in ds.as_numpy_iterator() for i, g in zip(ids, groups)]
+
+
+def split_jpegs(data_cfg, split: str, ids) -> dict[str, bytes]:
+    """{id: the stored JPEG} of the examples of `split` whose id is in `ids` (one pass, nothing decoded)."""
+    wanted, found = set(ids), {}
+    for ex in _read(data_cfg, split, shuffle_files=False, seed=None).as_numpy_iterator():
+        if ex["id"].decode() in wanted:
+            found[ex["id"].decode()] = ex["image"]
+    return found
+
+
+def read_excluded_ids(path: str) -> frozenset[str]:
+    """The ids in the "id" column of the CSV at `path` (data.exclude_ids)."""
+    if not tf.io.gfile.exists(path):
+        raise ConfigError(f"data.exclude_ids: {path} does not exist; pass a CSV with an 'id' column, such as the "
+                          "label_issues.csv of `python -m trainer.label_audit`")
+    with tf.io.gfile.GFile(path) as f:
+        reader = csv.DictReader(f)
+        if "id" not in (reader.fieldnames or []):
+            raise ConfigError(f"data.exclude_ids: {path} has no 'id' column (header: {reader.fieldnames}); pass a "
+                              "CSV whose header names an 'id' column, such as a label audit's label_issues.csv")
+        ids = set()
+        for line, row in enumerate(reader, start=2):
+            if not (row["id"] or "").strip():
+                raise ConfigError(f"data.exclude_ids: {path} line {line}: the id is empty; remove the line")
+            ids.add(row["id"].strip())
+    return frozenset(ids)
+
+
+def train_examples(data_cfg) -> int:
+    """Examples of the train split that training reads: data.train_split less the data.exclude_ids listed in it."""
+    n = split_examples(data_cfg, data_cfg.train_split)
+    if not data_cfg.exclude_ids:
+        return n
+    listed = read_excluded_ids(data_cfg.exclude_ids)
+    dropped = len(listed & {i for i, _ in split_ids(data_cfg, data_cfg.train_split)})
+    log.info("data.exclude_ids: %d of %d train examples left out (%s lists %d id(s)%s)", dropped, n,
+             data_cfg.exclude_ids, len(listed), "" if dropped == len(listed) else
+             f"; {len(listed) - dropped} of them are not in split {data_cfg.train_split!r}")
+    return n - dropped
+
+
+def _without(ds: tf.data.Dataset, ids: frozenset[str]) -> tf.data.Dataset:
+    """The records of `ds` whose id is not in `ids` (a hash table lookup per record)."""
+    if not ids:
+        return ds
+    keys = tf.constant(sorted(ids))
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, tf.zeros_like(keys, tf.int32)),
+                                      default_value=1)
+    return ds.filter(lambda ex: tf.equal(table.lookup(ex["id"]), 1))
+
+
 def shard_split(data_cfg, split: str, num_shards: int = 1, index: int = 0):
     """The part of `split` that input pipeline `index` of `num_shards` reads (the whole split for one)."""
     if num_shards == 1:
@@ -150,6 +216,8 @@ def make_train_dataset(config, batch: int, schema: Schema | None = None, num_sha
     d = config.data
     schema = schema or dataset_info(d).schema
     ds = _read(d, shard_split(d, d.train_split, num_shards, index), shuffle_files=True, seed=d.seed)
+    if d.exclude_ids:
+        ds = _without(ds, read_excluded_ids(d.exclude_ids))
     if d.cache:
         # Decoding is a pure function of the bytes and augmentation runs in the model, so caching the decoded
         # uint8 split is exact: from the second epoch on the input costs almost nothing (measured 17x,

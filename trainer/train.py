@@ -32,7 +32,7 @@ import tensorflow as tf
 from trainer import atomic, backup, cluster, distribute, export, hypertune
 from trainer.callbacks import MONITOR, make_callbacks
 from trainer.config import ConfigError, check_against_schema
-from trainer.data import dataset_info, make_eval_dataset, make_train_dataset, split_examples, with_dataset
+from trainer.data import dataset_info, make_eval_dataset, make_train_dataset, train_examples, with_dataset
 from trainer.history import Recorder, best
 from trainer.joblock import JobLock
 from trainer.loop import Loop, Schedule, gather_steps
@@ -116,7 +116,7 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
     check_against_schema(config, schema)  # unknown head names fail before any work
     replicas = strategy.num_replicas_in_sync
     global_batch = distribute.global_batch_size(config, replicas)
-    n_train = split_examples(config.data, config.data.train_split)
+    n_train = train_examples(config.data)  # less data.exclude_ids
     steps_per_epoch = config.train.steps_per_epoch or n_train // global_batch
     if steps_per_epoch < 1:
         raise ConfigError(f"the train split has {n_train} examples, fewer than one global batch of {global_batch}"
