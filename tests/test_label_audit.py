@@ -98,6 +98,22 @@ def test_the_page_shows_the_most_suspicious_images_in_chromium(audited, tmp_path
     assert table and total == len(shown) > 0 and loaded == total
 
 
+def test_multi_label_heads_are_audited_as_label_sets(tmp_path):
+    data_dir = fx.fixture_data_dir(fx.MULTI_SCHEMA.name)
+    argv = [*TINY[:-1], f"--data.dataset={fx.MULTI_SCHEMA.name}", "--data_dir", data_dir, "--job_dir", str(tmp_path),
+            "--folds", "2"]
+    assert cli.run(label_audit.main, argv) == 0
+    heads = json.loads((tmp_path / "label_issues.json").read_text())["heads"]
+    assert heads["clothes"]["kind"] == "multi" and heads["gender"]["kind"] == "single"
+    assert heads["clothes"]["examples_audited"] == fx.num_examples(fx.MULTI_SCHEMA.name, "train")
+    rows = [r for r in _read_csv(tmp_path / "label_issues.csv") if r["head"] == "clothes"]
+    assert len(rows) == heads["clothes"]["issues_found"] > 0
+    classes = set(fx.MULTI_SCHEMA.attributes[1].classes)
+    for r in rows:
+        for labels in (r["given"], r["predicted"]):
+            assert labels == "(none)" or set(labels.split("|")) <= classes
+
+
 def test_the_page_escapes_ids_and_class_names(tmp_path):
     evil = "<script>alert(1)</script>"
     row = {"id": evil, "head": "gender", "rank": 1, "given": evil, "predicted": "male", "quality": 0.01}

@@ -24,6 +24,7 @@ _TEMPLATE = """<!doctype html>
 <style>
 body { font-family: sans-serif; margin: 1.5em; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
 .grid { display: flex; flex-wrap: wrap; gap: 0.8em; }
 figure { margin: 0; width: 10em; font-size: 0.8em; }
 figure img { display: block; max-width: 100%; }

@@ -4,7 +4,7 @@
     python -m trainer.task --data_dir gs://b/data --job_dir gs://b/jobs/run1 --config hvc --train.epochs=60
     python -m trainer.task --config my.yaml --model.width=8 --distribute.mixed_precision=mixed_bfloat16
     python -m trainer.task --config smoke --data_dir out/data --job_dir out/job --distribute.cpu_devices=2
-    python -m trainer.task --config demo --data_dir out/data --job_dir out/clean --data.exclude_ids=out/audit/label_issues.csv
+    python -m trainer.task --config demo --data_dir out/data --job_dir out/c --data.exclude_ids=out/a/label_issues.csv
     python -m trainer.launch --workers 2 -- --config smoke --data_dir out/data --job_dir out/job
 
 On several GPUs it mirrors over all of them; with TF_CONFIG (what Vertex AI and trainer.launch set on every
