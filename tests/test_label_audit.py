@@ -80,13 +80,16 @@ def test_folds_split_the_train_split_by_group_and_each_trained_without_its_part(
         assert (job / "folds" / str(k) / "model.keras").exists()
 
 
-def test_a_rerun_reuses_the_finished_folds(audited):
+def test_a_rerun_reuses_the_finished_folds_of_the_same_config(audited):
     data_dir, job = audited
     model = job / "folds" / "0" / "model.keras"
     before = model.stat().st_mtime_ns
     assert cli.run(label_audit.main, [*TINY, "--data_dir", data_dir, "--job_dir", str(job), "--folds", "2",
                                                 "--show", "3"]) == 0
     assert model.stat().st_mtime_ns == before
+    assert cli.run(label_audit.main, [*TINY, "--data_dir", data_dir, "--job_dir", str(job), "--folds", "2",
+                                      "--show", "3", "--optim.max_lr=0.02"]) == 0
+    assert model.stat().st_mtime_ns != before  # another config: the folds train again
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: apt-get install -y chromium")

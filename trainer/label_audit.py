@@ -15,7 +15,7 @@ the examples whose given label disagrees with those probabilities (trainer/label
 Outputs in JOB_DIR: label_issues.csv (id = the image path of the annotations CSV, head, rank, given and predicted
 label, quality = the out-of-fold probability of the given label), label_issues.json (per head: examples audited,
 issues found) and label_issues.html (the most suspicious images per head, --show of each). One line per fold;
-a fold that finished (JOB_DIR/folds/k/held_out_probs.npz) is not trained again when the command is rerun.
+a fold that finished (JOB_DIR/folds/k/held_out_probs.npz) is not trained again when the same command is rerun.
 Needs the `audit` extra: pip install -e ".[audit]".
 """
 
@@ -76,10 +76,11 @@ def _fold_probs(config, schema, held_ids: list[str], excluded: frozenset[str], f
     from trainer.train import run
 
     saved = os.path.join(fold_dir, PROBS_FILE)
+    made_by = config.to_yaml()  # the audit's config: a rerun with other settings trains the folds again
     if os.path.exists(saved):
         with np.load(saved, allow_pickle=False) as z:
-            if list(z["ids"]) == held_ids:
-                return {key: z[key] for key in z.files if key != "ids"}
+            if list(z["ids"]) == held_ids and str(z["config"]) == made_by:
+                return {key: z[key] for key in z.files if key not in ("ids", "config")}
     held_out_csv = os.path.join(fold_dir, HELD_OUT_FILE)
     os.makedirs(fold_dir, exist_ok=True)
     write_csv(held_out_csv, [{"id": i} for i in sorted(set(held_ids) | excluded)], fields=("id",))
@@ -94,7 +95,7 @@ def _fold_probs(config, schema, held_ids: list[str], excluded: frozenset[str], f
     rows = [where[i] for i in held_ids]
     out = {f"{kind}/{name}": v[rows] for kind in ("probs", "labels") for name, v in pred[kind].items()}
     buffer = io.BytesIO()
-    np.savez(buffer, ids=np.array(held_ids), **out)
+    np.savez(buffer, ids=np.array(held_ids), config=np.array(made_by), **out)
     atomic.write_bytes(saved, buffer.getvalue())
     return out
 
