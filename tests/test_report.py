@@ -15,7 +15,7 @@ import pytest
 
 from tests.browser_fixtures import CHROMIUM, render
 from tfds_person_attrs.schema import Attribute, Schema
-from trainer import eval_metrics, report
+from trainer import eval_metrics, report, report_figures
 
 SCHEMA = Schema("t", (Attribute("gender", ("female", "male"), column="g"),
                       Attribute("age", ("young", "mid", "old"), column="a"),
@@ -93,7 +93,7 @@ def test_confusion_to_tensorboard(tmp_path):
     import tensorflow as tf
 
     metrics, _, _ = _fake_run(tmp_path)
-    report.log_confusion_to_tensorboard(str(tmp_path / "tb"), SCHEMA, metrics, step=3)
+    report_figures.log_confusion_to_tensorboard(str(tmp_path / "tb"), SCHEMA, metrics, step=3)
     values = {}
     for ev in tf.compat.v1.train.summary_iterator(tf.io.gfile.glob(str(tmp_path / "tb" / "events*"))[0]):
         values.update({v.tag: v for v in ev.summary.value})
@@ -113,3 +113,41 @@ def test_report_renders_in_chromium(tmp_path, embed):
     assert table
     assert total == 4 + 3 + 6  # curves x3, schedule, confusion x2 and the per-label chart, samples
     assert loaded == total
+
+
+# Class and file names are user data (the schema file, the CSV): markup in them must reach the reader as text.
+SCRIPT = "<script>window.injected = (window.injected || 0) + 1</script>"
+ATTRIBUTE = '" onload="window.injected = (window.injected || 0) + 1'  # would break out of an <img alt="...">
+
+
+def _page_with_hostile_names(tmp_path):
+    schema = Schema("t", (Attribute("gender", (f"f&m {SCRIPT}", "male"), column="g"),
+                          Attribute("tags", ("hat & cap", SCRIPT), kind="multi", column="t")))
+    rng = np.random.default_rng(1)
+    n = 4
+    labels = {"gender": np.array([0, 1, 0, 1]), "tags": np.array([[1, 1], [0, 1], [1, 0], [0, 0]])}
+    probs = {"gender": rng.dirichlet([1, 1], n), "tags": rng.random((n, 2))}
+    metrics = eval_metrics.evaluate_arrays(schema, labels, probs, {"gender": [5, 1], "tags": [2, 2]})
+    ids = [f"a&b/{SCRIPT}.jpg", f"c/{ATTRIBUTE}.jpg", "d.jpg", "e.jpg"]
+    samples = report.Samples(rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8), labels, probs, ids)
+    return report.write_report(str(tmp_path / "r"), schema, metrics, samples=samples, notes=[f"model {SCRIPT}"])
+
+
+def test_names_from_user_data_are_escaped(tmp_path):
+    text = open(_page_with_hostile_names(tmp_path)).read()
+    assert SCRIPT not in text and ATTRIBUTE not in text  # never raw markup
+    assert "&lt;script&gt;window.injected" in text
+    assert "<td>f&amp;m &lt;script&gt;" in text  # the majority class in the metrics table
+    assert "<td>hat &amp; cap</td>" in text  # a label row of the per-label table
+    assert 'alt="c/&#34; onload=&#34;window.injected' in text  # the quote cannot end the attribute
+    assert text.count("<script") == 0
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: apt-get install -y chromium")
+def test_names_from_user_data_show_as_text_in_chromium(tmp_path):
+    dom = []
+    loaded, total, table = render(_page_with_hostile_names(tmp_path), tmp_path, dom)
+    shown, injected = dom
+    assert injected == 0  # no script or handler from the names ran
+    assert table and loaded == total == 2 + 4  # confusion matrix, per-label chart and the four samples
+    assert "a&amp;b/&lt;script&gt;window.injected" in shown  # the file name is on the page, as text
