@@ -29,8 +29,8 @@ setuptools.setup(
     install_requires=_requirements("requirements.txt"),
     extras_require={
         "gcp": ["apache-beam[gcp]==2.77.0", "google-cloud-aiplatform==1.165.1"],
-        # `python -m trainer.label_audit`: confident learning over out-of-fold predictions, and its HTML page
-        "audit": ["cleanlab==2.9.0", "Jinja2==3.1.6"],
+        # `python -m trainer.label_audit`: confident learning over out-of-fold predictions
+        "audit": ["cleanlab==2.9.0"],
         "dev": _requirements("requirements-dev.txt"),
     },
 )
