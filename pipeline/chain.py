@@ -44,9 +44,11 @@ def train(data_dir, job_dir, config, *overrides) -> Step:
     return Step("trainer.task", ["--data_dir", data_dir, "--job_dir", job_dir, "--config", config, *overrides])
 
 
-def evaluate(model, data_dir, split, out) -> Step:
-    """Score a trained job dir (or exported model) on a split; metrics.json and the HTML report go to `out`."""
-    return Step("trainer.evaluate", ["--model", model, "--data_dir", data_dir, "--split", split, "--out", out])
+def evaluate(model, data_dir, split, out, embed=False) -> Step:
+    """Score a trained job dir (or exported model) on a split; metrics.json and the HTML report go to `out`
+    (`embed`: with its images inlined too, so index.html works on its own)."""
+    return Step("trainer.evaluate", ["--model", model, "--data_dir", data_dir, "--split", split, "--out", out,
+                                     *(["--embed"] if embed else [])])
 
 
 class Steps(Protocol):

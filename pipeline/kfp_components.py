@@ -48,27 +48,12 @@ def summarize_eval_metrics(metrics: dict) -> tuple:
     return scalars, confusions
 
 
-def inline_images(page: str, folder: str) -> str:
-    """The HTML with every relative <img src="x.png"> replaced by a data: URI: an HTML artifact is one file."""
-    import base64
-    import os
-    import re
-
-    def data_uri(match):
-        path = os.path.join(folder, match.group(2))
-        if "://" in match.group(2) or not os.path.isfile(path):
-            return match.group(0)
-        with open(path, "rb") as f:
-            return f'{match.group(1)}"data:image/png;base64,{base64.b64encode(f.read()).decode()}"'
-
-    return re.sub(r'(<img[^>]*?src=)"([^"]+\.png)"', data_uri, page)
-
-
 def log_eval_metrics(report: Input[Artifact], confusion_head: str, metrics: Output[Metrics],
                      confusion: Output[ClassificationMetrics], html: Output[HTML]):
     """Turns the evaluate step's metrics.json and index.html into artifacts the Vertex AI console shows."""
     import json
     import os
+    import shutil
 
     with open(os.path.join(report.path, "metrics.json")) as f:
         scalars, confusions = summarize_eval_metrics(json.load(f))
@@ -82,10 +67,8 @@ def log_eval_metrics(report: Input[Artifact], confusion_head: str, metrics: Outp
         names, matrix = confusions[head]
         confusion.log_confusion_matrix(names, matrix)
         confusion.metadata["head"] = head
-    with open(os.path.join(report.path, "index.html"), encoding="utf-8") as f:
-        page = inline_images(f.read(), report.path)
-    with open(html.path, "w", encoding="utf-8") as f:
-        f.write(page)
+    # The evaluate step wrote the page with its images inlined (--embed): an HTML artifact is one file.
+    shutil.copyfile(os.path.join(report.path, "index.html"), html.path)
 
 
 def upload_model(model: Input[Model], project: str, region: str, display_name: str, serving_image: str,
@@ -123,13 +106,13 @@ def make_components(image: str) -> types.SimpleNamespace:
 
     @dsl.container_component
     def evaluate(model: Input[Model], data: Input[Dataset], split: str, report: Output[Artifact]):
-        return _container(chain.evaluate(model.uri, data.uri, split, report.path))
+        return _container(chain.evaluate(model.uri, data.uri, split, report.path, embed=True))
 
     # The project image already has kfp (requirements.txt), so nothing is pip-installed when a step starts.
     light = dict(base_image=image, install_kfp_package=False)
     return types.SimpleNamespace(
         preprocess=preprocess, train=train, evaluate=evaluate,
-        log_eval_metrics=dsl.component(log_eval_metrics, additional_funcs=[summarize_eval_metrics, inline_images],
+        log_eval_metrics=dsl.component(log_eval_metrics, additional_funcs=[summarize_eval_metrics],
                                        **light),
         upload_model=dsl.component(upload_model, **light),
     )

@@ -120,3 +120,29 @@ def test_three_runners_write_the_same_record_bytes(source, tmp_path):
     assert summary["written"] == 41 and len(built["direct"]) == 3
     assert built["direct_multi_processing"] == built["direct"]
     assert built["portable"] == built["direct"]
+
+
+def test_split_sizes_count_images_when_the_first_head_is_multi_label(tmp_path):
+    """A multi-label image has 0..L positives, so a split's size is not any head's count sum."""
+    import dataclasses
+
+    from tests.trainer_fixtures import MULTI_SCHEMA, write_multi_csv
+
+    schema = dataclasses.replace(MULTI_SCHEMA, attributes=MULTI_SCHEMA.attributes[::-1])  # clothes (multi) first
+    root = write_demo_data(str(tmp_path), num_images=30, seed=2, num_missing=0)
+    write_multi_csv(root)
+    data = ManualData(root, schema)
+    annotations, csv_skipped = parse_annotations(data.read_csv_bytes(), schema)
+    assert len(annotations) == 30 and not csv_skipped
+    positives = sum(sum(a.labels["clothes"]) for a in annotations)
+    assert positives != 30  # else this data could not tell the two counts apart
+
+    def check_summary(summaries):
+        (s,) = summaries
+        if not (s["accounted"] and s["written"] == 30 and sum(s["splits"].values()) == 30):
+            raise BeamAssertException(f"unexpected summary {s}")
+
+    with TestPipeline() as p:
+        parts = p | beam.Create(annotations) | BuildSplits(
+            data, schema, threshold=0.85, split_seed=0, fractions=DEFAULT_FRACTIONS, csv_rows=30, config={})
+        assert_that(parts["summary"], check_summary, label="Summary")

@@ -4,6 +4,7 @@
 """
 
 import importlib.util
+import os
 import pathlib
 import re
 import shlex
@@ -85,4 +86,24 @@ def test_sdist_ships_the_requirement_files(tmp_path):
     subprocess.run([sys.executable, *command], cwd=ROOT, check=True, capture_output=True)
     [sdist] = tmp_path.glob("*.tar.gz")
     names = {n.split("/", 1)[-1] for n in tarfile.open(sdist).getnames()}
-    assert {"setup.py", "requirements.txt", "requirements-dev.txt", "pipeline/kubeflow.py", "trainer/task.py"} <= names
+    assert {"setup.py", "requirements.txt", "requirements-dev.txt", "pipeline/kubeflow.py", "trainer/task.py",
+            "trainer/templates/report.html"} <= names
+
+
+def test_installed_package_finds_the_report_template(tmp_path):
+    """What an install copies (build_py: the packages and their package_data) holds the report's template, and
+    the report renders with it from there."""
+    import subprocess
+    import sys
+
+    build = tmp_path / "lib"
+    command = ["setup.py", "-q", "egg_info", "--egg-base", str(tmp_path), "build_py", "--build-lib", str(build)]
+    subprocess.run([sys.executable, *command], cwd=ROOT, check=True, capture_output=True)
+    templates = {p.name for p in (ROOT / "trainer" / "templates").iterdir()}
+    assert templates and templates == {p.name for p in (build / "trainer" / "templates").iterdir()}
+    render = "from trainer import report; print(report.__file__); print(report.write_report('r', metrics={'x': 1}))"
+    out = subprocess.run([sys.executable, "-c", render], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(build)},
+                         check=True, capture_output=True, text=True)
+    module, page = out.stdout.split()
+    assert module == str(build / "trainer" / "report.py")  # the built copy, not this checkout
+    assert "<td>x</td><td>1</td>" in (tmp_path / page).read_text()

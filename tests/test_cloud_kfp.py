@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import json
 import pathlib
+import re
 import sys
 import types
 
@@ -58,16 +59,21 @@ def test_steps_images_and_commands(spec):
         assert f"python -m {module}" in commands[executor]
     # The Python steps run kfp's executor from the image, installing nothing at start.
     assert "pip install" not in commands["exec-log-eval-metrics"] + commands["exec-upload-model"]
+    assert "--embed" in executors["exec-evaluate"]["container"]["args"]  # the report page the HTML artifact shows
     preprocess_args = executors["exec-preprocess"]["container"]["args"]
     assert preprocess_args[preprocess_args.index("--data_dir") + 1] == "{{$.outputs.artifacts['data'].uri}}"
     assert "--runner" in preprocess_args and "--setup_file" in preprocess_args
 
 
-def test_cli_modules_exist(spec):
-    """Every `python -m` the steps run is a module of this repo (fails until its owner's module lands)."""
-    missing = [m for m in ("pipeline.preprocess", "trainer.task", "trainer.evaluate")
-               if importlib.util.find_spec(m) is None]
-    assert not missing, f"the pipeline runs modules that do not exist yet: {missing}"
+def test_every_module_the_steps_run_is_a_module_of_this_repo(spec):
+    """Read from the compiled spec, so a renamed entry point breaks this test and not a cluster run."""
+    import re
+
+    commands = " ".join(" ".join(e["container"]["command"] + e["container"].get("args", []))
+                        for e in spec["deploymentSpec"]["executors"].values())
+    run = set(re.findall(r"python3? -m ([\w.]+)", commands)) - {"kfp.dsl.executor_main"}
+    assert {"pipeline.preprocess", "trainer.task", "trainer.evaluate"} <= run
+    assert [m for m in sorted(run) if importlib.util.find_spec(m) is None] == []
 
 
 def test_parameters_accelerators_retries_caching(spec):
@@ -110,15 +116,19 @@ def test_metrics_step_runs_locally(tmp_path):
 
     @dsl.component(base_image="python:3.11", install_kfp_package=False)
     def fake_evaluate(metrics_json: str, report: Output[Artifact]):
+        """What the evaluate step leaves in its folder: metrics.json and the page as trainer.evaluate --embed
+        renders it (without the sample images, which need a model)."""
+        import json
         import os
+
+        from tfds_person_attrs.schema import schema_from_dict
+        from trainer.report import write_report
 
         os.makedirs(report.path, exist_ok=True)
         with open(os.path.join(report.path, "metrics.json"), "w") as f:
             f.write(metrics_json)
-        with open(os.path.join(report.path, "confusion_pose.png"), "wb") as f:
-            f.write(b"\x89PNG\r\n")
-        with open(os.path.join(report.path, "index.html"), "w") as f:
-            f.write("<html><table id='metrics'></table><img src=\"confusion_pose.png\" alt='cm'></html>")
+        metrics = json.loads(metrics_json)
+        write_report(report.path, schema_from_dict(metrics["schema"]), metrics, embed=True)
 
     @dsl.pipeline
     def local_eval(metrics_json: str):
@@ -135,7 +145,9 @@ def test_metrics_step_runs_locally(tmp_path):
     assert [a["displayName"] for a in matrix["annotationSpecs"]] == ["Back", "Front-Frontish", "Side"]
     assert [r["row"] for r in matrix["rows"]] == metrics["heads"]["pose"]["confusion_matrix"]
     page = (step_dir / "html").read_text()
-    assert "id='metrics'" in page and 'src="data:image/png;base64,iVBORw0K"' in page  # one self-contained file
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    assert 'id="metrics"' in page and len(sources) == len(metrics["heads"])  # a confusion matrix per head
+    assert all(src.startswith("data:image/png;base64,iVBORw0K") for src in sources)  # one self-contained file
 
 
 def test_run_submits_typed_parameters(monkeypatch, tmp_path):

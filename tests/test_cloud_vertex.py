@@ -1,4 +1,4 @@
-"""trainer.vertex: CustomJob / HyperparameterTuningJob specs, and the tuning-metric file format.
+"""trainer.vertex: CustomJob / HyperparameterTuningJob specs; trainer.hypertune: the tuning-metric file format.
 
     python -m pytest -q tests/test_cloud_vertex.py
 """
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from trainer import vertex
+from trainer import hypertune, vertex
 from trainer.callbacks import MONITOR
 from trainer.paths import job_paths
 
@@ -96,7 +96,7 @@ def test_hypertune_metric_file(tmp_path, monkeypatch):
     monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(path))
     monkeypatch.setenv("CLOUD_ML_TRIAL_ID", "7")
     for step in range(105):
-        vertex.report_hyperparameter_tuning_metric("val_mean_accuracy", 0.5 + step / 1000, step=step)
+        hypertune.report_hyperparameter_tuning_metric("val_mean_accuracy", 0.5 + step / 1000, step=step)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     # The cloudml-hypertune package's format: strings for everything but the timestamp, last 100 kept.
     assert len(lines) == 100

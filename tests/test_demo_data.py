@@ -29,7 +29,7 @@ def small(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
-    # 600 images: the size the brief's main command uses, and enough for the learnability test.
+    # 600 images: enough for the learnability test.
     return demo_data.write_demo_data(str(tmp_path_factory.mktemp("big")), num_images=600, seed=0, num_missing=0)
 
 

@@ -52,6 +52,8 @@ def test_real_slice_build_train_evaluate_predict(tmp_path, capfd):
     assert metrics["num_examples"] == test_n
     assert set(metrics["heads"]) == {"gender", "image_quality", "age", "weight", "bag", "footwear", "emotion", "pose"}
     assert (job / "eval" / "index.html").read_text().count("<img") >= 8
+    for name in ("curves_loss.png", "curves_accuracy.png", "curves_balanced.png", "schedule.png"):
+        assert (job / "eval" / name).is_file(), name  # the report finds the columns under the trainer's names
     for line in table[2:10]:  # the table shows the evaluation's numbers, and marks exactly the heads not beaten
         name, acc, base = line.split()[:3]
         h = metrics["heads"][name]

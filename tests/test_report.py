@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tfds_person_attrs.schema import Attribute, Schema
-from trainer import eval_metrics, report
+from trainer import eval_metrics, report, report_figures
 
 SCHEMA = Schema("t", (Attribute("gender", ("female", "male"), column="g"),
                       Attribute("age", ("young", "mid", "old"), column="a"),
@@ -95,7 +95,7 @@ def test_confusion_to_tensorboard(tmp_path):
     import tensorflow as tf
 
     metrics, _, _ = _fake_run(tmp_path)
-    report.log_confusion_to_tensorboard(str(tmp_path / "tb"), SCHEMA, metrics, step=3)
+    report_figures.log_confusion_to_tensorboard(str(tmp_path / "tb"), SCHEMA, metrics, step=3)
     values = {}
     for ev in tf.compat.v1.train.summary_iterator(tf.io.gfile.glob(str(tmp_path / "tb" / "events*"))[0]):
         values.update({v.tag: v for v in ev.summary.value})
@@ -110,12 +110,13 @@ _PROBE = """<script>window.addEventListener('load', function () {
   var imgs = Array.from(document.images), ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; });
   var m = document.createElement('div'); m.id = 'probe';
   m.textContent = 'PROBE loaded=' + ok.length + ' total=' + imgs.length +
-    ' table=' + !!document.getElementById('metrics');
+    ' table=' + !!document.getElementById('metrics') + ' injected=' + (window.injected || 0);
   document.body.appendChild(m); });</script>"""
 
 
-def _render(html_path, tmp_path):
-    """Opens the page in headless chromium and returns (loaded images, total images, table present)."""
+def _render(html_path, tmp_path, dom=None):
+    """Opens the page in headless chromium and returns (loaded images, total images, table present); `dom`, a
+    list, receives the page as chromium shows it, and the number of user-data scripts that ran."""
     probe = os.path.join(os.path.dirname(html_path), "_probe.html")  # same folder: relative paths still resolve
     with open(html_path) as f, open(probe, "w") as g:
         g.write(f.read().replace("</body>", _PROBE + "</body>"))
@@ -124,8 +125,10 @@ def _render(html_path, tmp_path):
            "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome-profile'}",
            "--allow-file-access-from-files", "--virtual-time-budget=5000", "--dump-dom", "file://" + probe]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    m = re.search(r"PROBE loaded=(\d+) total=(\d+) table=(\w+)", out.stdout)
+    m = re.search(r"PROBE loaded=(\d+) total=(\d+) table=(\w+) injected=(\d+)", out.stdout)
     assert m, f"no probe in chromium output; stderr: {out.stderr[-2000:]}"
+    if dom is not None:
+        dom += [out.stdout, int(m.group(4))]
     return int(m.group(1)), int(m.group(2)), m.group(3) == "true"
 
 
@@ -138,3 +141,41 @@ def test_report_renders_in_chromium(tmp_path, embed):
     assert table
     assert total == 4 + 3 + 6  # curves x3, schedule, confusion x2 and the per-label chart, samples
     assert loaded == total
+
+
+# Class and file names are user data (the schema file, the CSV): markup in them must reach the reader as text.
+SCRIPT = "<script>window.injected = (window.injected || 0) + 1</script>"
+ATTRIBUTE = '" onload="window.injected = (window.injected || 0) + 1'  # would break out of an <img alt="...">
+
+
+def _page_with_hostile_names(tmp_path):
+    schema = Schema("t", (Attribute("gender", (f"f&m {SCRIPT}", "male"), column="g"),
+                          Attribute("tags", ("hat & cap", SCRIPT), kind="multi", column="t")))
+    rng = np.random.default_rng(1)
+    n = 4
+    labels = {"gender": np.array([0, 1, 0, 1]), "tags": np.array([[1, 1], [0, 1], [1, 0], [0, 0]])}
+    probs = {"gender": rng.dirichlet([1, 1], n), "tags": rng.random((n, 2))}
+    metrics = eval_metrics.evaluate_arrays(schema, labels, probs, {"gender": [5, 1], "tags": [2, 2]})
+    ids = [f"a&b/{SCRIPT}.jpg", f"c/{ATTRIBUTE}.jpg", "d.jpg", "e.jpg"]
+    samples = report.Samples(rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8), labels, probs, ids)
+    return report.write_report(str(tmp_path / "r"), schema, metrics, samples=samples, notes=[f"model {SCRIPT}"])
+
+
+def test_names_from_user_data_are_escaped(tmp_path):
+    text = open(_page_with_hostile_names(tmp_path)).read()
+    assert SCRIPT not in text and ATTRIBUTE not in text  # never raw markup
+    assert "&lt;script&gt;window.injected" in text
+    assert "<td>f&amp;m &lt;script&gt;" in text  # the majority class in the metrics table
+    assert "<td>hat &amp; cap</td>" in text  # a label row of the per-label table
+    assert 'alt="c/&#34; onload=&#34;window.injected' in text  # the quote cannot end the attribute
+    assert text.count("<script") == 0
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: apt-get install -y chromium")
+def test_names_from_user_data_show_as_text_in_chromium(tmp_path):
+    dom = []
+    loaded, total, table = _render(_page_with_hostile_names(tmp_path), tmp_path, dom)
+    shown, injected = dom
+    assert injected == 0  # no script or handler from the names ran
+    assert table and loaded == total == 2 + 4  # confusion matrix, per-label chart and the four samples
+    assert "a&amp;b/&lt;script&gt;window.injected" in shown  # the file name is on the page, as text

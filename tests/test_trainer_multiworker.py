@@ -80,7 +80,7 @@ def rows(job):
 def final_weights(job):
     import keras
 
-    from trainer.export import load_job
+    from trainer.eval_model import load_job
 
     model, _, _ = load_job(str(job) + "/model.keras")
     return model.get_weights(), keras

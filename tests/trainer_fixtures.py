@@ -24,7 +24,8 @@ MULTI_SCHEMA = Schema(name="multi_demo", csv_name="multi_annotations.csv", attri
 ))
 
 
-def _write_multi_csv(root: str) -> None:
+def write_multi_csv(root: str) -> None:
+    """MULTI_SCHEMA's CSV beside the demo set's hvc CSV in `root`, from the same rows."""
     with open(os.path.join(root, "hvc_annotations.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     with open(os.path.join(root, MULTI_SCHEMA.csv_name), "w", newline="") as f:
@@ -48,7 +49,7 @@ def fixture_data_dir(schema_name: str = "hvc") -> str:
     manual = write_demo_data(os.path.join(root, "manual"), num_images=NUM_IMAGES, num_missing=2, seed=1)
     argv = ["--manual_dir", manual, "--data_dir", os.path.join(root, "data")]
     if schema_name == MULTI_SCHEMA.name:
-        _write_multi_csv(manual)
+        write_multi_csv(manual)
         schema_file = os.path.join(root, "schema.yaml")
         with open(schema_file, "w") as f:
             yaml.safe_dump(MULTI_SCHEMA.to_dict(), f)

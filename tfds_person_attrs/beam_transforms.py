@@ -124,8 +124,8 @@ class ReadAndCheckImages(beam.DoFn):
 
 
 class ClassCounts(beam.CombineFn):
-    """(split, group, CheckedImage, shared) -> {split: {attribute: [count per class]}, plus conversion tallies
-    and group sizes ({size: number of groups}).
+    """(split, group, CheckedImage, shared) -> {split: {attribute: [count per class]}}, examples per split,
+    conversion tallies and group sizes ({size: number of groups}).
 
     Only images that may share a group (`shared`: a near-duplicate, or a group from the CSV) are counted by
     group name; the rest are counted as groups of one. So group sizes need no step of their own per image,
@@ -136,8 +136,8 @@ class ClassCounts(beam.CombineFn):
         self._schema = schema
 
     def create_accumulator(self):
-        return {"class_counts": {}, "converted": collections.Counter(), "converted_examples": {},
-                "shared_groups": collections.Counter(), "single_groups": 0}
+        return {"class_counts": {}, "split_sizes": collections.Counter(), "converted": collections.Counter(),
+                "converted_examples": {}, "shared_groups": collections.Counter(), "single_groups": 0}
 
     def add_input(self, acc, element):
         split, group, item, shared = element
@@ -145,6 +145,7 @@ class ClassCounts(beam.CombineFn):
             acc["shared_groups"][group] += 1
         else:
             acc["single_groups"] += 1
+        acc["split_sizes"][split] += 1  # not a class count's sum: a multi-label image has 0..L positives
         counts = acc["class_counts"].setdefault(split, {a.name: [0] * a.num_classes for a in self._schema.attributes})
         for a in self._schema.attributes:
             label = item.annotation.labels[a.name]
@@ -166,6 +167,7 @@ class ClassCounts(beam.CombineFn):
                 tgt = out["class_counts"].setdefault(split, {k: [0] * len(v) for k, v in per_attr.items()})
                 for k, v in per_attr.items():
                     tgt[k] = [a + b for a, b in zip(tgt[k], v)]
+            out["split_sizes"].update(acc["split_sizes"])
             out["converted"].update(acc["converted"])
             out["shared_groups"].update(acc["shared_groups"])
             out["single_groups"] += acc["single_groups"]
@@ -178,7 +180,8 @@ class ClassCounts(beam.CombineFn):
         sizes = collections.Counter(acc["shared_groups"].values())
         if acc["single_groups"]:
             sizes[1] += acc["single_groups"]
-        return {"class_counts": acc["class_counts"], "converted": dict(acc["converted"]),
+        return {"class_counts": acc["class_counts"], "split_sizes": dict(acc["split_sizes"]),
+                "converted": dict(acc["converted"]),
                 "converted_examples": acc["converted_examples"], "group_sizes": dict(sizes)}
 
 
@@ -189,7 +192,7 @@ def build_summary(csv_rows: int, csv_skipped: list[Skipped], image_skipped: list
     by_reason: dict[str, list[Skipped]] = collections.defaultdict(list)
     for s in skipped:
         by_reason[s.reason].append(s)
-    split_counts = {split: sum(next(iter(c.values()))) if c else 0 for split, c in stats["class_counts"].items()}
+    split_counts = dict(stats["split_sizes"])
     written = sum(split_counts.values())
     summary = {
         "csv_rows": csv_rows,

@@ -104,7 +104,7 @@ def _csv_text(rows: list[list[str]]) -> str:
 
 
 def write_demo_data(out_dir: str, num_images: int = 600, seed: int = 0, num_missing: int = 10,
-                    zip: bool = False, max_jpeg_quality: int = 95) -> str:  # noqa: A002 - the brief's name
+                    zip: bool = False, max_jpeg_quality: int = 95) -> str:
     """Writes the demo data set under out_dir and returns its path.
 
     zip=False: out_dir/hvc_annotations.csv and out_dir/resized/1.jpg..N.jpg; returns out_dir.

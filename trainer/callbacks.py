@@ -31,6 +31,7 @@ from trainer.metrics import MeanBalancedAccuracy
 
 log = logging.getLogger(__name__)
 MONITOR = "val_mean_balanced_accuracy"
+LR, MOMENTUM = "lr", "momentum"  # the schedule's columns in the epoch logs (LogSchedule)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -76,9 +77,9 @@ class LogSchedule(keras.callbacks.Callback):
         if logs is None:
             return
         opt = _sgd(self.model.optimizer)
-        logs["lr"] = float(keras.ops.convert_to_numpy(opt.learning_rate))  # the schedule at opt.iterations
+        logs[LR] = float(keras.ops.convert_to_numpy(opt.learning_rate))  # the schedule at opt.iterations
         if hasattr(opt, "current_momentum"):
-            logs["momentum"] = float(keras.ops.convert_to_numpy(opt.current_momentum()))
+            logs[MOMENTUM] = float(keras.ops.convert_to_numpy(opt.current_momentum()))
 
 
 class BestCheckpoint(keras.callbacks.Callback):

@@ -41,7 +41,7 @@ class DataConfig:
     height: int = 128
     width: int = 64
     letterbox_crop: bool = True  # decode only the person band between black side bars
-    letterbox_threshold: float = 16.0  # column-max luma (0..255) below which a column is a bar
+    letterbox_threshold: float = 16.0  # a column whose mean luma (0..255) is at or below it is a bar
     # Decode at 1/2..1/8 scale when the source has >= 2x the output's pixels per side: ~1.4x faster uncached
     # input (docs/performance.md). Off by default: a model must be evaluated and served with the decode it was
     # trained with, and configs saved before this field existed decoded at full scale. In crop mode the check

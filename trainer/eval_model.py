@@ -1,4 +1,5 @@
-"""The model `trainer.evaluate` scores: a job dir, a .keras file, or an exported SavedModel, checked against a schema.
+"""The model a finished job holds, as `trainer.evaluate` scores it and `trainer.export` exports it: a job dir, a
+.keras file, or an exported SavedModel, checked against a schema.
 
     python -m trainer.evaluate --model out/run --data_dir out/data            # checkpoints/best.keras
     python -m trainer.evaluate --model out/run/model.keras --data_dir out/data
@@ -66,7 +67,6 @@ def load(path: str, data_dir: str | None = None, flip_tta: bool = False) -> Eval
 
 def _load_keras(path: str, data_dir: str | None, flip_tta: bool) -> EvalModel:
     from trainer import thresholds
-    from trainer.export import load_job
 
     model, config, job_dir = load_job(path, data_dir)
     labels = os.path.join(job_dir, "model", LABELS_FILE)  # the same run's export names the classes
@@ -147,3 +147,47 @@ def check_heads(model: EvalModel, schema, where: str) -> None:
     if problems:
         raise UserError(f"{model.path} does not fit dataset {where}: " + "; ".join(problems)
                         + "; use the dataset it was trained on (--data_dir)")
+
+
+def load_job(job_dir_or_model: str, data_dir: str | None = None):
+    """(model, config, job_dir) from a job dir, or from a .keras file in it or in its checkpoints/.
+
+    The config is JOB_DIR/config.yaml, so preprocessing is the one the model was trained with; `data_dir`
+    replaces its data.data_dir (the dataset moved, or is read from another machine).
+    """
+    import keras
+
+    from trainer.config import config_from_yaml
+
+    path = job_dir_or_model.rstrip("/")
+    if path.endswith(".keras"):
+        model_path, job_dir = path, os.path.dirname(path)
+        if os.path.basename(job_dir) == "checkpoints":
+            job_dir = os.path.dirname(job_dir)
+    else:
+        job_dir = path
+        candidates = [os.path.join(path, "checkpoints", "best.keras"), os.path.join(path, "model.keras")]
+        model_path = next((c for c in candidates if tf.io.gfile.exists(c)), None)
+        if model_path is None:
+            raise UserError(f"no model in {path}: a job dir holds checkpoints/best.keras or model.keras (did its "
+                            "training finish?); an exported model folder holds saved_model.pb")
+    if not tf.io.gfile.exists(model_path):
+        raise UserError(f"{model_path}: no such file; pass a job dir or a .keras file inside one")
+    config_yaml = os.path.join(job_dir, "config.yaml")
+    if not tf.io.gfile.exists(config_yaml):
+        raise UserError(f"{job_dir} has no config.yaml: pass a job dir written by trainer.task, or a .keras file "
+                        "inside one")
+    config = config_from_yaml(config_yaml)
+    if data_dir:
+        config = config.replace(**{"data.data_dir": data_dir})
+    _register_custom_objects()
+    model = keras.saving.load_model(model_path, compile=False)
+    print(f"loaded {model_path}")
+    return model, config, job_dir
+
+
+def _register_custom_objects() -> None:
+    """Importing the trainer's modules registers their serializable layers, losses and schedules."""
+    import trainer.losses  # noqa: F401
+    import trainer.model  # noqa: F401
+    import trainer.schedules  # noqa: F401

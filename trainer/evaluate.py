@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from trainer import cli, eval_metrics, eval_model, report
+from trainer import cli, eval_metrics, eval_model, report, report_figures
 from trainer import data as data_lib
 from trainer import thresholds as threshold_lib
 
@@ -178,8 +178,8 @@ def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | N
     if tensorboard and job_dir:
         from trainer.paths import job_paths
 
-        report.log_confusion_to_tensorboard(os.path.join(job_paths(job_dir).logs_dir, f"eval_{split}"),
-                                            schema, metrics)
+        report_figures.log_confusion_to_tensorboard(os.path.join(job_paths(job_dir).logs_dir, f"eval_{split}"),
+                                                    schema, metrics)
     print(format_table(metrics))
     print(f"wrote {os.path.join(out_dir, 'metrics.json')} and {page}")
     return metrics

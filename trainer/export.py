@@ -29,7 +29,6 @@ import tensorflow as tf
 
 from trainer import cli
 from trainer import thresholds as threshold_lib
-from trainer.cli import UserError
 from trainer.preprocess_ops import image_decoder
 
 INPUT_KEY = "image_bytes"
@@ -117,50 +116,6 @@ def export_model(model, config, schema, export_dir: str, flip_tta: bool = False,
     return export_dir
 
 
-def load_job(job_dir_or_model: str, data_dir: str | None = None):
-    """(model, config, job_dir) from a job dir, or from a .keras file in it or in its checkpoints/.
-
-    The config is JOB_DIR/config.yaml, so preprocessing is the one the model was trained with; `data_dir`
-    replaces its data.data_dir (the dataset moved, or is read from another machine).
-    """
-    import keras
-
-    from trainer.config import config_from_yaml
-
-    path = job_dir_or_model.rstrip("/")
-    if path.endswith(".keras"):
-        model_path, job_dir = path, os.path.dirname(path)
-        if os.path.basename(job_dir) == "checkpoints":
-            job_dir = os.path.dirname(job_dir)
-    else:
-        job_dir = path
-        candidates = [os.path.join(path, "checkpoints", "best.keras"), os.path.join(path, "model.keras")]
-        model_path = next((c for c in candidates if tf.io.gfile.exists(c)), None)
-        if model_path is None:
-            raise UserError(f"no model in {path}: a job dir holds checkpoints/best.keras or model.keras (did its "
-                            "training finish?); an exported model folder holds saved_model.pb")
-    if not tf.io.gfile.exists(model_path):
-        raise UserError(f"{model_path}: no such file; pass a job dir or a .keras file inside one")
-    config_yaml = os.path.join(job_dir, "config.yaml")
-    if not tf.io.gfile.exists(config_yaml):
-        raise UserError(f"{job_dir} has no config.yaml: pass a job dir written by trainer.task, or a .keras file "
-                        "inside one")
-    config = config_from_yaml(config_yaml)
-    if data_dir:
-        config = config.replace(**{"data.data_dir": data_dir})
-    _register_custom_objects()
-    model = keras.saving.load_model(model_path, compile=False)
-    print(f"loaded {model_path}")
-    return model, config, job_dir
-
-
-def _register_custom_objects() -> None:
-    """Importing the trainer's modules registers their serializable layers, losses and schedules."""
-    import trainer.losses  # noqa: F401
-    import trainer.model  # noqa: F401
-    import trainer.schedules  # noqa: F401
-
-
 def main(argv=None) -> int:
     p = cli.ArgumentParser(description="Export a trained job's model as a JPEG-bytes SavedModel.")
     p.add_argument("--job_dir", required=True, help="JOB_DIR, or a .keras file inside it")
@@ -173,7 +128,7 @@ def main(argv=None) -> int:
     from trainer.data import dataset_dir, dataset_info
     from trainer.paths import job_paths
 
-    model, config, job_dir = load_job(args.job_dir, args.data_dir)
+    model, config, job_dir = eval_model.load_job(args.job_dir, args.data_dir)
     schema = dataset_info(config.data).schema
     # labels.json takes the class names from this schema: a model of another schema would get wrong ones
     eval_model.check_heads(eval_model.from_keras(model, config), schema, dataset_dir(config.data))

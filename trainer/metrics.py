@@ -36,6 +36,9 @@ from keras import ops
 from trainer.thresholds import DEFAULT_THRESHOLD
 
 ACCURACY = "accuracy"  # every softmax head's metric; Keras logs it as <head>_accuracy and val_<head>_accuracy
+# what MeanBalancedAccuracy adds to the epoch logs (and val_ + each)
+MEAN_BALANCED_ACCURACY = "mean_balanced_accuracy"
+MEAN_ACCURACY = "mean_accuracy"
 
 
 def _sum_variable(metric, name: str, size: int):
@@ -195,7 +198,7 @@ class MeanBalancedAccuracy(keras.callbacks.Callback):
         if logs is None:
             return
         for prefix in ("", "val_"):
-            for key, fn in (("mean_balanced_accuracy", mean_balanced_accuracy), ("mean_accuracy", mean_accuracy)):
+            for key, fn in ((MEAN_BALANCED_ACCURACY, mean_balanced_accuracy), (MEAN_ACCURACY, mean_accuracy)):
                 value = fn(logs, self.schema, prefix)
                 if value is not None:
                     logs[f"{prefix}{key}"] = value

@@ -29,7 +29,7 @@ import re
 import keras
 import tensorflow as tf
 
-from trainer import atomic, backup, cluster, distribute, export, vertex
+from trainer import atomic, backup, cluster, distribute, export, hypertune
 from trainer.augment import build_label_mixing
 from trainer.callbacks import MONITOR, make_callbacks
 from trainer.config import ConfigError, check_against_schema
@@ -176,7 +176,7 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
         atomic.replace_dir(out.model_dir, lambda d: export.export_model(model, config, schema, d))
         if task.is_chief and tuning_trial():  # a Vertex AI tuning trial: report how it did
             top = metrics[f"best_{MONITOR}"]
-            vertex.report_hyperparameter_tuning_metric(MONITOR, top if top is not None else metrics[MONITOR],
+            hypertune.report_hyperparameter_tuning_metric(MONITOR, top if top is not None else metrics[MONITOR],
                                                        step=total_steps)
         backup.remove(out.backup_dir)  # the run is complete: nothing to resume
     finally:

@@ -10,20 +10,17 @@ Builds the Vertex AI REST `CustomJob` (or `HyperparameterTuningJob`) resource as
 Everything after `--` goes to `python -m trainer.task` unchanged. `--replica_count N` is the number of machines:
 pool 0 is the chief, pool 1 holds the other N-1 workers, and Vertex AI writes TF_CONFIG on each so the trainer
 picks MultiWorkerMirroredStrategy. `--tuning --param train.max_lr=double:0.05:1:log ...` wraps the same job in
-a tuning study whose trials report through `report_hyperparameter_tuning_metric`.
+a tuning study whose trials report through `trainer.hypertune`.
 """
 
 from __future__ import annotations
 
-import collections
 import copy
 import json
-import os
 import sys
 import time
 
 from trainer import cli
-from trainer.paths import tuning_trial
 
 TRAINER_COMMAND = ["python", "-m", "trainer.task"]
 _JOB_KINDS = {"custom": "CustomJob", "tuning": "HyperparameterTuningJob"}
@@ -152,26 +149,6 @@ def tuning_job_spec(custom_job, metric, goal, params, max_trials=8, parallel_tri
         "maxFailedTrialCount": max_failed_trials if max_failed_trials is not None else max(1, max_trials // 4),
         "trialJobSpec": custom_job["jobSpec"],
     }
-
-
-def report_hyperparameter_tuning_metric(tag: str, value: float, step: int | None = None, path: str | None = None):
-    """Reports a metric to Vertex AI's tuning service, in the `cloudml-hypertune` package's format.
-
-    The service reads JSON lines from $CLOUD_ML_HP_METRIC_FILE (default /tmp/hypertune/output.metrics); like
-    the package, the file keeps the last 100 reports. `tag` must equal the tuning job's `--metric`.
-        report_hyperparameter_tuning_metric("val_mean_balanced_accuracy", 0.71, step=3000)
-    """
-    path = path or os.environ.get("CLOUD_ML_HP_METRIC_FILE", "/tmp/hypertune/output.metrics")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    entries = collections.deque(maxlen=100)
-    if os.path.exists(path):
-        with open(path) as f:
-            entries.extend(line for line in f.read().splitlines() if line.strip())
-    body = {"timestamp": time.time(), "trial": tuning_trial() or "0",
-            tag: str(float(value)), "global_step": str(int(step) if step else 0)}
-    entries.append(json.dumps(body, sort_keys=True))
-    with open(path, "w") as f:
-        f.write("".join(line + "\n" for line in entries))
 
 
 def to_proto(spec: dict, kind: str = "custom"):

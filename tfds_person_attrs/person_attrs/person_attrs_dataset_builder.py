@@ -140,6 +140,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             logging.info("person_attrs counter %s = %s", c.key.metric.name, c.committed)
 
     def _download_and_prepare(self, dl_manager, download_config):
+        """TFDS's build, then the metadata that only the finished Beam pipeline knows (class counts, the source's
+        sha256), read back from the summary it wrote. This override stays: TFDS has no public hook that runs after
+        the pipeline and before dataset_info.json is written, and the counts must be in dataset_info so that a
+        trainer reading only the built dataset gets them."""
         with _deterministic_serialization():
             super()._download_and_prepare(dl_manager, download_config)
         tf.io.gfile.remove(posixpath.join(str(self.data_dir), ANNOTATIONS_FILE))
