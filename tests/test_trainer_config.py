@@ -58,6 +58,48 @@ def test_validation_errors(argv, match):
         load_config(argv)
 
 
+def test_wrong_types_name_the_field_in_one_line(tmp_path):
+    for argv, match in [(["--train.epochs=2.5"], "command line: train.epochs: expected int, got 2.5"),
+                        (["--model.sync_batchnorm=maybe"], "model.sync_batchnorm: expected bool, got 'maybe'"),
+                        (["--augment.erasing_scale=[0.1]"], r"augment.erasing_scale: expected tuple\[float, float\]"),
+                        (["--loss.weights.age=heavy"], "loss.weights.age: expected float, got 'heavy'")]:
+        with pytest.raises(ConfigError, match=match) as e:
+            load_config(argv)
+        assert "\n" not in str(e.value)
+    user = tmp_path / "mine.yaml"
+    user.write_text("loss:\n  weights: {age: heavy}\n")
+    with pytest.raises(ConfigError, match=f"{user}: loss.weights.age: expected float, got 'heavy'"):
+        load_config(["--config", str(user)])
+
+
+def test_unknown_keys_name_the_field_and_the_allowed_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown field 'model.widht'; model has \[.*'width'"):
+        load_config(["--model.widht=2"])
+    with pytest.raises(ConfigError, match=r"unknown field 'modle'; the config has \['data', 'model'"):
+        load_config(["--modle.width=2"])
+    user = tmp_path / "mine.yaml"
+    user.write_text("optim:\n  max_lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=f"{user}: unknown field 'optim.max_lrr'"):
+        load_config(["--config", str(user)])
+    user.write_text("model: {width: [2\n")
+    with pytest.raises(ConfigError, match=f"{user}: not valid YAML"):
+        load_config(["--config", str(user)])
+
+
+def test_yaml_file_then_command_line_take_precedence_over_defaults(tmp_path):
+    user = tmp_path / "mine.yaml"
+    user.write_text("data:\n  data_dir: /from/file\nmodel:\n  width: 2\n  depth: 10\n"
+                    "loss:\n  weights: {age: 2, bag: 3}\ndistribute:\n  jit_compile: true\n")
+    c = load_config(["--config", str(user), "--model.width=3", "--data_dir", "/from/flag", "--model.width", "5"])
+    assert (c.model.width, c.model.depth, c.model.dropout) == (5, 10, 0.3)  # last flag, file, default
+    assert c.data.data_dir == "/from/flag"
+    assert c.distribute.jit_compile == "true"  # YAML's boolean true, held by an auto/true/false field
+    assert dict(load_config(["--config", str(user), "--loss.weights.age=5"]).loss.weights) == {"age": 5, "bag": 3}
+    # A whole mapping replaces the file's: `--loss.weights={}` drops every weight.
+    assert dict(load_config(["--config", str(user), "--loss.weights={gender: 1}"]).loss.weights) == {"gender": 1}
+    assert dict(load_config(["--config", str(user), "--loss.weights={}"]).loss.weights) == {}
+
+
 def test_unknown_loss_weight_names_fail_at_train_start_saying_how_to_fix():
     c = load_config(["--loss.weights={agee: 2}"])
     with pytest.raises(ConfigError, match=r"unknown attribute\(s\) \['agee'\].*'--loss.weights=\{\}'"):

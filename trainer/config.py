@@ -3,20 +3,24 @@
     python -m trainer.task --config smoke --data_dir out/data --job_dir out/job --model.width=2
     python -c "from trainer.config import load_config; print(load_config(['--config', 'hvc']).to_yaml())"
 
-`load_config` starts from the dataclass defaults, applies a preset (`smoke`, `demo`, `hvc`, `par`, `par_gpu`)
-or a YAML file, then the overrides, and validates the result. `Config.to_yaml()` / `config_from_yaml(path)`
+The dataclasses below are the schema of an OmegaConf structured config: `load_config` merges a preset (`smoke`,
+`demo`, `hvc`, `par`, `par_gpu`) or a YAML file onto their defaults, then sets each override, and OmegaConf
+checks every key and converts every value to its field's type as it goes. `OmegaConf.to_object` turns the
+result back into these frozen dataclasses, whose `__post_init__` runs the range and choice checks (`validate`).
+Any error is one `ConfigError` line naming the dotted field. `Config.to_yaml()` / `config_from_yaml(path)`
 round-trip exactly, so evaluate/export rebuild preprocessing from JOB_DIR/config.yaml.
 """
 
 from __future__ import annotations
 
-import collections.abc
+import contextlib
 import dataclasses
-import types
 import typing
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 SCHEDULES = ("one_cycle", "cosine", "step", "triangular", "triangular2", "constant")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -31,6 +35,24 @@ MULTI_LABEL_LOSSES = ("bce", "weighted_bce")
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the field and what to do."""
+
+
+class ReadOnlyDict(dict):
+    """The loss weights: a dict (OmegaConf takes no other mapping) that refuses changes like the frozen
+    dataclass holding it."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("the config is frozen; Config.replace makes a changed copy")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self):  # copy and pickle rebuild it whole, not item by item
+        return ReadOnlyDict, (dict(self),)
+
+
+def _lower(obj, name: str) -> None:
+    """An auto/true/false field: YAML reads true/false as booleans, which a str field holds as True/False."""
+    object.__setattr__(obj, name, getattr(obj, name).lower())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +91,9 @@ class ModelConfig:
     stem_stride: int = 0  # 0 = from the input height: 1 below 128 px, 2 below 256, else 4
     weight_decay: float = 5e-4  # L2 on conv/dense kernels
     sync_batchnorm: bool = True  # global batch statistics across replicas (TensorFlow backend only)
+
+    def __post_init__(self):
+        _lower(self, "freeze_batchnorm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +140,7 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    weights: Mapping[str, float] = dataclasses.field(default_factory=dict)  # by attribute; missing = 1.0
+    weights: dict[str, float] = dataclasses.field(default_factory=dict)  # by attribute; missing = 1.0
     normalize_weights: bool = True  # divide the weights by their mean: the LR then does not depend on their sum
     label_smoothing: float = 0.0
     class_balance: str = "none"  # single-label heads: "inverse" frequency or "effective" number (Cui et al. 2019)
@@ -125,7 +150,7 @@ class LossConfig:
 
     def __post_init__(self):
         # Frozen all the way down: the weights mapping is read-only too.
-        object.__setattr__(self, "weights", types.MappingProxyType(dict(self.weights)))
+        object.__setattr__(self, "weights", ReadOnlyDict(self.weights))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +178,9 @@ class DistributeConfig:
     jit_compile: str = "auto"  # auto | true | false (Keras turns XLA off under a strategy unless true)
     cpu_devices: int = 0  # >0: mirror over this many logical CPU devices in one process (CPU-only machines)
 
+    def __post_init__(self):
+        _lower(self, "jit_compile")
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -168,14 +196,15 @@ class Config:
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
+        """Plain dicts and lists, as config.yaml holds them (a backup compares them with a resumed run's)."""
+        return yaml.safe_load(self.to_yaml())
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return OmegaConf.to_yaml(OmegaConf.structured(self))
 
     def replace(self, **overrides: Any) -> Config:
         """`cfg.replace(**{"train.epochs": 1})`: a new validated Config with dotted overrides applied."""
-        return config_from_dict(_merge(self.to_dict(), overrides, "replace"))
+        return _resolve(OmegaConf.structured(self), overrides.items(), "replace")
 
 
 # Attribute data of any schema (single- or multi-label heads) on a CPU: the hvc recipe at 64x32 for ~2x the epochs
@@ -297,38 +326,38 @@ def check_against_schema(c: Config, schema) -> None:
                           "(or --loss.class_balance=none)")
 
 
-def config_from_dict(d: Mapping[str, Any], source: str = "config") -> Config:
-    return _build(Config, d, source)
 
 
 def config_from_yaml(path: str) -> Config:
     """Rebuilds the Config a run wrote to JOB_DIR/config.yaml (local or gs://)."""
-    return config_from_dict(_read_yaml(path), source=path)
+    return _resolve(_merge(OmegaConf.structured(Config), _read_yaml(path), path), (), path)
 
 
 def load_config(argv: Sequence[str] | str | None = None) -> Config:
     """`--config PRESET|file.yaml`, `--data_dir`, `--job_dir`, then any `--section.field=value`.
 
     A str argument is a preset name or a YAML path. Values are parsed as YAML (`--loss.weights={age: 4}`,
-    `--augment.erasing_scale=[0.1,0.3]`), and also accepted as `--model.width 8`.
+    `--augment.erasing_scale=[0.1,0.3]`), and also accepted as `--model.width 8`. A mapping value replaces the
+    whole mapping (`'--loss.weights={}'` drops a preset's weights); `--loss.weights.age=4` sets one entry.
     """
     if isinstance(argv, str):
         argv = ["--config", argv]
-    overrides = _parse_argv(list(argv or []))
-    base = overrides.pop("config", None)
-    d: dict[str, Any] = {}
+    args = _parse_argv(list(argv or []))
+    base = dict(args).get("config")
+    cfg = OmegaConf.structured(Config)
     if base in PRESETS:
-        d = _merge(d, _flatten(PRESETS[base]), f"preset {base}")
+        cfg = _merge(cfg, PRESETS[base], f"preset {base}")
     elif base:
-        d = _merge(d, _flatten(_read_yaml(base)), base)
-    for short, full in (("data_dir", "data.data_dir"), ("job_dir", "train.job_dir")):
-        if short in overrides:
-            overrides[full] = overrides.pop(short)
-    return config_from_dict(_merge(d, overrides, "command line"))
+        cfg = _merge(cfg, _read_yaml(base), base)
+    overrides = [(_SHORT_FLAGS.get(key, key), val) for key, val in args if key != "config"]
+    return _resolve(cfg, overrides, "command line")
 
 
-def _parse_argv(argv: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+_SHORT_FLAGS = {"data_dir": "data.data_dir", "job_dir": "train.job_dir"}
+
+
+def _parse_argv(argv: list[str]) -> list[tuple[str, Any]]:
+    out = []
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -340,117 +369,80 @@ def _parse_argv(argv: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"--{key} needs a value (--{key}=VALUE)")
             i, val = i + 1, argv[i + 1]
         # Paths and presets stay strings; everything else is YAML so that 1e-3, true, [1, 2] parse.
-        out[key] = val if key in ("config", "data_dir", "job_dir") else yaml.safe_load(val)
+        if key not in ("config", *_SHORT_FLAGS):
+            try:
+                val = yaml.safe_load(val)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"--{key}: {val!r} is not a YAML value ({getattr(e, 'problem', e)})") from None
+        out.append((key, val))
         i += 1
     return out
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
+def _read_yaml(path: str) -> DictConfig:
     import tensorflow as tf  # gfile reads gs://; imported only when a file is read
 
     if not tf.io.gfile.exists(path):
         raise ConfigError(f"--config {path!r} is neither a preset {sorted(PRESETS)} nor an existing YAML file")
     with tf.io.gfile.GFile(path, "r") as f:
-        d = yaml.safe_load(f.read()) or {}
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections, got {type(d).__name__}")
+        text = f.read()
+    try:
+        d = OmegaConf.create(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(d, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of sections, got a list")
     return d
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'model': {'width': 2}} -> {'model.width': 2}; loss.weights stays one value (its keys are data)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and key != "loss.weights":
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+def _merge(cfg: DictConfig, d: Any, source: str) -> DictConfig:
+    with _user_errors(source):
+        return OmegaConf.merge(cfg, d)
 
 
-def _merge(base: dict[str, Any], dotted: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """Applies dotted keys onto a nested dict; `loss.weights.age=4` sets one weight."""
-    out = _flatten(base) if any(isinstance(v, Mapping) for v in base.values()) else dict(base)
-    for key, val in dotted.items():
-        if key.startswith("loss.weights."):
-            weights = dict(out.get("loss.weights", {}))
-            weights[key[len("loss.weights."):]] = val
-            out["loss.weights"] = weights
-        else:
-            out[key] = val
-    nested: dict[str, Any] = {}
-    for key, val in out.items():
-        section, _, field = key.partition(".")
-        if not field:
-            raise ConfigError(f"{source}: {key!r} is not section.field (sections: "
-                              f"{[f.name for f in dataclasses.fields(Config)]})")
-        nested.setdefault(section, {})[field] = val
-    return nested
+def _resolve(cfg: DictConfig, overrides: Iterable[tuple[str, Any]], source: str) -> Config:
+    """Sets each dotted override (checked and converted by OmegaConf), then builds the frozen, validated Config."""
+    with _user_errors(source):
+        _writable(cfg)
+        for key, val in overrides:
+            OmegaConf.update(cfg, key, val, merge=False)
+        return OmegaConf.to_object(cfg)
 
 
-def _build(cls, d: Mapping[str, Any], where: str):
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {d!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown} in {cls.__name__}; allowed: {sorted(fields)}")
-    kw = {}
-    for name, val in d.items():
-        hint = hints[name]
+def _writable(node: DictConfig) -> None:
+    """Frozen dataclasses make read-only nodes; the overrides go in before the frozen objects are built."""
+    OmegaConf.set_readonly(node, False)
+    for child in node.values():
+        if isinstance(child, DictConfig):
+            _writable(child)
+
+
+@contextlib.contextmanager
+def _user_errors(source: str):
+    """OmegaConf's errors (multi-line, with its own type names) as one line naming the dotted field."""
+    try:
+        yield
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        section = e.full_key.rpartition(".")[0]
+        owner = _field_type(section) if section else Config
+        allowed = [f.name for f in dataclasses.fields(owner)] if dataclasses.is_dataclass(owner) else []
+        raise ConfigError(f"{source}: unknown field {e.full_key!r}; {section or 'the config'} has {allowed}") from None
+    except OmegaConfBaseException as e:
+        expected = _field_type(e.full_key) if isinstance(e, ValidationError) and e.full_key else None
+        if expected is None:
+            raise ConfigError(f"{source}: {e.full_key or 'config'}: {str(e).splitlines()[0]}") from None
+        name = expected.__name__ if isinstance(expected, type) else str(expected)
+        raise ConfigError(f"{source}: {e.full_key}: expected {name}, got {e.value!r}") from None
+
+
+def _field_type(dotted: str) -> Any:
+    """`model.width` -> int, `loss.weights.age` -> float; None for a name that is no field."""
+    hint: Any = Config
+    for name in dotted.split("."):
         if dataclasses.is_dataclass(hint):
-            kw[name] = _build(hint, val, f"{where}: {name}")
+            hint = typing.get_type_hints(hint).get(name)
+        elif typing.get_origin(hint) is dict:
+            hint = typing.get_args(hint)[1]
         else:
-            kw[name] = _coerce(val, hint, f"{where}: {cls.__name__.replace('Config', '').lower()}.{name}")
-    return cls(**kw)
-
-
-def _coerce(val: Any, hint: Any, field: str) -> Any:
-    origin = typing.get_origin(hint)
-    bad = ConfigError(f"{field}: expected {getattr(hint, '__name__', hint)}, got {val!r}")
-    if hint is bool:
-        if isinstance(val, bool):
-            return val
-        raise bad
-    if hint is int:
-        if isinstance(val, bool) or not isinstance(val, int):
-            raise bad
-        return val
-    if hint is float:
-        if isinstance(val, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                val = float(val)
-            except ValueError:
-                raise bad from None
-        if isinstance(val, bool) or not isinstance(val, (int, float)):
-            raise bad
-        return float(val)
-    if hint is str:
-        if isinstance(val, bool):  # yaml turned `true` into a bool: keep the string for auto/true/false fields
-            return str(val).lower()
-        if isinstance(val, (int, float)):  # e.g. verbose=1
-            return str(val)
-        if not isinstance(val, str):
-            raise bad
-        return val
-    if origin is tuple:
-        if not isinstance(val, (list, tuple)) or len(val) != len(typing.get_args(hint)):
-            raise bad
-        return tuple(_coerce(v, t, field) for v, t in zip(val, typing.get_args(hint)))
-    if origin is collections.abc.Mapping:
-        if not isinstance(val, Mapping):
-            raise bad
-        return {str(k): _coerce(v, float, f"{field}.{k}") for k, v in val.items()}
-    raise bad
-
-
-def _plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, tuple):
-        return [_plain(v) for v in obj]
-    return obj
+            return None
+    return hint
