@@ -1,5 +1,6 @@
 """MirroredStrategy over two logical CPUs (distribute.cpu_devices) trains like one device on the same global
-batch; global batch, LR scaling, TF_CONFIG parsing.
+batch (with the weights' moving average on: the returned weights are the average); MixUp/CutMix train under it;
+global batch, LR scaling, TF_CONFIG parsing.
 
     python -m pytest -q -x tests/test_trainer_distribute.py
 
@@ -30,7 +31,8 @@ SCRIPT = textwrap.dedent("""
 
     data_dir, job = sys.argv[1:3]
     o = {"augment.enabled": False, "model.dropout": 0.0, "train.epochs": 1, "train.steps_per_epoch": 3,
-         "train.global_batch_size": 8, "data.shuffle_buffer": 0, "distribute.jit_compile": "false"}
+         "train.global_batch_size": 8, "data.shuffle_buffer": 0, "distribute.jit_compile": "false",
+         "optim.ema": 0.9}
     out = {}
     # The two-device run first: the CPU can be split only before TensorFlow's runtime starts.
     for name, cpus in (("two", 2), ("one", 0)):
@@ -40,6 +42,10 @@ SCRIPT = textwrap.dedent("""
         out[name] = {"replicas": s.num_replicas_in_sync, "loss": r["history"]["loss"][-1],
                      "val_loss": r["history"]["val_loss"][-1], "steps": r["steps"],
                      "weights": [w.ravel()[:50].tolist() for w in r["model"].get_weights()]}
+        if name == "two":  # each replica mixes its own half of the batch
+            mixed = smoke_config(data_dir, f"{job}/mixed", **{**o, "augment.enabled": True, "augment.mixup": 0.4,
+                                                              "augment.cutmix": 1.0, "distribute.cpu_devices": 2})
+            out["mixed_loss"] = run(mixed, strategy=make_strategy(mixed))["history"]["loss"][-1]
     print("RESULT " + json.dumps(out))
 """)
 
@@ -48,13 +54,14 @@ def test_two_replicas_match_one_device(tmp_path):
     data_dir = fx.fixture_data_dir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, data_dir, str(tmp_path)], capture_output=True, text=True,
-                          env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=300)
+                          env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=600)
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     assert proc.returncode == 0 and line, proc.stderr[-3000:]
     r = json.loads(line[0][len("RESULT "):])
     one, two = r["one"], r["two"]
     assert (one["replicas"], two["replicas"]) == (1, 2) and one["steps"] == two["steps"] == 3
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-3)
+    assert 0 < r["mixed_loss"] < 100
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-3)
     for a, b in zip(one["weights"], two["weights"]):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)

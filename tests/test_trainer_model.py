@@ -19,7 +19,7 @@ from trainer.model import build_model
 from trainer.scratch_nets import stem_stride
 
 KERAS_ONLY = ["model.py", "backbones.py", "scratch_nets.py", "augment.py", "schedules.py", "losses.py",
-              "metrics.py"]
+              "metrics.py", "ema.py"]
 
 
 @pytest.mark.parametrize("schema", [HVC, MULTI_SCHEMA], ids=lambda s: s.name)

@@ -6,6 +6,10 @@ print([l.name for l in build_augmentation(load_config('hvc').augment).layers])"
 Inside the model they run on the accelerator as part of the compiled step (the input pipeline only decodes),
 and Keras calls them with training=False at evaluation and serving, where every one of them is the identity.
 Images are float 0..255 here (normalisation comes after), hence value_range=(0, 255).
+
+MixUp and CutMix change the labels too, which layers inside the model never see: `LabelMixing` applies them to
+whole training batches (trainer.loop calls it on each replica's batch before the step), one mixing coefficient
+per example for the image and every head's labels.
 """
 
 from __future__ import annotations
@@ -88,3 +92,63 @@ def build_augmentation(cfg) -> keras.Sequential | None:
     """A Sequential of the configured layers, or None when augmentation is off."""
     layers = augmentation_layers(cfg)
     return keras.Sequential(layers, name="augment") if layers else None
+
+
+class LabelMixing:
+    """MixUp / CutMix for a batch whose labels are a dict of heads: (images, {head: labels}) -> the same, mixed.
+
+    Each example i is mixed with example perm[i] of the same batch with one coefficient lam_i: the image by the
+    layer (MixUp: lam_i * x_i + (1 - lam_i) * x_perm[i]; CutMix: a box of x_perm[i] pasted over x_i, lam_i the
+    share of x_i left), and every head's labels by lam_i * y_i + (1 - lam_i) * y_perm[i]: a softmax head's
+    integer label becomes a soft [B, C] target, a multi-label head's multi-hot labels become fractions.
+    trainer.losses.HeadLoss is linear in those targets (= lam_i * L(y_i) + (1 - lam_i) * L(y_perm[i])).
+    The sampling and the image/label transforms are Keras' own keras.layers.MixUp / CutMix (public
+    get_random_transformation / transform_images / transform_labels), applied to each head with the same draw;
+    with both on, each batch takes one of the two at random. Keras only (keras.ops), so any backend.
+
+        python -c "import numpy as np; from tfds_person_attrs.schema import HVC; from trainer.augment import \
+LabelMixing; x, y = LabelMixing(HVC, mixup=0.2, seed=1)(np.zeros((4, 8, 4, 3), 'float32'), \
+{a.name: np.arange(4) % a.num_classes for a in HVC.attributes}); print(y['age'])"
+    """
+
+    def __init__(self, schema, mixup: float = 0.0, cutmix: float = 0.0, seed: int | None = None):
+        self.heads = [(a.name, a.num_classes, a.is_multi_label) for a in schema.attributes]
+        self.mixers = []
+        if mixup > 0:
+            self.mixers.append(keras.layers.MixUp(alpha=mixup, seed=seed, dtype="float32", name="mixup"))
+        if cutmix > 0:  # Keras draws CutMix's alpha from U(factor); a fixed alpha is the range (a, a)
+            self.mixers.append(keras.layers.CutMix(factor=(cutmix, cutmix), seed=None if seed is None else seed + 1,
+                                                   dtype="float32", name="cutmix"))
+        if not self.mixers:
+            raise ValueError("LabelMixing needs mixup > 0 or cutmix > 0")
+        self.choice = keras.random.SeedGenerator(None if seed is None else seed + 2)
+
+    def dense_labels(self, labels: dict) -> dict:
+        """{head: float targets [B, C]}: one-hot for softmax heads' integer labels, multi-hot as they are."""
+        return {name: ops.cast(labels[name], "float32") if multi else
+                ops.one_hot(ops.cast(ops.reshape(labels[name], (-1,)), "int32"), n)
+                for name, n, multi in self.heads}
+
+    def apply(self, mixer, images, labels: dict, transformation=None):
+        """One mixer with one draw (`transformation`, the layer's own dict; drawn when None) for the images and
+        every head."""
+        if transformation is None:
+            transformation = mixer.get_random_transformation(images, training=True)
+        images = mixer.transform_images(ops.cast(images, "float32"), transformation, training=True)
+        dense = self.dense_labels(labels)
+        return images, {k: mixer.transform_labels(v, transformation, training=True) for k, v in dense.items()}
+
+    def __call__(self, images, labels: dict):
+        first = self.apply(self.mixers[0], images, labels)
+        if len(self.mixers) == 1:
+            return first
+        second = self.apply(self.mixers[1], images, labels)
+        take_first = keras.random.uniform((), seed=self.choice) < 0.5
+        return keras.tree.map_structure(lambda a, b: ops.where(take_first, a, b), first, second)
+
+
+def build_label_mixing(cfg, schema) -> LabelMixing | None:
+    """The AugmentConfig's MixUp/CutMix for `schema`'s heads, or None when both are off (or augmentation is)."""
+    if not cfg.enabled or (cfg.mixup <= 0 and cfg.cutmix <= 0):
+        return None
+    return LabelMixing(schema, cfg.mixup, cfg.cutmix, (cfg.seed + 7) if cfg.seed else None)

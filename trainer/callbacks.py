@@ -26,6 +26,7 @@ import numpy as np
 
 from trainer import atomic
 from trainer.backbones import frozen_batchnorm, set_trainable
+from trainer.ema import ema_callbacks, ema_weights
 from trainer.metrics import MeanBalancedAccuracy
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ class LogSchedule(keras.callbacks.Callback):
 
 class BestCheckpoint(keras.callbacks.Callback):
     """Saves the model whenever `monitor` beats the best so far (max), atomically: a kill mid-save leaves the
-    previous best whole. `best` carries the best of the epochs a resumed run has already done."""
+    previous best whole. `best` carries the best of the epochs a resumed run has already done. With the weights'
+    moving average on, the averaged weights are saved (those the monitored validation score was measured on)."""
 
     def __init__(self, path: str, monitor: str = MONITOR, best: float | None = None):
         super().__init__()
@@ -95,7 +97,8 @@ class BestCheckpoint(keras.callbacks.Callback):
             return
         log.debug("epoch %d: %s %s -> %s, saving %s", epoch, self.monitor, self.best, float(value), self.path)
         self.best = float(value)
-        atomic.save_with(self.path, self.model.save)
+        with ema_weights(self.model):
+            atomic.save_with(self.path, self.model.save)
 
 
 class BackboneWarmup(keras.callbacks.Callback):
@@ -117,8 +120,8 @@ class BackboneWarmup(keras.callbacks.Callback):
 
 
 def make_callbacks(paths, schema, best: float | None = None, tensorboard: bool = True, config=None):
-    cbs = [MeanBalancedAccuracy(schema), LogSchedule(), RaiseOnNonFinite(),
-           BestCheckpoint(paths.best_keras, MONITOR, best)]
+    cbs = [*ema_callbacks(config.optim.ema if config is not None else 0.0), MeanBalancedAccuracy(schema),
+           LogSchedule(), RaiseOnNonFinite(), BestCheckpoint(paths.best_keras, MONITOR, best)]
     if config is not None and config.train.freeze_backbone_epochs:
         cbs.insert(0, BackboneWarmup(config.train.freeze_backbone_epochs, frozen_batchnorm(config.model)))
     if not tensorboard:

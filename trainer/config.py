@@ -111,6 +111,11 @@ class AugmentConfig:
     rand_augment: bool = False
     rand_augment_ops: int = 2
     rand_augment_factor: float = 0.5
+    # Training batches only: mix pairs of images and, with the same per-example coefficient, every head's labels
+    # (trainer.augment.LabelMixing). MixUp's Beta(alpha, alpha); CutMix's alpha (<= 1); 0 = off. Both on: each
+    # batch takes one of the two at random.
+    mixup: float = 0.0
+    cutmix: float = 0.0
     seed: int = 0  # 0 = unseeded
 
 
@@ -131,6 +136,9 @@ class OptimConfig:
     cycle_epochs: float = 4.0  # triangular: one full cycle (up and down) in epochs
     linear_scaling: bool = False  # multiply max_lr/min_lr by the number of replicas
     clipnorm: float = 0.0
+    # Exponential moving average of the weights (Keras' optimizer `use_ema`), decay per step, 0 = off. Validation,
+    # best.keras, model.keras and the export hold the averaged weights; training steps use the raw ones.
+    ema: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,11 +288,14 @@ def validate(c: Config) -> None:
     need(m.stem_stride in (0, 1, 2, 4), "model.stem_stride", f"must be 0 (auto), 1, 2 or 4, got {m.stem_stride}")
     need(0 <= a.erasing <= 1 and 0 <= a.translate < 1 and 0 <= a.zoom < 1, "augment",
          "erasing in [0, 1], translate and zoom in [0, 1)")
+    need(a.mixup >= 0 and 0 <= a.cutmix <= 1, "augment.mixup/cutmix",
+         f"MixUp's alpha must be >= 0 and CutMix's in [0, 1] (0 = off), got {a.mixup} / {a.cutmix}")
     need(o.schedule in SCHEDULES, "optim.schedule", f"must be one of {SCHEDULES}, got {o.schedule!r}")
     need(o.max_lr > 0 and 0 <= o.min_lr <= o.max_lr, "optim.max_lr/min_lr", "need max_lr > 0 and 0 <= min_lr <= max_lr")
     need(0 <= o.warmup_frac < 1, "optim.warmup_frac", f"must be in [0, 1), got {o.warmup_frac}")
     need(0 <= o.momentum < 1 and 0 <= o.momentum_min <= o.momentum_max < 1, "optim.momentum*",
          "momentum values must be in [0, 1) with momentum_min <= momentum_max")
+    need(0 <= o.ema < 1, "optim.ema", f"the EMA decay must be in [0, 1) (0 = off; 0.99-0.9999 typical), got {o.ema}")
     need(o.cycle_epochs > 0 and o.decay_every_epochs > 0, "optim.cycle_epochs/decay_every_epochs", "must be > 0")
     need(all(w >= 0 for w in lo.weights.values()), "loss.weights", f"must be >= 0, got {dict(lo.weights)}")
     need(0 <= lo.label_smoothing < 1, "loss.label_smoothing", f"must be in [0, 1), got {lo.label_smoothing}")

@@ -34,9 +34,11 @@ class Schedule:
 
 
 class Loop:
-    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy, element_spec):
-        """`element_spec`: one batch's structure (x, y), to build the compiled losses, metrics and optimizer."""
-        self.model, self.strategy = model, strategy
+    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy, element_spec, mixing=None):
+        """`element_spec`: one batch's structure (x, y), to build the compiled losses, metrics and optimizer.
+        `mixing`: None, or a callable (x, y) -> (x, y) applied to each replica's training batch before the step
+        (trainer.augment.LabelMixing: MixUp/CutMix, which change the labels and so cannot live in the model)."""
+        self.model, self.strategy, self.mixing = model, strategy, mixing
         # Variables must exist before the step is traced: created inside a tf.function under MirroredStrategy
         # they break it ("You must feed a value for placeholder tensor"). fit builds them with this same call,
         # symbolically (no data), before its first step; under a strategy's scope they are mirrored. Keras has
@@ -53,8 +55,13 @@ class Loop:
         jit = bool(model.jit_compile)  # Keras' own resolution of "auto" (off under a strategy)
         self._traced_for = self._trainable_key()
 
+        mixing = self.mixing
+
+        def step(data):
+            return model.train_step(mixing(*data) if mixing is not None else data)
+
         def on_every_replica(data):
-            logs = strategy.run(model.train_step, args=(data,))
+            logs = strategy.run(step, args=(data,))
             return strategy.reduce("MEAN", logs["loss"], axis=None)
 
         def test_on_every_replica(data):

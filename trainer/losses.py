@@ -3,7 +3,10 @@
     python -c "from trainer.losses import class_weights; print(class_weights([90, 10], 'effective'))"
 
 Single-label heads take integer labels (softmax outputs); multi-label heads take multi-hot float labels
-(sigmoid outputs). Class balancing multiplies each example's loss by the weight of its class:
+(sigmoid outputs). Both also take the mixed targets of MixUp/CutMix (a softmax head's soft [B, C] target, a
+multi-label head's fractional labels): every loss here is linear in its target, so a target
+lam * y_a + (1 - lam) * y_b costs exactly lam * L(y_a) + (1 - lam) * L(y_b), class and label weights included.
+Class balancing multiplies each example's loss by the weight of its class:
 - "inverse":   w_c proportional to 1 / n_c;
 - "effective": w_c proportional to (1 - beta) / (1 - beta ** n_c), the "effective number of samples" of Cui et
   al., CVPR 2019 (beta -> 0 is no balancing, beta -> 1 is inverse frequency).
@@ -76,23 +79,34 @@ class HeadLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_pred = ops.clip(ops.cast(y_pred, "float32"), _EPS, 1.0 - _EPS)
+        eps = self.label_smoothing
         if self.multi_label:
+            # Per label: y * L(positive) + (1 - y) * L(negative), each term smoothed and weighted as its hard
+            # label says. Linear in y, so a MixUp/CutMix target lam * y_a + (1 - lam) * y_b gives exactly
+            # lam * L(y_a) + (1 - lam) * L(y_b); for 0/1 labels it is the (weighted) smoothed BCE.
             y = ops.cast(y_true, "float32")
-            target = y * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
-            bce = target * ops.log(y_pred) + (1.0 - target) * ops.log(1.0 - y_pred)
+            log_p, log_q = ops.log(y_pred), ops.log(1.0 - y_pred)
+            positive = (1.0 - eps / 2) * log_p + eps / 2 * log_q
+            negative = eps / 2 * log_p + (1.0 - eps / 2) * log_q
             if self.positive_weights is not None:
-                # the weight follows the hard label (smoothing moves the target, not which term it is)
-                w_pos = ops.convert_to_tensor(self.positive_weights, "float32")
-                w_neg = ops.convert_to_tensor(self.negative_weights, "float32")
-                bce = bce * (y * w_pos + (1.0 - y) * w_neg)
-            return -ops.mean(bce, axis=-1)
-        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
-        one_hot = ops.one_hot(labels, self.num_classes)
-        target = one_hot * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
-        ce = -ops.sum(target * ops.log(y_pred), axis=-1)
+                positive = positive * ops.convert_to_tensor(self.positive_weights, "float32")
+                negative = negative * ops.convert_to_tensor(self.negative_weights, "float32")
+            return -ops.mean(y * positive + (1.0 - y) * negative, axis=-1)
+        target = self.targets(y_true)
         if self.class_weights is not None:
-            ce = ce * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), labels)
-        return ce
+            target = target * ops.convert_to_tensor(self.class_weights, "float32")
+        # sum_c t_c * smoothed CE of class c = (1 - eps) * sum_c t_c (-log p_c) + eps / C * sum_c t_c * sum(-log p),
+        # with t the (class-weighted) target: for a one-hot label that is w_label * smoothed CE, and linear in t.
+        nll = -ops.log(y_pred)
+        return ((1.0 - eps) * ops.sum(target * nll, axis=-1)
+                + eps / self.num_classes * ops.sum(target, axis=-1) * ops.sum(nll, axis=-1))
+
+    def targets(self, y_true):
+        """A softmax head's targets as [B, C] floats: one-hot from integer labels ([B] or [B, 1]), or the soft
+        targets MixUp/CutMix make (trainer.augment.LabelMixing) as they are."""
+        if len(y_true.shape) == 2 and y_true.shape[-1] == self.num_classes and self.num_classes > 1:
+            return ops.cast(y_true, "float32")
+        return ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), self.num_classes)
 
     def get_config(self):
         return {**super().get_config(), "multi_label": self.multi_label, "num_classes": self.num_classes,

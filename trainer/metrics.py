@@ -20,6 +20,11 @@ epoch value is exact over the whole split, not a mean of per-replica or per-batc
 accuracy / mA: the checkpoint monitor, trainer.callbacks.MONITOR) and, when the schema has single-label heads,
 `mean_accuracy` (their mean accuracy), both also with the `val_` prefix. It must come before any callback that
 reads them (checkpointing, CSV, TensorBoard). Keras 3 only (keras.ops), so these run under any backend.
+
+On training batches mixed by MixUp/CutMix (trainer.augment.LabelMixing) the labels are soft; every metric here
+then scores against each example's dominant label (the class with the larger share; a multi-label label counts
+as present above 0.5), so training curves of a mixing run measure agreement with the dominant image of each
+mix, not accuracy on clean images. Validation batches are never mixed.
 """
 
 from __future__ import annotations
@@ -40,6 +45,41 @@ def _sum_variable(metric, name: str, size: int):
     return metric.add_variable(shape=(size,), initializer="zeros", dtype="float32", aggregation="sum", name=name)
 
 
+def class_labels(y_true, num_classes: int):
+    """A softmax head's labels as int32 [B]: integer labels as they are, soft [B, C] targets by their argmax."""
+    if len(y_true.shape) == 2 and y_true.shape[-1] == num_classes and num_classes > 1:
+        return ops.cast(ops.argmax(y_true, axis=-1), "int32")
+    return ops.cast(ops.reshape(y_true, (-1,)), "int32")
+
+
+def _present(y_true):
+    return ops.cast(ops.greater(ops.cast(y_true, "float32"), 0.5), "float32")  # multi-hot (or mixed) labels as 0/1
+
+
+@keras.saving.register_keras_serializable(package="person_attrs")
+class HeadAccuracy(keras.metrics.SparseCategoricalAccuracy):
+    """Keras' sparse categorical accuracy that also takes soft targets (scored on their dominant class)."""
+
+    def __init__(self, num_classes: int, name: str = ACCURACY, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(class_labels(y_true, self.num_classes), y_pred, sample_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
+@keras.saving.register_keras_serializable(package="person_attrs")
+class LabelAP(keras.metrics.AUC):
+    """Keras' multi-label PR AUC (mAP) with labels counted as present above 0.5 (Keras' AUC counts any non-zero
+    label as present, which a mixed label always is)."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(_present(y_true), y_pred, sample_weight)
+
+
 def _mean_of_defined(ratios, defined):
     """Mean of `ratios` over the entries where `defined`; 0 when none is (an empty epoch)."""
     defined = ops.cast(defined, "float32")
@@ -58,7 +98,7 @@ class BalancedAccuracy(keras.metrics.Metric):
         self.support = _sum_variable(self, "support", self.num_classes)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        labels = class_labels(y_true, self.num_classes)
         true = ops.one_hot(labels, self.num_classes)
         hit = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), labels), "float32")
         self.support.assign_add(ops.sum(true, axis=0))
@@ -86,7 +126,7 @@ class LabelMeanAccuracy(keras.metrics.Metric):
         self.neg = _sum_variable(self, "neg", self.num_labels)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        y = ops.cast(ops.greater(ops.cast(y_true, "float32"), 0.5), "float32")  # multi-hot labels as 0/1
+        y = _present(y_true)
         p = ops.cast(ops.greater_equal(ops.cast(y_pred, "float32"), self.threshold), "float32")
         self.pos.assign_add(ops.sum(y, axis=0))
         self.neg.assign_add(ops.sum(1.0 - y, axis=0))
@@ -110,9 +150,9 @@ def head_metrics(schema) -> dict[str, list[keras.metrics.Metric]]:
     for a in schema.attributes:
         if a.is_multi_label:
             out[a.name] = [LabelMeanAccuracy(a.num_classes),
-                           keras.metrics.AUC(curve="PR", multi_label=True, num_labels=a.num_classes, name="mAP")]
+                           LabelAP(curve="PR", multi_label=True, num_labels=a.num_classes, name="mAP")]
         else:
-            out[a.name] = [keras.metrics.SparseCategoricalAccuracy(name=ACCURACY), BalancedAccuracy(a.num_classes)]
+            out[a.name] = [HeadAccuracy(a.num_classes), BalancedAccuracy(a.num_classes)]
     return out
 
 

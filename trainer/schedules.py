@@ -178,8 +178,11 @@ def make_schedule(optim, total_steps: int, steps_per_epoch: int, lr_scale: float
 
 
 def make_optimizer(optim, schedule: StepSchedule, scaled_variables=(), lr_multiplier: float = 1.0) -> ScheduledSGD:
-    """`scaled_variables` (the backbone's) learn at lr_multiplier x the schedule's rate."""
+    """`scaled_variables` (the backbone's) learn at lr_multiplier x the schedule's rate. `optim.ema` > 0 keeps
+    Keras' moving average of the weights in the optimizer (trainer.ema swaps it in where it is used)."""
     kw = {"clipnorm": optim.clipnorm} if optim.clipnorm > 0 else {}
+    if optim.ema > 0:
+        kw.update(use_ema=True, ema_momentum=optim.ema)
     optimizer = ScheduledSGD(learning_rate=schedule, nesterov=optim.nesterov, lr_multiplier=lr_multiplier, **kw)
     optimizer.scale_learning_rate_of(scaled_variables)
     return optimizer

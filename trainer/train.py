@@ -30,9 +30,11 @@ import keras
 import tensorflow as tf
 
 from trainer import atomic, backup, cluster, distribute, export, hypertune
+from trainer.augment import build_label_mixing
 from trainer.callbacks import MONITOR, make_callbacks
 from trainer.config import ConfigError, check_against_schema
 from trainer.data import dataset_info, make_eval_dataset, make_train_dataset, train_examples, with_dataset
+from trainer.ema import keep_ema_weights
 from trainer.history import Recorder, best
 from trainer.joblock import JobLock
 from trainer.loop import Loop, Schedule, gather_steps
@@ -140,7 +142,9 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
     try:
         model = compiled_model(config, schema, strategy, steps_per_epoch,
                                info.class_counts.get(config.data.train_split), n_train)
-        loop = Loop(model, strategy, make_eval_dataset(config, batch=1, schema=schema).element_spec)
+        with strategy.scope():  # its random state is a variable, mirrored like the model's
+            mixing = build_label_mixing(config.augment, schema)
+        loop = Loop(model, strategy, make_eval_dataset(config, batch=1, schema=schema).element_spec, mixing)
         if state.step:
             backup.restore(model, paths.backup_dir, state)
         steps_seen = gather_steps(strategy, state.step)
@@ -167,6 +171,7 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
                                                              start_batch), callback_list)
         metrics = _final_metrics(recorder.rows, schema)
         atomic.write_text(out.metrics_json, json.dumps(metrics, indent=2))
+        keep_ema_weights(model)  # the saved, exported and returned model holds the averaged weights (trainer.ema)
         atomic.save_with(out.model_keras, model.save)
         atomic.replace_dir(out.model_dir, lambda d: export.export_model(model, config, schema, d))
         if task.is_chief and tuning_trial():  # a Vertex AI tuning trial: report how it did
