@@ -231,8 +231,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optim": {"max_lr": 0.05},
         "train": {"epochs": 2, "batch_size": 8, "steps_per_epoch": 4, "validation_steps": 2},
     },
-    # `make demo` on the generated demo set (tfds_person_attrs/demo_data.py, hvc heads): the whole chain takes about
-    # 90 CPU seconds. Full-size input (224x112: the noise and blur of image quality and the face marks of emotion
+    # `make demo` on the generated demo set (tfds_person_attrs/demo_data.py, hvc heads): the whole chain takes 90-120
+    # CPU seconds. Full-size input (224x112: the noise and blur of image quality and the face marks of emotion
     # survive) with a stride-4 stem, so the trunk runs at 56x28; batch 16 for more updates per second. No random
     # shift: the generator already places and sizes each figure at random, and the shift took a third of each CPU
     # step, which buys 18 epochs instead of 12. Loss weights on the heads that learn last (age, weight, emotion);
