@@ -49,9 +49,9 @@ ROUNDS = 3
 # Images whose blocking keys are computed together; their entries for one shard of cells travel as one Beam
 # element (`ShardPack`), so the shuffle handles about (images / BATCH_SIZE) x shards elements, not 24 per image.
 BATCH_SIZE = 16384
-# Neighbouring cells per shard, as a power of two: a shard of 256 cells holds ~49,000 entries (~6 MB) once the
-# images fill 12 bits per table, and an image's own cell and its probes often share it (its signature is then
-# shuffled once for them).
+# Neighbouring cells per shard, as a power of two: a shard of 256 cells holds ~49,000 entries (~4 MB) once its
+# cells hold their ~64 images each, and an image's own cell and its probes often share one (its signature is
+# then shuffled once for them: ~15 copies per image at a million, not 24).
 SHARD_BITS = 8
 # Probes compared with a cell's stored images at once; bounds a hot cell's memory to CHUNK x its size floats.
 _CHUNK = 4096
@@ -153,12 +153,12 @@ class _VerifyShard(beam.DoFn):
             yield ((int(batches[root]), int(positions[root])), (int(batches[member]), int(positions[member])))
 
 
-def star_edges(pairs) -> list[tuple[str, str]]:
-    """The components of these pairs as edges from each component's smallest id to its other members.
+def star_edges(pairs) -> list[tuple]:
+    """The components of these pairs as edges from each component's smallest member to its other members.
 
-    A cell's verified pairs join the same images as all of them would, in fewer edges (a cluster of k images
-    that shares many cells gives k - 1 edges per cell instead of up to k(k - 1)), and edges that already point
-    at the component's smallest id settle in one round of `ConnectedComponents`.
+    A shard's verified pairs join the same images as all of them would, in fewer edges (a cluster of k images
+    that shares many cells gives k - 1 edges per shard instead of up to k(k - 1) per cell), and a star settles
+    in at most two rounds of `ConnectedComponents` (one when its centre is the smallest id).
     """
     root = _union_labels(pairs)
     return sorted((r, x) for x, r in root.items() if x != r)
