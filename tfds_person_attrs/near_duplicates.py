@@ -253,7 +253,7 @@ class NearDuplicateGroups(beam.PTransform):
             shard_bits=self._shard_bits).with_outputs(_IDS, *TABLE_TAGS)
         # One shuffle per table: the tables are independent, and the in-process DirectRunner holds a shuffle
         # whole and encodes it into one buffer before its first group is read, so eight small shuffles peak
-        # lower than one big one (measured at 1M signatures: see benchmarks/grouping_scale.py).
+        # lower than one big one (at 1M signatures 5.0 GB against 12.8: docs/performance.md, section 6).
         numbered_edges = (
             [packed[tag] | f"GroupByShard{t}" >> beam.GroupByKey()
              | f"VerifyShards{t}" >> beam.ParDo(_VerifyShard(self._threshold)) for t, tag in enumerate(TABLE_TAGS)]
@@ -318,8 +318,8 @@ def shard_packs(batch, center, bits, shard_bits):
     TABLE_TAGS, and (batch key, ids) tagged _IDS.
 
     A shard is the cell id >> shard_bits: 2**shard_bits neighbouring cells of one table (all of the table's
-    cells when shard_bits >= bits). bits grows with the images, so the shards do too, each holding the entries
-    of about 2**shard_bits x 192 images' cells.
+    cells when shard_bits >= bits). bits grows with the images, so the shards do too, each holding about
+    192 x 2**shard_bits entries once cells hold their ~64 images (each cell: ~64 stored entries, ~128 probes).
     """
     ids, sigs = batch
     key = batch_key(ids)
@@ -344,8 +344,8 @@ def _named(batch_joined):
     """The one id list of a batch key and its edges; two id lists under one key are two batches that clash."""
     key, joined = batch_joined
     if len(joined["ids"]) > 1:
-        raise RuntimeError(f"near-duplicate grouping: two batches share the key {key}; rerun with another "
-                           "batch_size")
+        raise RuntimeError(f"near-duplicate grouping: two batches of images hash to the key {key}, so their "
+                           "images cannot be named; check that no image id is given twice")
     return (joined["ids"][0] if joined["ids"] else None), joined["edges"]
 
 
