@@ -13,7 +13,7 @@ import numpy as np
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tfds_person_attrs import grouping
+from tfds_person_attrs import grouping, near_duplicates
 from tfds_person_attrs.images import SIGNATURE_SIZE, mirrored
 from tfds_person_attrs.near_duplicates import (
     FLIPS,
@@ -63,9 +63,10 @@ def test_beam_grouping_finds_the_exact_groups_of_planted_clusters():
         assert_that(groups, equal_to(exact))
 
 
-def test_how_the_work_is_cut_into_batches_and_shards_does_not_change_the_groups():
-    """Batches of 64 images (so a cluster's members are named by different batches) and shards from one cell
-    each to one shard for everything give the exact groups."""
+def test_how_the_work_is_cut_into_batches_and_shards_does_not_change_the_groups(monkeypatch):
+    """Batches of 64 images (so a cluster's members are named by different batches), shards from one cell
+    each to one per table, and matrix products of a few candidate pairs give the exact groups."""
+    monkeypatch.setattr(near_duplicates, "_BLOCK", 4)
     ids, sigs = planted_signatures(n_background=300, n_clusters=20, seed=1)
     exact = multi_image_groups(grouping.near_duplicate_groups(ids, sigs, 0.85))
     assert len({g for _, g in exact}) == 20

@@ -53,8 +53,9 @@ BATCH_SIZE = 16384
 # cells hold their ~64 images each, and an image's own cell and its probes often share one (its signature is
 # then shuffled once for them: ~15 copies per image at a million, not 24).
 SHARD_BITS = 8
-# Probes compared with a cell's stored images at once; bounds a hot cell's memory to CHUNK x its size floats.
-_CHUNK = 4096
+# Candidate pairs compared per pair of matrix products: their float32 output (256 KB) stays in cache, which
+# on a hot cell (4,096 probes x 2,000 stored) took 40 ms against 54-94 ms for all of them at once.
+_BLOCK = 1 << 16
 _HYPERPLANES = np.random.default_rng(15).standard_normal((TABLES, MAX_BITS, SIGNATURE_SIZE)).astype(np.float32)
 _IDS = "ids"
 TABLE_TAGS = tuple(f"table{t}" for t in range(TABLES))
@@ -105,7 +106,7 @@ class _VerifyShard(beam.DoFn):
     """(shard, [shard packs of several batches]) -> star edges ((batch key, position), (batch key, position)).
 
     The shard's entries are sorted by cell and each cell is verified alone, exactly as if it had its own key:
-    every probe against every stored image, at most _CHUNK probes at a time. The verified pairs of all the
+    every probe against every stored image, about _BLOCK candidate pairs at a time. The verified pairs of all the
     shard's cells leave it as the star edges of their components.
     """
 
@@ -142,8 +143,9 @@ class _VerifyShard(beam.DoFn):
             if len(kept) == 0 or hi - lo == 1:
                 continue
             stored_halves = even[kept], odd[kept]
-            for start in range(0, hi - lo, _CHUNK):
-                chunk = in_cell[start : start + _CHUNK]  # every entry probes its cell (stored ones too)
+            step = max(1, _BLOCK // len(kept))
+            for start in range(0, hi - lo, step):
+                chunk = in_cell[start : start + step]  # every entry probes its cell (stored ones too)
                 candidates += len(chunk) * len(kept)
                 p, q = similar_halves((even[chunk], odd[chunk]), stored_halves, self._threshold)
                 a, b = chunk[p], kept[q]
