@@ -72,8 +72,8 @@ def similar_halves(a, b, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """`similar_pairs` of signatures given as `mirror_halves`.
 
     a.b = even + odd and mirror(a).b = even - odd, so the larger is even + |odd|: two half-width products,
-    the work of one (stacking a and its mirror into one product took 2x the work and, on 6,000 x 2,000
-    signatures, 18x the time, mostly in its temporaries).
+    the arithmetic of one (stacking a and its mirror into one product did twice as much). On large blocks
+    writing the output costs as much as the arithmetic: near_duplicates.py keeps its blocks cache-sized.
     """
     (a_even, a_odd), (b_even, b_odd) = a, b
     best = np.dot(a_even, b_even.T)
