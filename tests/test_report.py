@@ -15,7 +15,8 @@ import pytest
 
 from tests.browser_fixtures import CHROMIUM, render
 from tfds_person_attrs.schema import Attribute, Schema
-from trainer import eval_metrics, report, report_figures
+from trainer import report
+from trainer.evaluation import eval_metrics, report_figures
 
 SCHEMA = Schema("t", (Attribute("gender", ("female", "male"), column="g"),
                       Attribute("age", ("young", "mid", "old"), column="a"),

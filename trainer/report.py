@@ -8,8 +8,8 @@ head under its own heading, and a grid of test images with predicted and true la
 Images are PNG files in the report folder referenced by relative paths (copy the folder, not just the .html);
 `embed=True` inlines them as base64 too, for a page that travels as one file.
 
-This module gathers what the page shows; trainer/report_figures.py draws the figures and the markup is the
-jinja2 template trainer/templates/report.html, rendered with autoescaping on (head, class and file names are
+This module gathers what the page shows; trainer/evaluation/report_figures.py draws the figures and the markup is the
+jinja2 template trainer/evaluation/templates/report.html, rendered with autoescaping on (head, class and file names are
 user data). evaluate.py calls write_report with predictions and sample images; on its own it re-renders a job's
 page from metrics.json and history.csv:
 
@@ -28,12 +28,12 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-import jinja2
 import numpy as np
 
-from trainer import report_figures as figures
-from trainer.eval_metrics import MA_CHANCE
-from trainer.thresholds import DEFAULT_THRESHOLD
+from trainer.evaluation import pages
+from trainer.evaluation import report_figures as figures
+from trainer.evaluation.eval_metrics import MA_CHANCE
+from trainer.objective.thresholds import DEFAULT_THRESHOLD
 
 SINGLE_COLUMNS = ("accuracy", "majority_baseline", "majority_class", "balanced_accuracy", "macro_f1", "log_loss",
                   "prior_log_loss", "n")
@@ -69,16 +69,6 @@ class _Images:
 
     def figure(self, name: str, fig, alt: str) -> dict[str, str]:
         return {"src": self.save(name, figures.fig_to_png(fig)), "alt": alt}
-
-
-def _num(v) -> str:
-    """A table cell: floats to 3 decimals, nothing for None (the template escapes the rest)."""
-    return "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
-
-
-_ENV = jinja2.Environment(loader=jinja2.PackageLoader("trainer", "templates"), autoescape=True,
-                          undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-_ENV.filters["num"] = _num
 
 
 # ----------------------------------------------------------------- what the page shows
@@ -155,7 +145,7 @@ def sample_cards(images: _Images, schema, samples: Samples, max_images: int, met
     its image, id, loss and one line per head (prediction, and the truth where it is wrong)."""
     from PIL import Image
 
-    from trainer.eval_metrics import sample_losses
+    from trainer.evaluation.eval_metrics import sample_losses
 
     losses = sample_losses(schema, samples.labels, samples.probs)
     cards = []
@@ -221,7 +211,7 @@ def write_report(out_dir: str, schema=None, metrics: Mapping[str, Any] | None = 
         page["cards"] = sample_cards(images, schema, samples, max_images, metrics)
     path = os.path.join(out_dir, "index.html")
     with open(path, "w", encoding="utf-8") as f:
-        f.write(_ENV.get_template("report.html").render(page))
+        f.write(pages.render("report.html", **page))
     return path
 
 

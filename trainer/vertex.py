@@ -10,7 +10,7 @@ Builds the Vertex AI REST `CustomJob` (or `HyperparameterTuningJob`) resource as
 Everything after `--` goes to `python -m trainer.task` unchanged. `--replica_count N` is the number of machines:
 pool 0 is the chief, pool 1 holds the other N-1 workers, and Vertex AI writes TF_CONFIG on each so the trainer
 picks MultiWorkerMirroredStrategy. `--tuning --param train.max_lr=double:0.05:1:log ...` wraps the same job in
-a tuning study whose trials report through `trainer.hypertune`.
+a tuning study whose trials report through `trainer.training.hypertune`.
 """
 
 from __future__ import annotations
