@@ -94,6 +94,7 @@ def test_worst_examples_kept_across_batches(job_dir):
     losses = eval_metrics.sample_losses(schema, pred["labels"], pred["probs"])
     expected = [pred["ids"][i] for i in np.argsort(-losses, kind="stable")[:5]]
     assert list(pred["worst"].ids) == expected
+    assert pred["worst"].losses == pytest.approx(np.sort(losses)[::-1][:5], rel=1e-6)  # carried to the report
     assert pred["worst"].images.shape[0] == 5 and pred["worst"].images.dtype == np.uint8
     n_test = trainer_fixtures.num_examples(trainer_fixtures.MULTI_SCHEMA.name, "test")
     assert len(pred["ids"]) == len(set(pred["ids"])) == n_test

@@ -75,7 +75,8 @@ def predict_split(model: eval_model.EvalModel, schema, split: str, batch: int = 
     if not ids:
         raise cli.UserError(f"split {split!r} of {data_lib.dataset_dir(config.data)} is empty")
     cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
-    samples = report.Samples(worst["images"], _sub(worst, "labels"), _sub(worst, "probs"), list(worst["ids"]))
+    samples = report.Samples(worst["images"], _sub(worst, "labels"), _sub(worst, "probs"), worst["loss"],
+                             list(worst["ids"]))
     return {"labels": cat(labels), "probs": cat(probs), "ids": ids, "worst": samples}
 
 

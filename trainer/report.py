@@ -45,11 +45,14 @@ PER_LABEL_COLUMNS = ("train_positive_counts", "per_label_positives", "per_label_
 
 @dataclasses.dataclass
 class Samples:
-    """Test examples for the image grid: images uint8 [N,H,W,3]; labels/probs {attribute: array}; ids [N]."""
+    """Test examples for the image grid: images uint8 [N,H,W,3]; labels/probs {attribute: array}; losses [N], each
+    example's loss as evaluation scored it (trainer.evaluation.eval_metrics.sample_losses, which
+    trainer.evaluate.predict_split also ranks the examples it keeps by); ids [N]."""
 
     images: np.ndarray
     labels: Mapping[str, np.ndarray]
     probs: Mapping[str, np.ndarray]
+    losses: np.ndarray
     ids: Sequence[str] = ()
 
 
@@ -141,13 +144,11 @@ def _thresholds_of(metrics: Mapping[str, Any] | None, attribute) -> list[float]:
 
 
 def sample_cards(images: _Images, schema, samples: Samples, max_images: int, metrics=None) -> list[dict[str, Any]]:
-    """Worst mistakes first: examples sorted by their summed cross-entropy over heads, highest first; each card
-    its image, id, loss and one line per head (prediction, and the truth where it is wrong)."""
+    """Worst mistakes first: examples sorted by their loss (summed cross-entropy over heads), highest first; each
+    card its image, id, loss and one line per head (prediction, and the truth where it is wrong)."""
     from PIL import Image
 
-    from trainer.evaluation.eval_metrics import sample_losses
-
-    losses = sample_losses(schema, samples.labels, samples.probs)
+    losses = np.asarray(samples.losses, dtype=np.float64)
     cards = []
     for rank, i in enumerate(np.argsort(-losses, kind="stable")[:max_images]):
         buf = io.BytesIO()
