@@ -94,16 +94,16 @@ def training_figures(hist: Mapping[str, np.ndarray], schema=None) -> tuple[list[
     if "loss" in hist:
         figures.append(("curves_loss.png", _loss_figure(hist, epochs), "training and validation loss"))
     heads = schema.names if schema is not None else ()
-    panels = [(h, names.accuracy_key(h), names.accuracy_key(h, "val_"), None) for h in heads]
-    panels.append(("mean", names.MEAN_ACCURACY, "val_" + names.MEAN_ACCURACY, None))
+    panels = [(h, names.accuracy_key(h), names.accuracy_key(h, names.VAL), None) for h in heads]
+    panels.append(("mean", names.MEAN_ACCURACY, names.VAL + names.MEAN_ACCURACY, None))
     if grid := _curve_grid(hist, epochs, panels):
         figures.append(("curves_accuracy.png", grid, "per-head accuracy per epoch"))
     if schema is not None:
-        train, val = names.balanced_keys(schema), names.balanced_keys(schema, "val_")
+        train, val = names.balanced_keys(schema), names.balanced_keys(schema, names.VAL)
         panels = [(f"{a.name} {'mA' if a.is_multi_label else 'bal. acc.'}", train[a.name], val[a.name],
                    MA_CHANCE if a.is_multi_label else 1.0 / a.num_classes) for a in schema.attributes]
         panels.append(("mean over heads (monitor)", names.MEAN_BALANCED_ACCURACY,
-                       "val_" + names.MEAN_BALANCED_ACCURACY, None))
+                       names.VAL + names.MEAN_BALANCED_ACCURACY, None))
         if grid := _curve_grid(hist, epochs, panels):
             figures.append(("curves_balanced.png", grid, "per-head balanced accuracy or mA per epoch, with chance"))
     if LR in hist and MOMENTUM in hist:

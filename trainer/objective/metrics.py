@@ -36,7 +36,8 @@ from keras import ops
 from trainer.objective.thresholds import DEFAULT_THRESHOLD
 
 ACCURACY = "accuracy"  # every softmax head's metric; Keras logs it as <head>_accuracy and val_<head>_accuracy
-# what MeanBalancedAccuracy adds to the epoch logs (and val_ + each)
+VAL = "val_"  # the prefix of a metric's key in the epoch logs when it is computed on the validation split
+# what MeanBalancedAccuracy adds to the epoch logs (and VAL + each)
 MEAN_BALANCED_ACCURACY = "mean_balanced_accuracy"
 MEAN_ACCURACY = "mean_accuracy"
 
@@ -198,7 +199,7 @@ class MeanBalancedAccuracy(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        for prefix in ("", "val_"):
+        for prefix in ("", VAL):
             for key, fn in ((MEAN_BALANCED_ACCURACY, mean_balanced_accuracy), (MEAN_ACCURACY, mean_accuracy)):
                 value = fn(logs, self.schema, prefix)
                 if value is not None:

@@ -26,11 +26,11 @@ import numpy as np
 
 from trainer.jobdir import atomic
 from trainer.model.backbones import frozen_batchnorm, set_trainable
-from trainer.objective.metrics import MeanBalancedAccuracy
+from trainer.objective.metrics import MEAN_BALANCED_ACCURACY, VAL, MeanBalancedAccuracy
 from trainer.optim.ema import ema_callbacks, ema_weights
 
 log = logging.getLogger(__name__)
-MONITOR = "val_mean_balanced_accuracy"
+MONITOR = VAL + MEAN_BALANCED_ACCURACY
 LR, MOMENTUM = "lr", "momentum"  # the schedule's columns in the epoch logs (LogSchedule)
 
 

@@ -24,6 +24,8 @@ from typing import Iterable
 import keras
 import tensorflow as tf
 
+from trainer.objective.metrics import VAL
+
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
@@ -100,7 +102,7 @@ class Loop:
             callbacks.on_test_batch_end(batch)
         logs = self.metrics()
         callbacks.on_test_end(logs)
-        return {f"val_{k}": v for k, v in logs.items()}
+        return {VAL + k: v for k, v in logs.items()}
 
     def fit(self, train_data, val_data, schedule: Schedule, callbacks) -> None:
         """Trains epochs start_epoch..epochs-1 (the first from batch start_batch); `callbacks` is a CallbackList."""

@@ -17,6 +17,9 @@ import time
 
 import keras
 
+from trainer.objective.metrics import MEAN_ACCURACY, MEAN_BALANCED_ACCURACY, VAL
+from trainer.training.callbacks import LR, MONITOR
+
 log = logging.getLogger(__name__)
 
 
@@ -27,11 +30,11 @@ class EpochLine(keras.callbacks.Callback):
     Per-head numbers are in history.csv and TensorBoard; a line people read in a log stays short.
     """
 
-    KEYS = (("loss", "loss {:.3f}"), ("mean_balanced_accuracy", "mean bal {:.3f}"), ("val_loss", "val loss {:.3f}"),
-            ("val_mean_balanced_accuracy", "val mean bal {:.3f}"), ("val_mean_accuracy", "val mean acc {:.3f}"),
-            ("lr", "lr {:.3g}"))
+    KEYS = (("loss", "loss {:.3f}"), (MEAN_BALANCED_ACCURACY, "mean bal {:.3f}"), (VAL + "loss", "val loss {:.3f}"),
+            (VAL + MEAN_BALANCED_ACCURACY, "val mean bal {:.3f}"), (VAL + MEAN_ACCURACY, "val mean acc {:.3f}"),
+            (LR, "lr {:.3g}"))
 
-    def __init__(self, monitor: str = "val_mean_balanced_accuracy"):
+    def __init__(self, monitor: str = MONITOR):
         super().__init__()
         self.monitor, self.best, self._start = monitor, -math.inf, 0.0
 

@@ -38,7 +38,7 @@ from trainer.jobdir.paths import job_paths, tuning_trial
 from trainer.model.augment import build_label_mixing
 from trainer.model.network import build_model
 from trainer.objective.losses import make_losses
-from trainer.objective.metrics import accuracy_keys, balanced_keys, head_metrics
+from trainer.objective.metrics import MEAN_ACCURACY, VAL, accuracy_keys, balanced_keys, head_metrics
 from trainer.optim.ema import keep_ema_weights
 from trainer.optim.schedules import make_optimizer, make_schedule
 from trainer.training import cluster, distribute, hypertune
@@ -222,10 +222,10 @@ def _final_metrics(rows, schema) -> dict:
     def per_head(keys):
         return {name: float(last[key]) for name, key in keys.items() if key in last}
 
-    out = {"val_balanced_accuracy": per_head(balanced_keys(schema, "val_")),
-           "val_accuracy": per_head(accuracy_keys(schema, "val_")),
+    out = {"val_balanced_accuracy": per_head(balanced_keys(schema, VAL)),
+           "val_accuracy": per_head(accuracy_keys(schema, VAL)),
            MONITOR: float(last.get(MONITOR, math.nan)), f"best_{MONITOR}": best(rows, MONITOR),
            "epochs_completed": len(rows)}
-    if "val_mean_accuracy" in last:
-        out["val_mean_accuracy"] = float(last["val_mean_accuracy"])
+    if VAL + MEAN_ACCURACY in last:
+        out[VAL + MEAN_ACCURACY] = float(last[VAL + MEAN_ACCURACY])
     return out
