@@ -3,7 +3,7 @@
     KERAS_BACKEND=tensorflow python benchmarks/epoch_time.py --data_dir /tmp/bench_data \
         --presets smoke,hvc --steps smoke=60,hvc=8 --rounds 2
 
-Per preset, the trainer's own pieces as trainer/train.py wires them (make_train_dataset, build_model,
+Per preset, the trainer's own pieces as trainer/training/train.py wires them (make_train_dataset, build_model,
 make_losses, head_metrics, ScheduledSGD, default strategy; no validation, checkpoints or export), timed
 three ways, interleaved round by round, best round kept:
 - together: model.fit on make_train_dataset (what a training epoch does);
@@ -29,13 +29,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer import distribute  # noqa: E402
 from trainer.config import load_config  # noqa: E402
-from trainer.data import dataset_info, make_train_dataset  # noqa: E402
-from trainer.losses import make_losses  # noqa: E402
-from trainer.metrics import head_metrics  # noqa: E402
-from trainer.model import build_model  # noqa: E402
-from trainer.schedules import make_optimizer, make_schedule  # noqa: E402
+from trainer.input.data import dataset_info, make_train_dataset  # noqa: E402
+from trainer.model.network import build_model  # noqa: E402
+from trainer.objective.losses import make_losses  # noqa: E402
+from trainer.objective.metrics import head_metrics  # noqa: E402
+from trainer.optim.schedules import make_optimizer, make_schedule  # noqa: E402
+from trainer.training import distribute  # noqa: E402
 
 
 class StepTimes(keras.callbacks.Callback):

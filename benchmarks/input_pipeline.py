@@ -5,7 +5,7 @@
         --zip /work/shared/data/hvc_data.zip --threads 1 --rounds 3
 
 Variants, interleaved round by round in this one process (best round kept), all on the built train split:
-- project_crop / project_nocrop: `trainer.data.make_train_dataset` (read, shuffle, one decode, letterbox crop
+- project_crop / project_nocrop: `trainer.input.data.make_train_dataset` (read, shuffle, one decode, letterbox crop
   or not, area resize to the preset's size, batch; augmentation is in the model, so not here);
   project_crop_cached: the same with `data.cache=true` (the decoded split kept in RAM as uint8), steady state
   from epoch 2 on;
@@ -38,8 +38,8 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from trainer.config import load_config  # noqa: E402
-from trainer.data import builder, dataset_info, make_train_dataset  # noqa: E402
-from trainer.preprocess_ops import person_band  # noqa: E402
+from trainer.input.data import builder, dataset_info, make_train_dataset  # noqa: E402
+from trainer.input.preprocess_ops import person_band  # noqa: E402
 
 
 def cpu_s() -> float:

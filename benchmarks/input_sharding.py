@@ -4,7 +4,7 @@
 
 One process plays one worker of N (the input pipeline needs no cluster), with one tf.data thread, on the built
 real dataset (hvc preset: letterbox crop, 96x48, uncached, so every example is decoded when read):
-- `subsplit` (what trainer.data does): worker i reads tfds.even_splits(train, N)[i] and decodes only that
+- `subsplit` (what trainer.input.data does): worker i reads tfds.even_splits(train, N)[i] and decodes only that
   (measured for worker 0 and for the last worker, whose part may start in the middle of a file);
 - `data_policy` (tf.data AutoShardPolicy.DATA, what MultiWorkerMirroredStrategy falls back to with fewer
   files than workers): every worker reads and decodes every example and keeps every N-th global-batch slice,
@@ -29,7 +29,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from trainer.config import load_config  # noqa: E402
-from trainer.data import builder, dataset_info, example_to_inputs, make_train_dataset  # noqa: E402
+from trainer.input.data import builder, dataset_info, example_to_inputs, make_train_dataset  # noqa: E402
 
 
 def one_thread(ds: tf.data.Dataset) -> tf.data.Dataset:

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from tfds_person_attrs.demo_data import write_demo_data
     from tfds_person_attrs.schema import HVC
     from trainer.config import load_config
-    from trainer.data import split_ids
+    from trainer.input.data import split_ids
 
     attribute = next(x for x in HVC.attributes if x.name == a.head)
     manual = write_demo_data(os.path.join(a.out, "manual"), num_images=a.images, seed=a.seed, num_missing=0)

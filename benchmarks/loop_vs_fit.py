@@ -1,9 +1,9 @@
-"""One process: the trainer's loop (trainer.loop.Loop) against Keras' `model.fit`, same model, same step.
+"""One process: the trainer's loop (trainer.training.loop.Loop) against Keras' `model.fit`, same model, same step.
 
     python benchmarks/loop_vs_fit.py --presets smoke,hvc --steps smoke=40,hvc=6 --rounds 3
 
 The loop replaced fit because fit cannot run under MultiWorkerMirroredStrategy (docs/architecture.md); this
-checks it costs nothing where fit does run. Both drive the same compiled model (trainer.train.compiled_model,
+checks it costs nothing where fit does run. Both drive the same compiled model (trainer.training.train.compiled_model,
 default strategy) on one synthetic in-memory batch repeated (no input cost). Per round each variant runs
 `steps` steps and keeps the median step (timed around each step, so fit's per-call start-up is excluded);
 rounds are interleaved and the best round wins. Prints JSON.
@@ -27,8 +27,8 @@ import tensorflow as tf  # noqa: E402
 from strategy_overhead import StepTimes, synthetic  # noqa: E402  (a sibling script: same batch, same timer)
 from tfds_person_attrs.schema import HVC  # noqa: E402
 from trainer.config import load_config  # noqa: E402
-from trainer.loop import Loop  # noqa: E402
-from trainer.train import compiled_model  # noqa: E402
+from trainer.training.loop import Loop  # noqa: E402
+from trainer.training.train import compiled_model  # noqa: E402
 
 
 def fit_step_s(model, ds, steps) -> float:

@@ -5,13 +5,13 @@
     # CPU correctness check (tiny sizes; fails loudly if the two step-0 losses disagree):
     KERAS_BACKEND=jax /tmp/gpu_bench_venv/bin/python benchmarks/model_step.py --tiny
 
-Project side: trainer.model.build_model (augmentation layers inside) compiled with trainer.losses.make_losses,
-trainer.metrics.head_metrics and trainer.schedules' ScheduledSGD + one-cycle schedule, exactly as
-trainer/train.py compiles it, under the mixed_bfloat16 policy; the step is Keras' own jitted train_function,
-driven as model.fit drives it (state carried between steps). PyTorch side: the same pre-activation WRN, heads,
-dropout, L2 (as SGD weight decay), one-cycle LR and a GPU augmentation of the same kinds, bf16 autocast,
-channels_last, torch.compile. Both get synthetic device-resident batches. FLOPs are counted analytically
-(convs + heads, training = 3x forward). Prints JSON.
+Project side: trainer.model.network.build_model (augmentation layers inside) compiled with
+trainer.objective.losses.make_losses, trainer.objective.metrics.head_metrics and trainer.optim.schedules'
+ScheduledSGD + one-cycle schedule, exactly as trainer/training/train.py compiles it, under the mixed_bfloat16
+policy; the step is Keras' own jitted train_function, driven as model.fit drives it (state carried between steps).
+PyTorch side: the same pre-activation WRN, heads, dropout, L2 (as SGD weight decay), one-cycle LR and a GPU
+augmentation of the same kinds, bf16 autocast, channels_last, torch.compile. Both get synthetic device-resident
+batches. FLOPs are counted analytically (convs + heads, training = 3x forward). Prints JSON.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ import torch.nn.functional as F  # noqa: E402
 
 from tfds_person_attrs.schema import HVC  # noqa: E402
 from trainer.config import load_config  # noqa: E402
-from trainer.losses import make_losses  # noqa: E402
-from trainer.metrics import head_metrics  # noqa: E402
-from trainer.model import build_model  # noqa: E402
-from trainer.schedules import make_optimizer, make_schedule  # noqa: E402
-from trainer.scratch_nets import stem_stride  # noqa: E402
+from trainer.model.network import build_model  # noqa: E402
+from trainer.model.scratch_nets import stem_stride  # noqa: E402
+from trainer.objective.losses import make_losses  # noqa: E402
+from trainer.objective.metrics import head_metrics  # noqa: E402
+from trainer.optim.schedules import make_optimizer, make_schedule  # noqa: E402
 
 # (name, depth, width, height, width_px, batch); "hvc" takes the preset's own model, size and batch.
 WORKLOADS = [("wrn16_4_224px_b128", 16, 4, 224, 224, 128), ("wrn16_8_128px_b256", 16, 8, 128, 128, 256),

@@ -2,8 +2,8 @@
 
     python benchmarks/multiworker.py --preset hvc --steps 6 --rounds 2 > multiworker.json
 
-Every variant is a fresh set of processes running the trainer's own pieces (trainer.train.compiled_model and
-trainer.loop.Loop: Keras' train_step under strategy.run, synchronised batch norm) on one synthetic in-memory
+Every variant is a fresh set of processes running the trainer's own pieces (trainer.training.train.compiled_model and
+trainer.training.loop.Loop: Keras' train_step under strategy.run, synchronised batch norm) on one synthetic in-memory
 batch per replica (the input costs nothing), so the figures are compute + communication. Variants:
 - `one_b` / `one_2b`: one process, default strategy, batch b / 2b, TensorFlow's default threads (all cores);
 - `two`: two MultiWorkerMirroredStrategy workers (as trainer.launch starts them), per-replica batch b, default
@@ -35,8 +35,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
-from trainer import cluster  # noqa: E402  (no TensorFlow import: the driver stays light)
 from trainer.launch import free_ports  # noqa: E402
+from trainer.training import cluster  # noqa: E402  (no TensorFlow import: the driver stays light)
 
 COLLECTIVES = ("CollectiveReduceV2", "CollectiveReduce", "CollectiveReduceScatterV2")
 
@@ -78,9 +78,9 @@ def worker(a) -> dict:
     """One process of a variant (TF_CONFIG set for the two-worker variants)."""
 
     from tfds_person_attrs.schema import HVC
-    from trainer import distribute
-    from trainer.loop import Loop
-    from trainer.train import compiled_model
+    from trainer.training import distribute
+    from trainer.training.loop import Loop
+    from trainer.training.train import compiled_model
 
     config = _config(a.preset, a.batch, sync_bn=not a.no_sync_bn)
     strategy = distribute.make_strategy(config)

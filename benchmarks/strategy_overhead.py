@@ -2,7 +2,7 @@
 
     KERAS_BACKEND=tensorflow python benchmarks/strategy_overhead.py --presets smoke,hvc --steps 20 --rounds 3
 
-For each preset, three models built and compiled exactly as trainer/train.py does (build_model, make_losses,
+For each preset, three models built and compiled exactly as trainer/training/train.py does (build_model, make_losses,
 head_metrics, ScheduledSGD, distribute.jit_compile) under: the default strategy, `distribute.make_strategy`
 with strategy=mirrored (one CPU device), and the same with model.sync_batchnorm=false (to isolate the
 synchronised-BN all-reduces from the strategy's own per-step cost). Each is driven by model.fit on a
@@ -29,16 +29,16 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfds_person_attrs.schema import HVC  # noqa: E402
-from trainer import distribute  # noqa: E402
 from trainer.config import load_config  # noqa: E402
-from trainer.losses import make_losses  # noqa: E402
-from trainer.metrics import head_metrics  # noqa: E402
-from trainer.model import build_model  # noqa: E402
-from trainer.schedules import make_optimizer, make_schedule  # noqa: E402
+from trainer.model.network import build_model  # noqa: E402
+from trainer.objective.losses import make_losses  # noqa: E402
+from trainer.objective.metrics import head_metrics  # noqa: E402
+from trainer.optim.schedules import make_optimizer, make_schedule  # noqa: E402
+from trainer.training import distribute  # noqa: E402
 
 
 def compiled(config, strategy):
-    """The model as trainer.train.run builds it inside `strategy.scope()`."""
+    """The model as trainer.training.train.run builds it inside `strategy.scope()`."""
     with strategy.scope():
         model = build_model(HVC, config)
         schedule = make_schedule(config.optim, 10_000, 100, distribute.lr_scale(config, 1))

@@ -12,11 +12,11 @@ import tensorflow as tf
 
 from tests import trainer_fixtures as fx
 from tfds_person_attrs.schema import HVC
-from trainer.backbones import REGISTRY, InputNormalization, build_backbone, frozen_batchnorm, keras_cache_dir
-from trainer.callbacks import BackboneWarmup
 from trainer.config import BACKBONES, ConfigError, load_config
-from trainer.model import build_model
-from trainer.train import compiled_model, run
+from trainer.model.backbones import REGISTRY, InputNormalization, build_backbone, frozen_batchnorm, keras_cache_dir
+from trainer.model.network import build_model
+from trainer.training.callbacks import BackboneWarmup
+from trainer.training.train import compiled_model, run
 
 # keras.applications module whose preprocess_input each application backbone's normalisation must equal
 PREPROCESS = {"densenet121": "densenet", "resnet50v2": "resnet_v2", "efficientnetv2b0": "efficientnet_v2",

@@ -18,10 +18,10 @@ SCRIPT = textwrap.dedent("""
     import numpy as np, keras
     from tfds_person_attrs.schema import HVC
     from trainer.config import load_config
-    from trainer.losses import make_losses
-    from trainer.metrics import head_metrics
-    from trainer.model import build_model
-    from trainer.schedules import make_optimizer, make_schedule
+    from trainer.objective.losses import make_losses
+    from trainer.objective.metrics import head_metrics
+    from trainer.model.network import build_model
+    from trainer.optim.schedules import make_optimizer, make_schedule
 
     cfg = load_config(["--config", "smoke"])
     model = build_model(HVC, cfg)
@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent("""
     y = {a.name: np.arange(16) % a.num_classes for a in HVC.attributes}
     h = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     out = model.predict(x[:2], verbose=0)
-    # Another backbone (trainer.backbones), with the backbone learning-rate multiplier of the optimizer.
+    # Another backbone (trainer.model.backbones), with the backbone learning-rate multiplier of the optimizer.
     sep = load_config(["--config", "smoke", "--model.backbone=sepconv", "--data.height=32", "--data.width=32",
                        "--optim.ema=0.9"])
     net = build_model(HVC, sep)
@@ -43,8 +43,8 @@ SCRIPT = textwrap.dedent("""
     # train_on_batch: fit would end by copying the average into the weights (Keras' finalize_variable_values)
     sep_loss = [float(net.train_on_batch(x32, {k: v[:8] for k, v in y.items()}, return_dict=True)["loss"])
                 for _ in range(2)][-1:]
-    from trainer.augment import LabelMixing
-    from trainer.ema import ema_weights
+    from trainer.model.augment import LabelMixing
+    from trainer.optim.ema import ema_weights
     with ema_weights(net):
         averaged = [np.array(w) for w in net.get_weights()]
     ema_moved = max(float(np.abs(a - b).max()) for a, b in zip(averaged, net.get_weights()))

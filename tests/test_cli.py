@@ -20,7 +20,8 @@ import sys
 import pytest
 
 from tests import data_fixtures as fx
-from trainer import cli, progress
+from trainer import cli
+from trainer.training import progress
 
 REPO = fx.REPO
 # What must not reach a user's terminal or log in a normal run.

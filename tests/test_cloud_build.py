@@ -87,7 +87,7 @@ def test_sdist_ships_the_requirement_files(tmp_path):
     [sdist] = tmp_path.glob("*.tar.gz")
     names = {n.split("/", 1)[-1] for n in tarfile.open(sdist).getnames()}
     assert {"setup.py", "requirements.txt", "requirements-dev.txt", "pipeline/kubeflow.py", "trainer/task.py",
-            "trainer/templates/report.html"} <= names
+            "trainer/evaluation/templates/report.html"} <= names
 
 
 def test_installed_package_finds_the_report_template(tmp_path):
@@ -99,8 +99,8 @@ def test_installed_package_finds_the_report_template(tmp_path):
     build = tmp_path / "lib"
     command = ["setup.py", "-q", "egg_info", "--egg-base", str(tmp_path), "build_py", "--build-lib", str(build)]
     subprocess.run([sys.executable, *command], cwd=ROOT, check=True, capture_output=True)
-    templates = {p.name for p in (ROOT / "trainer" / "templates").iterdir()}
-    assert templates and templates == {p.name for p in (build / "trainer" / "templates").iterdir()}
+    templates = {p.name for p in (ROOT / "trainer" / "evaluation" / "templates").iterdir()}
+    assert templates and templates == {p.name for p in (build / "trainer" / "evaluation" / "templates").iterdir()}
     render = "from trainer import report; print(report.__file__); print(report.write_report('r', metrics={'x': 1}))"
     out = subprocess.run([sys.executable, "-c", render], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(build)},
                          check=True, capture_output=True, text=True)

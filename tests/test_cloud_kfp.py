@@ -28,7 +28,7 @@ def eval_metrics_json() -> dict:
     import numpy as np
 
     from tfds_person_attrs.schema import HVC
-    from trainer import eval_metrics
+    from trainer.evaluation import eval_metrics
 
     rng = np.random.default_rng(0)
     labels = {a.name: rng.integers(0, len(a.classes), 8) for a in HVC.attributes}

@@ -1,4 +1,4 @@
-"""trainer.vertex: CustomJob / HyperparameterTuningJob specs; trainer.hypertune: the tuning-metric file format.
+"""trainer.vertex: CustomJob / HyperparameterTuningJob specs; trainer.training.hypertune: the tuning-metric file format.
 
     python -m pytest -q tests/test_cloud_vertex.py
 """
@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from trainer import hypertune, vertex
-from trainer.callbacks import MONITOR
-from trainer.paths import job_paths
+from trainer import vertex
+from trainer.jobdir.paths import job_paths
+from trainer.training import hypertune
+from trainer.training.callbacks import MONITOR
 
 IMAGE = "us-central1-docker.pkg.dev/p/person-attrs/person-attrs:v1"
 BASE = ["--image", IMAGE, "--data_dir", "gs://b/data", "--job_dir", "gs://b/jobs/r1", "--display_name", "t"]

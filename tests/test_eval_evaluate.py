@@ -17,8 +17,8 @@ from tests import trainer_fixtures
 def job_dir(tmp_path_factory):
     """A job dir as the trainer leaves it: config.yaml, checkpoints/best.keras, history.csv."""
     from trainer.config import load_config
-    from trainer.data import dataset_info
-    from trainer.model import build_model
+    from trainer.input.data import dataset_info
+    from trainer.model.network import build_model
 
     data_dir = trainer_fixtures.fixture_data_dir(trainer_fixtures.MULTI_SCHEMA.name)
     job = tmp_path_factory.mktemp("job")
@@ -62,7 +62,7 @@ def test_evaluate_uses_the_models_predictions(job_dir):
 
     from trainer import evaluate
     from trainer.config import config_from_yaml
-    from trainer.data import make_eval_dataset
+    from trainer.input.data import make_eval_dataset
 
     job, _, model = job_dir
     saved = json.load(open(os.path.join(job, "eval_test", "metrics.json")))
@@ -82,9 +82,10 @@ def test_evaluate_uses_the_models_predictions(job_dir):
 
 def test_worst_examples_kept_across_batches(job_dir):
     """Merging batch by batch keeps exactly the split's highest-loss examples."""
-    from trainer import eval_metrics, eval_model, evaluate
+    from trainer import evaluate
     from trainer.config import config_from_yaml
-    from trainer.data import dataset_info
+    from trainer.evaluation import eval_metrics, eval_model
+    from trainer.input.data import dataset_info
 
     job, _, model = job_dir
     config = config_from_yaml(os.path.join(job, "config.yaml"))
@@ -93,6 +94,7 @@ def test_worst_examples_kept_across_batches(job_dir):
     losses = eval_metrics.sample_losses(schema, pred["labels"], pred["probs"])
     expected = [pred["ids"][i] for i in np.argsort(-losses, kind="stable")[:5]]
     assert list(pred["worst"].ids) == expected
+    assert pred["worst"].losses == pytest.approx(np.sort(losses)[::-1][:5], rel=1e-6)  # carried to the report
     assert pred["worst"].images.shape[0] == 5 and pred["worst"].images.dtype == np.uint8
     n_test = trainer_fixtures.num_examples(trainer_fixtures.MULTI_SCHEMA.name, "test")
     assert len(pred["ids"]) == len(set(pred["ids"])) == n_test
@@ -102,9 +104,10 @@ def test_flip_tta_averages_each_image_with_its_mirror(job_dir):
     """--flip_tta: every probability is the mean of the model's outputs on the image and on its mirror."""
     import tensorflow as tf
 
-    from trainer import eval_model, evaluate
+    from trainer import evaluate
     from trainer.config import config_from_yaml
-    from trainer.data import dataset_info, make_eval_dataset
+    from trainer.evaluation import eval_model
+    from trainer.input.data import dataset_info, make_eval_dataset
 
     job, data_dir, model = job_dir
     config = config_from_yaml(os.path.join(job, "config.yaml"))
@@ -138,8 +141,8 @@ def test_the_export_and_the_job_dir_give_the_same_metrics(job_dir, tmp_path):
     """`--model JOB_DIR/model` (the SavedModel: JPEG bytes in, its own decode) scores like the Keras model."""
     from trainer import evaluate
     from trainer.config import config_from_yaml
-    from trainer.data import dataset_info
     from trainer.export import export_model
+    from trainer.input.data import dataset_info
 
     job, data_dir, model = job_dir
     config = config_from_yaml(os.path.join(job, "config.yaml"))
@@ -171,7 +174,7 @@ def test_a_model_with_other_heads_is_refused_naming_them(job_dir, tmp_path):
     from tfds_person_attrs.schema import Attribute, Schema
     from trainer import cli, evaluate
     from trainer.config import config_from_yaml
-    from trainer.model import build_model
+    from trainer.model.network import build_model
 
     job, data_dir, _ = job_dir
     config = config_from_yaml(os.path.join(job, "config.yaml"))
@@ -208,9 +211,11 @@ def test_an_unknown_split_names_the_splits_there(job_dir):
 def test_thresholds_chosen_on_validation_carry_into_evaluation_export_and_predict(job_dir, tmp_path, capsys):
     import tensorflow as tf
 
-    from trainer import cli, eval_model, evaluate, export, predict, thresholds
+    from trainer import cli, evaluate, export, predict
     from trainer.config import config_from_yaml
-    from trainer.data import dataset_info
+    from trainer.evaluation import eval_model
+    from trainer.input.data import dataset_info
+    from trainer.objective import thresholds
 
     job, data_dir, model = job_dir
     config = config_from_yaml(os.path.join(job, "config.yaml"))

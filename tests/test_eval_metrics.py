@@ -8,7 +8,7 @@ import pytest
 from sklearn import metrics as skm
 
 from tfds_person_attrs.schema import Attribute, Schema
-from trainer import eval_metrics as em
+from trainer.evaluation import eval_metrics as em
 
 # 3 classes; true support 2/3/1. Hand values below.
 Y_TRUE = np.array([0, 0, 1, 1, 1, 2])
@@ -175,7 +175,7 @@ def test_per_label_figures_at_per_label_thresholds():
     ([0, 1, 0, 1], [0.1, 0.3, 0.6, 0.9], (0.3, 0.75)),  # 0.9 and 0.3 tie at 0.75: the one nearer 0.5 wins
 ])
 def test_threshold_maximises_balanced_accuracy_by_hand(y, s, expected):
-    from trainer.thresholds import best_threshold
+    from trainer.objective.thresholds import best_threshold
 
     threshold, bal = best_threshold(np.array(y), np.array(s))
     assert (threshold, bal) == pytest.approx(expected)
@@ -183,7 +183,7 @@ def test_threshold_maximises_balanced_accuracy_by_hand(y, s, expected):
 
 
 def test_threshold_of_a_label_without_positives_stays_the_default():
-    from trainer.thresholds import DEFAULT_THRESHOLD, best_threshold, choose
+    from trainer.objective.thresholds import DEFAULT_THRESHOLD, best_threshold, choose
 
     assert best_threshold(np.zeros(4), np.linspace(0, 1, 4))[0] == DEFAULT_THRESHOLD
     schema = Schema("s", (Attribute("g", ("f", "m"), column="g"), Attribute("t", ("p", "q"), kind="multi", column="t")))

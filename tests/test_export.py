@@ -35,7 +35,7 @@ def letterboxed_jpeg(seed: int, size=(96, 96), band=(30, 66)) -> bytes:
 def exported(tmp_path_factory):
     from trainer.config import load_config
     from trainer.export import export_model
-    from trainer.model import build_model
+    from trainer.model.network import build_model
 
     config = load_config(["--config", "smoke"])
     model = build_model(SCHEMA, config)
@@ -63,7 +63,7 @@ def assert_serves_like(model, config, out):
     """The SavedModel at `out` gives the in-memory model's probabilities, labels and decisions on JPEGs."""
     import tensorflow as tf
 
-    from trainer.preprocess_ops import image_decoder
+    from trainer.input.preprocess_ops import image_decoder
 
     jpegs = [letterboxed_jpeg(i) for i in range(3)] + [letterboxed_jpeg(9, size=(50, 120), band=(0, 50))]
     decode = image_decoder(config.data)
@@ -85,7 +85,7 @@ def test_flip_tta_export_serves_the_mean_with_the_mirror(exported, tmp_path):
     import tensorflow as tf
 
     from trainer.export import export_model
-    from trainer.preprocess_ops import image_decoder
+    from trainer.input.preprocess_ops import image_decoder
 
     model, config, _ = exported
     out = export_model(model, config, SCHEMA, str(tmp_path / "model_tta"), flip_tta=True)
@@ -137,7 +137,7 @@ def test_another_backbone_exports_the_same_signature(tmp_path):
     """A keras.applications backbone (its own normalisation inside) behind the same heads and serving signature."""
     from trainer.config import load_config
     from trainer.export import export_model
-    from trainer.model import build_model
+    from trainer.model.network import build_model
 
     config = load_config(["--config", "smoke", "--model.backbone=mobilenetv3small", "--data.height=64",
                           "--data.width=32"])

@@ -19,10 +19,10 @@ from tests import trainer_fixtures as fx
 from tests.browser_fixtures import CHROMIUM, render
 from tfds_person_attrs.schema import MULTI, Attribute
 from trainer import cli, label_audit
-from trainer import data as data_lib
 from trainer.config import ConfigError
-from trainer.label_issues import head_issues
-from trainer.label_issues_page import write_page
+from trainer.evaluation.label_issues import head_issues
+from trainer.evaluation.label_issues_page import write_page
+from trainer.input import data as data_lib
 
 TINY = ["--config", "smoke", "--data.height=32", "--data.width=16", "--train.epochs=1", "--train.steps_per_epoch=1",
         "--train.validation_steps=1", "--data.dataset=hvc"]
@@ -168,7 +168,7 @@ def test_exclude_ids_drops_the_listed_examples_from_the_train_split_only(tmp_pat
     listed = tmp_path / "issues.csv"
     listed.write_text("id,head\n" + "".join(f"{i},gender\n" for i, _ in index[8:]) + "resized/none.jpg,age\n")
     cfg = cfg.replace(**{"data.exclude_ids": str(listed)})
-    with caplog.at_level("INFO", logger="trainer.data"):
+    with caplog.at_level("INFO", logger="trainer.input.data"):
         assert data_lib.train_examples(cfg.data) == 8
     assert f"{len(index) - 8} of {len(index)} train examples left out" in caplog.text
     assert "1 of them are not in split 'train'" in caplog.text

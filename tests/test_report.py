@@ -15,7 +15,8 @@ import pytest
 
 from tests.browser_fixtures import CHROMIUM, render
 from tfds_person_attrs.schema import Attribute, Schema
-from trainer import eval_metrics, report, report_figures
+from trainer import report
+from trainer.evaluation import eval_metrics, report_figures
 
 SCHEMA = Schema("t", (Attribute("gender", ("female", "male"), column="g"),
                       Attribute("age", ("young", "mid", "old"), column="a"),
@@ -40,7 +41,8 @@ def _fake_run(tmp_path, with_schedule=True):
         for e in range(4):
             w.writerow([e] + [float(v) for v in rng.random(len(cols) - 1)])
     images = rng.integers(0, 255, (n, 32, 16, 3), dtype=np.uint8)
-    return metrics, str(hist), report.Samples(images, labels, probs, [f"resized/{i}.jpg" for i in range(n)])
+    losses = eval_metrics.sample_losses(SCHEMA, labels, probs)
+    return metrics, str(hist), report.Samples(images, labels, probs, losses, [f"resized/{i}.jpg" for i in range(n)])
 
 
 def test_report_files_and_order(tmp_path):
@@ -53,7 +55,8 @@ def test_report_files_and_order(tmp_path):
         assert f'src="{name}"' in text  # referenced relatively, so the folder is the report
     assert not os.path.exists(tmp_path / "r" / "samples/005.png")
     shown = [float(x) for x in re.findall(r"loss ([0-9.]+)</div>", text)]
-    assert shown == sorted(shown, reverse=True) and len(shown) == 5  # worst mistakes first
+    # the losses the samples carry (evaluate's), worst mistakes first
+    assert shown == pytest.approx(sorted(samples.losses, reverse=True)[:5], abs=0.005)
     assert 'id="metrics"' in text and "majority baseline" in text
     prior = metrics["heads"]["age"]["prior_log_loss"]
     assert "prior's log loss" in text
@@ -129,7 +132,8 @@ def _page_with_hostile_names(tmp_path):
     probs = {"gender": rng.dirichlet([1, 1], n), "tags": rng.random((n, 2))}
     metrics = eval_metrics.evaluate_arrays(schema, labels, probs, {"gender": [5, 1], "tags": [2, 2]})
     ids = [f"a&b/{SCRIPT}.jpg", f"c/{ATTRIBUTE}.jpg", "d.jpg", "e.jpg"]
-    samples = report.Samples(rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8), labels, probs, ids)
+    samples = report.Samples(rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8), labels, probs,
+                             eval_metrics.sample_losses(schema, labels, probs), ids)
     return report.write_report(str(tmp_path / "r"), schema, metrics, samples=samples, notes=[f"model {SCRIPT}"])
 
 

@@ -10,7 +10,7 @@ import pytest
 from tests.trainer_fixtures import MULTI_SCHEMA
 from tfds_person_attrs.schema import HVC
 from trainer.config import ConfigError, check_against_schema, config_from_yaml, load_config
-from trainer.paths import job_paths
+from trainer.jobdir.paths import job_paths
 
 
 def test_presets_and_overrides():

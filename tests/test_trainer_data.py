@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests import trainer_fixtures as fx
 from trainer.config import ConfigError, DataConfig, load_config
-from trainer.data import (
+from trainer.input.data import (
     builder,
     dataset_info,
     dataset_name,
@@ -21,7 +21,7 @@ from trainer.data import (
     shard_split,
     split_examples,
 )
-from trainer.preprocess_ops import decode_jpeg_scaled, image_decoder, person_band
+from trainer.input.preprocess_ops import decode_jpeg_scaled, image_decoder, person_band
 
 THRESHOLD = DataConfig().letterbox_threshold
 

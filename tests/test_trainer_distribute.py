@@ -19,15 +19,15 @@ import numpy as np
 import pytest
 
 from tests import trainer_fixtures as fx
-from trainer import cluster
 from trainer.config import ConfigError, load_config
-from trainer.distribute import global_batch_size, lr_scale
+from trainer.training import cluster
+from trainer.training.distribute import global_batch_size, lr_scale
 
 SCRIPT = textwrap.dedent("""
     import json, sys
     from tests.trainer_fixtures import smoke_config
-    from trainer.distribute import make_strategy
-    from trainer.train import run
+    from trainer.training.distribute import make_strategy
+    from trainer.training.train import run
 
     data_dir, job = sys.argv[1:3]
     o = {"augment.enabled": False, "model.dropout": 0.0, "train.epochs": 1, "train.steps_per_epoch": 3,
@@ -102,7 +102,7 @@ def test_tf_config_names_the_task_and_its_chief():
 
 
 def test_cpu_bf16_detection_reads_the_flags(tmp_path):
-    from trainer.distribute import cpu_has_bf16
+    from trainer.training.distribute import cpu_has_bf16
 
     amd = tmp_path / "avx2"
     amd.write_text("processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")

@@ -1,4 +1,4 @@
-"""trainer.joblock: one run per job dir; stale locks (dead process, silent machine) are taken over.
+"""trainer.jobdir.joblock: one run per job dir; stale locks (dead process, silent machine) are taken over.
 
     python -m pytest -q tests/test_trainer_joblock.py
 
@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from trainer import joblock
-from trainer.joblock import JobDirInUse, JobLock
+from trainer.jobdir import joblock
+from trainer.jobdir.joblock import JobDirInUse, JobLock
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from tfds_person_attrs.schema import MULTI, Attribute, Schema
-from trainer import eval_metrics
-from trainer.callbacks import MONITOR, BestCheckpoint
 from trainer.config import load_config
-from trainer.losses import make_losses
-from trainer.metrics import MeanBalancedAccuracy, head_metrics
+from trainer.evaluation import eval_metrics
+from trainer.objective.losses import make_losses
+from trainer.objective.metrics import MeanBalancedAccuracy, head_metrics
+from trainer.training.callbacks import MONITOR, BestCheckpoint
 
 # Heads deliberately not in alphabetical order, with different class counts.
 SCHEMA = Schema(name="routing", attributes=(
@@ -140,7 +140,7 @@ MIRRORED = textwrap.dedent("""
                                                [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     from tests.test_trainer_metrics import SCHEMA, _compiled, _data, _passthrough_model
-    from trainer.loop import Loop
+    from trainer.training.loop import Loop
 
     labels, probs = _data(int(sys.argv[1]))
     x = {f"{k}_in": v for k, v in probs.items()}

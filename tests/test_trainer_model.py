@@ -14,12 +14,12 @@ import pytest
 from tests.trainer_fixtures import MULTI_SCHEMA
 from tfds_person_attrs.schema import HVC
 from trainer.config import load_config
-from trainer.losses import HeadLoss, class_weights, make_losses, positive_negative_weights
-from trainer.model import build_model
-from trainer.scratch_nets import stem_stride
+from trainer.model.network import build_model
+from trainer.model.scratch_nets import stem_stride
+from trainer.objective.losses import HeadLoss, class_weights, make_losses, positive_negative_weights
 
-KERAS_ONLY = ["model.py", "backbones.py", "scratch_nets.py", "augment.py", "schedules.py", "losses.py",
-              "metrics.py", "ema.py"]
+KERAS_ONLY = ["model/network.py", "model/backbones.py", "model/scratch_nets.py", "model/augment.py",
+              "optim/schedules.py", "optim/ema.py", "objective/losses.py", "objective/metrics.py"]
 
 
 @pytest.mark.parametrize("schema", [HVC, MULTI_SCHEMA], ids=lambda s: s.name)
@@ -109,7 +109,7 @@ def test_weighted_bce_weighs_positives_by_exp_1_minus_r_and_negatives_by_exp_r()
 
 
 def test_random_shift_moves_whole_pixels_with_black_fill_and_is_identity_at_inference():
-    from trainer.augment import RandomShift
+    from trainer.model.augment import RandomShift
 
     x = np.arange(1, 1 + 4 * 10 * 8 * 3, dtype="float32").reshape(4, 10, 8, 3)
     layer = RandomShift(0.3, 0.3, seed=7)

@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 
 from tests import trainer_fixtures as fx
-from trainer import backup, cluster
+from trainer.jobdir import backup
 from trainer.launch import free_ports
+from trainer.training import cluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config", "smoke", "--data.height=32", "--data.width=16", "--train.verbose=2",
@@ -80,7 +81,7 @@ def rows(job):
 def final_weights(job):
     import keras
 
-    from trainer.eval_model import load_job
+    from trainer.evaluation.eval_model import load_job
 
     model, _, _ = load_job(str(job) + "/model.keras")
     return model.get_weights(), keras
@@ -211,7 +212,7 @@ def error_line(proc) -> str:
 
 
 def test_batch_not_divisible_and_job_dir_in_use_are_one_line(tmp_path):
-    from trainer.joblock import JobLock
+    from trainer.jobdir.joblock import JobLock
 
     bad_batch = run_task(trainer_args(tmp_path / "a", "--distribute.cpu_devices=2", "--train.global_batch_size=3"))
     assert bad_batch.returncode == 2 and error_line(bad_batch) == (

@@ -13,15 +13,15 @@ from tests import trainer_fixtures as fx
 from tests.test_trainer_train import Crash, CrashAfterFirstEpoch, FirstBatchProbe
 from tests.trainer_fixtures import MULTI_SCHEMA
 from tfds_person_attrs.schema import HVC
-from trainer import backup
-from trainer.augment import LabelMixing, build_label_mixing
 from trainer.config import ConfigError, load_config
-from trainer.data import make_eval_dataset
-from trainer.ema import ema_weights
-from trainer.losses import HeadLoss
-from trainer.metrics import BalancedAccuracy, HeadAccuracy, LabelAP
-from trainer.schedules import make_optimizer, make_schedule
-from trainer.train import run
+from trainer.input.data import make_eval_dataset
+from trainer.jobdir import backup
+from trainer.model.augment import LabelMixing, build_label_mixing
+from trainer.objective.losses import HeadLoss
+from trainer.objective.metrics import BalancedAccuracy, HeadAccuracy, LabelAP
+from trainer.optim.ema import ema_weights
+from trainer.optim.schedules import make_optimizer, make_schedule
+from trainer.training.train import run
 
 
 class EmaProbe(keras.callbacks.Callback):

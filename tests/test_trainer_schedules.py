@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from trainer import schedules as S
+from trainer.optim import schedules as S
 
 
 def _v(x):

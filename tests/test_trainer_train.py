@@ -16,10 +16,10 @@ import pytest
 
 from tests import trainer_fixtures as fx
 from tfds_person_attrs.schema import HVC
-from trainer import backup, joblock
-from trainer.callbacks import NonFiniteLossError
 from trainer.config import ConfigError
-from trainer.train import run
+from trainer.jobdir import backup, joblock
+from trainer.training.callbacks import NonFiniteLossError
+from trainer.training.train import run
 
 
 class Crash(Exception):

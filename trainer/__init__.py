@@ -1,4 +1,10 @@
-"""The trainer: model, input, training, evaluation, export and prediction (see README.md)."""
+"""The trainer. The commands (`python -m trainer.<command>`) are the modules at this level: task, launch,
+evaluate, report, lr_find, label_audit, export, predict and vertex, with config.py (the typed config) and cli.py
+(their output and errors). What they are built from is in one sub-package per concern: input, model, objective,
+optim, training, jobdir and evaluation (docs/architecture.md, "Where the code is: one picture").
+
+    python -m trainer.task --help
+"""
 
 from trainer.cli import quiet_library_startup
 

@@ -26,7 +26,7 @@ SCHEDULES = ("one_cycle", "cosine", "step", "triangular", "triangular2", "consta
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 CLASS_BALANCE = ("none", "inverse", "effective")
-# trainer.backbones.REGISTRY's names (this module imports no Keras; a test keeps the two equal)
+# trainer.model.backbones.REGISTRY's names (this module imports no Keras; a test keeps the two equal)
 BACKBONES = ("wrn", "resnet20v1", "sepconv", "densenet121", "resnet50v2", "efficientnetv2b0", "mobilenetv3small",
              "mobilenetv3large", "vgg16", "inceptionv3")
 WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".hdf5")
@@ -112,7 +112,7 @@ class AugmentConfig:
     rand_augment_ops: int = 2
     rand_augment_factor: float = 0.5
     # Training batches only: mix pairs of images and, with the same per-example coefficient, every head's labels
-    # (trainer.augment.LabelMixing). MixUp's Beta(alpha, alpha); CutMix's alpha (<= 1); 0 = off. Both on: each
+    # (trainer.model.augment.LabelMixing). MixUp's Beta(alpha, alpha); CutMix's alpha (<= 1); 0 = off. Both on: each
     # batch takes one of the two at random.
     mixup: float = 0.0
     cutmix: float = 0.0
@@ -148,7 +148,7 @@ class LossConfig:
     label_smoothing: float = 0.0
     class_balance: str = "none"  # single-label heads: "inverse" frequency or "effective" number (Cui et al. 2019)
     class_balance_beta: float = 0.999
-    # multi-label heads: "bce", or "weighted_bce" (positives vs negatives per label, trainer/losses.py)
+    # multi-label heads: "bce", or "weighted_bce" (positives vs negatives per label, trainer/objective/losses.py)
     multi_label_loss: str = "bce"
 
     def __post_init__(self):

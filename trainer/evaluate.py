@@ -35,9 +35,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from trainer import cli, eval_metrics, eval_model, report, report_figures
-from trainer import data as data_lib
-from trainer import thresholds as threshold_lib
+from trainer import cli, report
+from trainer.evaluation import eval_metrics, eval_model, report_figures
+from trainer.input import data as data_lib
+from trainer.objective import thresholds as threshold_lib
 
 
 def predict_split(model: eval_model.EvalModel, schema, split: str, batch: int = 64, max_steps: int = 0,
@@ -74,7 +75,8 @@ def predict_split(model: eval_model.EvalModel, schema, split: str, batch: int = 
     if not ids:
         raise cli.UserError(f"split {split!r} of {data_lib.dataset_dir(config.data)} is empty")
     cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
-    samples = report.Samples(worst["images"], _sub(worst, "labels"), _sub(worst, "probs"), list(worst["ids"]))
+    samples = report.Samples(worst["images"], _sub(worst, "labels"), _sub(worst, "probs"), worst["loss"],
+                             list(worst["ids"]))
     return {"labels": cat(labels), "probs": cat(probs), "ids": ids, "worst": samples}
 
 
@@ -176,7 +178,7 @@ def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | N
                                       + (", each averaged with its mirror image (flip TTA)" if model.flip_tta
                                          else "")])
     if tensorboard and job_dir:
-        from trainer.paths import job_paths
+        from trainer.jobdir.paths import job_paths
 
         report_figures.log_confusion_to_tensorboard(os.path.join(job_paths(job_dir).logs_dir, f"eval_{split}"),
                                                     schema, metrics)

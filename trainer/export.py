@@ -1,14 +1,14 @@
 """Export a trained model as a SavedModel that takes JPEG bytes: servable without this project.
 
 The `serving_default` signature takes `image_bytes` (tf.string [None], encoded JPEGs), decodes them with the
-same `trainer.preprocess_ops.image_decoder` as evaluation (traced into the graph, so serving needs no project
+same `trainer.input.preprocess_ops.image_decoder` as evaluation (traced into the graph, so serving needs no project
 code), runs the model and returns per attribute:
   - `<attr>_probs`: float32 [None, C], softmax (single-label) or sigmoid (multi-label) outputs;
   - `<attr>_label`: string [None], the predicted class name; for multi-label the names whose probability is
     >= the label's threshold, joined by the attribute's delimiter ("" when none);
   - `<attr>_active`: int32 [None, C], multi-label only, the 0/1 decisions.
 The thresholds are JOB_DIR/thresholds.json's when `trainer.evaluate --choose_thresholds` wrote one, else
-trainer.thresholds.DEFAULT_THRESHOLD; `labels.json` (class names and thresholds per attribute) and
+trainer.objective.thresholds.DEFAULT_THRESHOLD; `labels.json` (class names and thresholds per attribute) and
 `config.yaml` are written beside saved_model.pb. Vertex AI's
 prebuilt TensorFlow prediction container serves the folder from AIP_MODEL_DIR; a request is
 `{"instances": [{"image_bytes": {"b64": "<base64 JPEG>"}}]}`.
@@ -28,8 +28,8 @@ from typing import Any, Mapping
 import tensorflow as tf
 
 from trainer import cli
-from trainer import thresholds as threshold_lib
-from trainer.preprocess_ops import image_decoder
+from trainer.input.preprocess_ops import image_decoder
+from trainer.objective import thresholds as threshold_lib
 
 INPUT_KEY = "image_bytes"
 SIGNATURE = "serving_default"
@@ -62,7 +62,7 @@ def decode_batch(image_bytes: tf.Tensor, config) -> tf.Tensor:
 
 def serving_outputs(probs: Mapping[str, tf.Tensor], schema, thresholds=None) -> dict[str, tf.Tensor]:
     """Probabilities -> the signature's outputs (`<attr>_probs`, `<attr>_label`, `<attr>_active`); thresholds:
-    {multi-label attribute: per-label thresholds} (default trainer.thresholds.DEFAULT_THRESHOLD)."""
+    {multi-label attribute: per-label thresholds} (default trainer.objective.thresholds.DEFAULT_THRESHOLD)."""
     out = {}
     for a in schema.attributes:
         p = tf.cast(probs[a.name], tf.float32)  # mixed-precision models return float16/bfloat16
@@ -96,7 +96,7 @@ def export_model(model, config, schema, export_dir: str, flip_tta: bool = False,
     """Writes the SavedModel, labels.json and config.yaml to export_dir (local or gs://); returns export_dir.
 
     flip_tta: the signature averages each image's and its mirror's probabilities, as `evaluate --flip_tta`.
-    thresholds: per-label decision thresholds of the multi-label heads (trainer.thresholds).
+    thresholds: per-label decision thresholds of the multi-label heads (trainer.objective.thresholds).
     """
     import keras
 
@@ -124,9 +124,9 @@ def main(argv=None) -> int:
     p.add_argument("--flip_tta", action="store_true",
                    help="serve the average of each image's and its mirror's probabilities (as evaluate --flip_tta)")
     args = p.parse_args(argv)
-    from trainer import eval_model
-    from trainer.data import dataset_dir, dataset_info
-    from trainer.paths import job_paths
+    from trainer.evaluation import eval_model
+    from trainer.input.data import dataset_dir, dataset_info
+    from trainer.jobdir.paths import job_paths
 
     model, config, job_dir = eval_model.load_job(args.job_dir, args.data_dir)
     schema = dataset_info(config.data).schema

@@ -7,10 +7,10 @@
 
 The train split is cut into --folds parts (default 5) by the near-duplicate group each record carries, so an
 image and its near-duplicates are never on both sides of a fold (records without groups: by example, and the
-summary says so). Fold k trains with the project's own training run (`trainer.train.run`, the config and
+summary says so). Fold k trains with the project's own training run (`trainer.training.train.run`, the config and
 overrides given here) on the other parts, in JOB_DIR/folds/k, and predicts its own part; every train example
 thus gets probabilities from a model that never saw it. cleanlab's `find_label_issues` then flags, per head,
-the examples whose given label disagrees with those probabilities (trainer/label_issues.py).
+the examples whose given label disagrees with those probabilities (trainer/evaluation/label_issues.py).
 
 Outputs in JOB_DIR: label_issues.csv (id = the image path of the annotations CSV, head, rank, given and predicted
 label, quality = the out-of-fold probability of the given label), label_issues.json (per head: examples audited,
@@ -70,10 +70,11 @@ def _fold_probs(config, schema, held_ids: list[str], excluded: frozenset[str], f
     "labels/HEAD": the given labels} of the held-out examples, in `held_ids` order."""
     import keras
 
-    from trainer import atomic, eval_model
     from trainer.evaluate import predict_split
-    from trainer.label_issues import write_csv
-    from trainer.train import run
+    from trainer.evaluation import eval_model
+    from trainer.evaluation.label_issues import write_csv
+    from trainer.jobdir import atomic
+    from trainer.training.train import run
 
     saved = os.path.join(fold_dir, PROBS_FILE)
     made_by = config.to_yaml()  # the audit's config: a rerun with other settings trains the folds again
@@ -102,9 +103,9 @@ def _fold_probs(config, schema, held_ids: list[str], excluded: frozenset[str], f
 
 def audit(config, num_folds: int = 5, show: int = 12) -> dict:
     """Runs the audit (see the module docstring) and returns label_issues.json's content."""
-    from trainer import data as data_lib
-    from trainer.label_issues import find_issues, write_csv, write_summary
-    from trainer.label_issues_page import shown_rows, write_page
+    from trainer.evaluation.label_issues import find_issues, write_csv, write_summary
+    from trainer.evaluation.label_issues_page import shown_rows, write_page
+    from trainer.input import data as data_lib
 
     if num_folds < 2:
         raise ConfigError(f"--folds {num_folds}: need at least 2 folds")

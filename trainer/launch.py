@@ -23,7 +23,8 @@ import sys
 import threading
 import time
 
-from trainer import cli, cluster
+from trainer import cli
+from trainer.training import cluster
 
 DEFAULT_MODULE = "trainer.task"
 

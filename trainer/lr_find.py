@@ -122,11 +122,11 @@ def run_lr_find(config, num_steps: int = 200, start_lr: float = 1e-5, end_lr: fl
     """Sweeps, writes lr_find.png and lr_find.json to out_dir, returns the result dict."""
     import tensorflow as tf
 
-    from trainer import distribute
     from trainer.config import check_against_schema
-    from trainer.data import dataset_info, make_train_dataset, split_examples
-    from trainer.losses import make_losses
-    from trainer.model import build_model
+    from trainer.input.data import dataset_info, make_train_dataset, split_examples
+    from trainer.model.network import build_model
+    from trainer.objective.losses import make_losses
+    from trainer.training import distribute
 
     info = dataset_info(config.data)
     check_against_schema(config, info.schema)

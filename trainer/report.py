@@ -8,8 +8,8 @@ head under its own heading, and a grid of test images with predicted and true la
 Images are PNG files in the report folder referenced by relative paths (copy the folder, not just the .html);
 `embed=True` inlines them as base64 too, for a page that travels as one file.
 
-This module gathers what the page shows; trainer/report_figures.py draws the figures and the markup is the
-jinja2 template trainer/templates/report.html, rendered with autoescaping on (head, class and file names are
+This module gathers what the page shows; trainer/evaluation/report_figures.py draws the figures and the markup is the
+jinja2 template trainer/evaluation/templates/report.html, rendered with autoescaping on (head, class and file names are
 user data). evaluate.py calls write_report with predictions and sample images; on its own it re-renders a job's
 page from metrics.json and history.csv:
 
@@ -28,12 +28,12 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-import jinja2
 import numpy as np
 
-from trainer import report_figures as figures
-from trainer.eval_metrics import MA_CHANCE
-from trainer.thresholds import DEFAULT_THRESHOLD
+from trainer.evaluation import pages
+from trainer.evaluation import report_figures as figures
+from trainer.evaluation.eval_metrics import MA_CHANCE
+from trainer.objective.thresholds import DEFAULT_THRESHOLD
 
 SINGLE_COLUMNS = ("accuracy", "majority_baseline", "majority_class", "balanced_accuracy", "macro_f1", "log_loss",
                   "prior_log_loss", "n")
@@ -45,11 +45,14 @@ PER_LABEL_COLUMNS = ("train_positive_counts", "per_label_positives", "per_label_
 
 @dataclasses.dataclass
 class Samples:
-    """Test examples for the image grid: images uint8 [N,H,W,3]; labels/probs {attribute: array}; ids [N]."""
+    """Test examples for the image grid: images uint8 [N,H,W,3]; labels/probs {attribute: array}; losses [N], each
+    example's loss as evaluation scored it (trainer.evaluation.eval_metrics.sample_losses, which
+    trainer.evaluate.predict_split also ranks the examples it keeps by); ids [N]."""
 
     images: np.ndarray
     labels: Mapping[str, np.ndarray]
     probs: Mapping[str, np.ndarray]
+    losses: np.ndarray
     ids: Sequence[str] = ()
 
 
@@ -69,16 +72,6 @@ class _Images:
 
     def figure(self, name: str, fig, alt: str) -> dict[str, str]:
         return {"src": self.save(name, figures.fig_to_png(fig)), "alt": alt}
-
-
-def _num(v) -> str:
-    """A table cell: floats to 3 decimals, nothing for None (the template escapes the rest)."""
-    return "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
-
-
-_ENV = jinja2.Environment(loader=jinja2.PackageLoader("trainer", "templates"), autoescape=True,
-                          undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-_ENV.filters["num"] = _num
 
 
 # ----------------------------------------------------------------- what the page shows
@@ -151,13 +144,11 @@ def _thresholds_of(metrics: Mapping[str, Any] | None, attribute) -> list[float]:
 
 
 def sample_cards(images: _Images, schema, samples: Samples, max_images: int, metrics=None) -> list[dict[str, Any]]:
-    """Worst mistakes first: examples sorted by their summed cross-entropy over heads, highest first; each card
-    its image, id, loss and one line per head (prediction, and the truth where it is wrong)."""
+    """Worst mistakes first: examples sorted by their loss (summed cross-entropy over heads), highest first; each
+    card its image, id, loss and one line per head (prediction, and the truth where it is wrong)."""
     from PIL import Image
 
-    from trainer.eval_metrics import sample_losses
-
-    losses = sample_losses(schema, samples.labels, samples.probs)
+    losses = np.asarray(samples.losses, dtype=np.float64)
     cards = []
     for rank, i in enumerate(np.argsort(-losses, kind="stable")[:max_images]):
         buf = io.BytesIO()
@@ -221,7 +212,7 @@ def write_report(out_dir: str, schema=None, metrics: Mapping[str, Any] | None = 
         page["cards"] = sample_cards(images, schema, samples, max_images, metrics)
     path = os.path.join(out_dir, "index.html")
     with open(path, "w", encoding="utf-8") as f:
-        f.write(_ENV.get_template("report.html").render(page))
+        f.write(pages.render("report.html", **page))
     return path
 
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from trainer import cli, cluster
+from trainer import cli
 from trainer.config import load_config
+from trainer.training import cluster
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,9 @@ def main(argv=None) -> int:
     task = cluster.from_env()
     cluster.check_port_free(task)
     # Imported after the checks above so that bad input fails in a second, not after TensorFlow's start-up.
-    from trainer.backup import NonFiniteWeightsError
-    from trainer.callbacks import NonFiniteLossError
-    from trainer.train import PeerLostError, run
+    from trainer.jobdir.backup import NonFiniteWeightsError
+    from trainer.training.callbacks import NonFiniteLossError
+    from trainer.training.train import PeerLostError, run
 
     try:
         result = run(config)

@@ -10,7 +10,7 @@ Builds the Vertex AI REST `CustomJob` (or `HyperparameterTuningJob`) resource as
 Everything after `--` goes to `python -m trainer.task` unchanged. `--replica_count N` is the number of machines:
 pool 0 is the chief, pool 1 holds the other N-1 workers, and Vertex AI writes TF_CONFIG on each so the trainer
 picks MultiWorkerMirroredStrategy. `--tuning --param train.max_lr=double:0.05:1:log ...` wraps the same job in
-a tuning study whose trials report through `trainer.hypertune`.
+a tuning study whose trials report through `trainer.training.hypertune`.
 """
 
 from __future__ import annotations
@@ -207,6 +207,8 @@ def main(argv=None) -> int:
     p.add_argument("--wait", action="store_true", help="block until the job ends; non-zero exit unless it succeeded")
     t = p.add_argument_group("hyperparameter tuning")
     t.add_argument("--tuning", action="store_true", help="submit (or print) a HyperparameterTuningJob")
+    # trainer.training.callbacks.MONITOR, spelled out so that submitting a job imports no Keras;
+    # tests/test_cloud_vertex.py checks that they agree.
     t.add_argument("--metric", default="val_mean_balanced_accuracy", help="the tag the trainer reports")
     t.add_argument("--goal", default="MAXIMIZE", choices=["MAXIMIZE", "MINIMIZE"])
     t.add_argument("--param", action="append", default=[],
