@@ -95,7 +95,7 @@ def beam_groups(ids, signatures, threshold) -> tuple[dict[str, str], dict]:
     """The build's Beam grouping, DirectRunner in process; images without a near-duplicate are their own group."""
     import apache_beam as beam
 
-    from tfds_person_attrs.near_duplicates import NearDuplicateGroups
+    from tfds_person_attrs.near_duplicates import NearDuplicateGroups, grouping_metrics
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "groups.json")
@@ -104,7 +104,7 @@ def beam_groups(ids, signatures, threshold) -> tuple[dict[str, str], dict]:
              | beam.combiners.ToList() | beam.Map(lambda pairs: open(out, "w").write(json.dumps(pairs))))
         result = pipeline.run()
         result.wait_until_finish()
-        counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+        counters = grouping_metrics(result)
         with open(out) as f:
             found = dict(json.load(f))
     return {i: found.get(i, i) for i in ids}, counters

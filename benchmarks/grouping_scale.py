@@ -96,7 +96,7 @@ def main() -> None:
     args = p.parse_args()
     import apache_beam as beam
 
-    from tfds_person_attrs.near_duplicates import NearDuplicateGroups
+    from tfds_person_attrs.near_duplicates import NearDuplicateGroups, grouping_metrics
 
     rng = np.random.default_rng(0)
     real, deltas = real_statistics(args.zip, 7000, 300, rng)
@@ -113,8 +113,7 @@ def main() -> None:
         result = pipeline.run()
         result.wait_until_finish()
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
-        dists = {d.key.metric.name: d.committed for d in result.metrics().query()["distributions"]}
+        counters = grouping_metrics(result)
         groups = {}
         for name in os.listdir(tmp):
             if name.startswith("groups"):
@@ -124,7 +123,7 @@ def main() -> None:
     for copy, source in planted.items():
         found[copy.split("/", 1)[1]].append(copy in groups and groups.get(source) == groups[copy])
     background_joined = sum(1 for i in groups if i.startswith("b"))
-    cell = dists.get("grouping_cell_size")
+    cell = counters["grouping_cell_size"]
     print(json.dumps({
         "benchmark": "grouping_scale",
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
@@ -133,7 +132,7 @@ def main() -> None:
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "candidate_pairs_per_image": round(counters.get("grouping_candidate_pairs", 0) / args.n, 1),
         "pairs_left_to_union_find": counters.get("grouping_pairs_left_to_union_find", 0),
-        "largest_cell": cell.max if cell else None, "mean_cell": round(cell.mean, 1) if cell else None,
+        "largest_cell": cell["max"], "mean_cell": round(cell["mean"], 1),
         "copy_with_source": {e: round(float(np.mean(v)), 4) for e, v in found.items()},
         "background_images_joined_to_another": background_joined,
     }, indent=2))

@@ -13,9 +13,18 @@ import numpy as np
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tfds_person_attrs import grouping
+from tfds_person_attrs import grouping, near_duplicates
 from tfds_person_attrs.images import SIGNATURE_SIZE, mirrored
-from tfds_person_attrs.near_duplicates import ConnectedComponents, NearDuplicateGroups, star_edges
+from tfds_person_attrs.near_duplicates import (
+    FLIPS,
+    TABLE_TAGS,
+    TABLES,
+    ConnectedComponents,
+    NearDuplicateGroups,
+    batch_key,
+    shard_packs,
+    star_edges,
+)
 
 
 def _unit(v):
@@ -52,6 +61,37 @@ def test_beam_grouping_finds_the_exact_groups_of_planted_clusters():
     with TestPipeline() as p:
         groups = p | beam.Create(list(zip(ids, sigs))) | NearDuplicateGroups(0.85)
         assert_that(groups, equal_to(exact))
+
+
+def test_how_the_work_is_cut_into_batches_and_shards_does_not_change_the_groups(monkeypatch):
+    """Batches of 64 images (so a cluster's members are named by different batches), shards from one cell
+    each to one per table, and matrix products of a few candidate pairs give the exact groups."""
+    monkeypatch.setattr(near_duplicates, "_BLOCK", 4)
+    ids, sigs = planted_signatures(n_background=300, n_clusters=20, seed=1)
+    exact = multi_image_groups(grouping.near_duplicate_groups(ids, sigs, 0.85))
+    assert len({g for _, g in exact}) == 20
+    with TestPipeline() as p:
+        signatures = p | beam.Create(list(zip(ids, sigs)))
+        for shard_bits in (0, 20):
+            groups = signatures | f"Group{shard_bits}" >> NearDuplicateGroups(0.85, batch_size=64,
+                                                                            shard_bits=shard_bits)
+            assert_that(groups, equal_to(exact), label=f"Check{shard_bits}")
+
+
+def test_shard_packs_carry_each_signature_once_per_shard_and_every_entry():
+    ids, sigs = planted_signatures(n_background=200, n_clusters=0)
+    batch = ids, np.asarray(sigs, np.float16)
+    out = list(shard_packs(batch, center=np.zeros(SIGNATURE_SIZE, np.float32), bits=12, shard_bits=10))
+    assert out[0].tag == "ids" and out[0].value == (batch_key(ids), ids)
+    packs = [o.value for o in out[1:]]
+    assert {o.tag for o in out[1:]} == set(TABLE_TAGS)
+    assert sum(len(pack.cells) for _, pack in packs) == 200 * TABLES * (1 + FLIPS)
+    assert sum(int(pack.stored.sum()) for _, pack in packs) == 200 * TABLES
+    for shard, pack in packs:
+        assert np.all(pack.cells >> 10 == shard) and len(set(pack.positions.tolist())) == len(pack.positions)
+        np.testing.assert_array_equal(pack.signatures, np.asarray(sigs, np.float16)[pack.positions])
+    # 4 shards per table here: an image's own cell and a probe often share one, and its signature travels once.
+    assert sum(len(pack.positions) for _, pack in packs) < 200 * TABLES * (1 + FLIPS)
 
 
 def test_components_left_apart_by_the_rounds_are_joined_exactly():

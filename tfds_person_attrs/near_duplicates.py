@@ -1,7 +1,7 @@
 """Near-duplicate groups on Beam with no all-pairs step and no step that holds every signature.
 
-    (image id, signature) -> blocking keys -> candidate pairs per key -> verified pairs -> connected components
-                                                                   -> (image id, group) for images that have one
+    (image id, signature) -> blocking cells, packed by shard -> verified pairs per cell -> star edges
+                          -> named edges -> connected components -> (image id, group) for images that have one
 
 1. Blocking: each signature is made mirror-invariant (odd horizontal frequencies by absolute value, centred
    on the mean of all images: one 63-float global mean) and hashed by TABLES tables of `bits` random
@@ -9,13 +9,17 @@
    262,144 images, 14 at a million), so that a cell holds about 64 images at any size. An image is stored
    in its cell of each table and probes that cell plus the FLIPS cells reached by flipping its least certain
    bits (those whose projection is closest to zero): a near-duplicate is missed only when in every table one
-   of the bits that differ between the two was certain for the prober. Keys are Beam keys, so cells spread
-   over workers.
-2. Verification: within a cell, every probe is compared with every stored image by the exact criterion
-   (`grouping.similar_pairs`: cosine >= threshold, as is or mirrored), as one matrix product. The cell's
-   verified pairs leave it as star edges of their components (`star_edges`): the same components, in fewer
-   edges than pairs (each pair is seen in up to 24 cells).
-3. Components: ROUNDS rounds of min-label propagation over the verified pairs (a join and a min per round);
+   of the bits that differ between the two was certain for the prober.
+2. Shuffle by shard: the Beam key is a shard of 2**SHARD_BITS neighbouring cells (so the shards grow with the
+   cells, and spread over workers). A batch of BATCH_SIZE images sends each shard it reaches one `ShardPack`:
+   numpy arrays of its entries (cell, image as a position in the batch, stored or probe-only) and each of
+   those images' float16 signatures once. Ids stay behind: an image is named (batch key, position) until its
+   edges are joined with its batch's id list, and only images with a near-duplicate have edges.
+3. Verification: a shard's entries are sorted by cell and, within each cell, every entry is compared with
+   every stored image by the exact criterion (`grouping.similar_pairs`: cosine >= threshold, as is or
+   mirrored), as matrix products. The shard's verified pairs leave it as star edges of their components
+   (`star_edges`): the same components, in fewer edges than pairs (each pair is seen in up to 24 cells).
+4. Components: ROUNDS rounds of min-label propagation over the named edges (a join and a min per round);
    pairs whose ends still disagree after them are merged in one place by union-find over their labels. That
    last step holds only those pairs (none on the real data or the planted benchmark clusters).
 
@@ -27,32 +31,40 @@ cost at 1,000,000 signatures in benchmarks/grouping_scale.py.
 
 from __future__ import annotations
 
+import hashlib
+from typing import NamedTuple
+
 import apache_beam as beam
 import numpy as np
 import threadpoolctl
 from apache_beam.metrics import Metrics
 
-from tfds_person_attrs.grouping import similar_pairs
-from tfds_person_attrs.images import SIGNATURE_SIDE, SIGNATURE_SIZE
+from tfds_person_attrs.grouping import MIRROR_NEGATED, mirror_halves, similar_halves
+from tfds_person_attrs.images import SIGNATURE_SIZE
 
 NAMESPACE = "person_attrs"
 TABLES, FLIPS = 8, 2
 MIN_BITS, MAX_BITS, CELL_TARGET = 12, 20, 64
 ROUNDS = 3
-# Images whose blocking keys are computed together; their entries for one cell travel as one Beam element,
-# which cuts the elements the shuffle handles by about the number of them that share a cell.
-_BATCH = 16384
-# Probes compared with a cell's stored images at once; bounds a hot cell's memory to CHUNK x its size floats.
-_CHUNK = 4096
+# Images whose blocking keys are computed together; their entries for one shard of cells travel as one Beam
+# element (`ShardPack`), so the shuffle handles about (images / BATCH_SIZE) x shards elements, not 24 per image.
+BATCH_SIZE = 16384
+# Neighbouring cells per shard, as a power of two: a shard of 256 cells holds ~49,000 entries (~4 MB) once its
+# cells hold their ~64 images each, and an image's own cell and its probes often share one (its signature is
+# then shuffled once for them: ~15 copies per image at a million, not 24).
+SHARD_BITS = 8
+# Candidate pairs compared per pair of matrix products: their float32 output (256 KB) stays in cache, which
+# on a hot cell (4,096 probes x 2,000 stored) took 40 ms against 54-94 ms for all of them at once.
+_BLOCK = 1 << 16
 _HYPERPLANES = np.random.default_rng(15).standard_normal((TABLES, MAX_BITS, SIGNATURE_SIZE)).astype(np.float32)
-_ODD = np.tile(np.arange(SIGNATURE_SIDE) % 2 == 1, SIGNATURE_SIDE)[1:]
-_STORE, _PROBE, _BOTH = 0, 1, 2
+_IDS = "ids"
+TABLE_TAGS = tuple(f"table{t}" for t in range(TABLES))
 
 
 def mirror_invariant(signatures: np.ndarray) -> np.ndarray:
     """The blocking vector: the same for an image and its mirror (odd horizontal frequencies only change sign)."""
     out = np.array(signatures, dtype=np.float32)
-    out[..., _ODD] = np.abs(out[..., _ODD])
+    out[..., MIRROR_NEGATED] = np.abs(out[..., MIRROR_NEGATED])
     return out
 
 
@@ -74,13 +86,13 @@ def blocking_keys(signatures: np.ndarray, center: np.ndarray, bits: int) -> tupl
 
 
 class _SumVectors(beam.CombineFn):
-    """Sum and count of vectors, for their mean (one 63-float accumulator, not the vectors)."""
+    """Sum and count of a batch's vectors -> their mean (one 63-float accumulator, not the vectors)."""
 
     def create_accumulator(self):
         return np.zeros(SIGNATURE_SIZE, np.float64), 0
 
-    def add_input(self, acc, vector):
-        return acc[0] + vector, acc[1] + 1
+    def add_input(self, acc, batch_sum_count):
+        return acc[0] + batch_sum_count[0], acc[1] + batch_sum_count[1]
 
     def merge_accumulators(self, accs):
         accs = list(accs)
@@ -90,8 +102,13 @@ class _SumVectors(beam.CombineFn):
         return (acc[0] / max(acc[1], 1)).astype(np.float32)
 
 
-class _VerifyCell(beam.DoFn):
-    """(cell, [packed entries]) -> verified pairs (smaller id, larger id)."""
+class _VerifyShard(beam.DoFn):
+    """(shard, [shard packs of several batches]) -> star edges ((batch key, position), (batch key, position)).
+
+    The shard's entries are sorted by cell and each cell is verified alone, exactly as if it had its own key:
+    every probe against every stored image, about _BLOCK candidate pairs at a time. The verified pairs of all the
+    shard's cells leave it as the star edges of their components.
+    """
 
     def __init__(self, threshold: float):
         self._threshold = threshold
@@ -105,33 +122,45 @@ class _VerifyCell(beam.DoFn):
     def teardown(self):
         self._blas_limit.restore_original_limits()
 
-    def process(self, cell_entries):
-        _, packs = cell_entries
-        packs = list(packs)
-        roles = np.frombuffer(b"".join(p[0] for p in packs), np.int8)
-        ids = [i for p in packs for i in p[1]]
-        sigs = np.frombuffer(b"".join(p[2] for p in packs), np.float16).reshape(len(ids), -1)
-        stored, probes = np.flatnonzero(roles != _PROBE), np.flatnonzero(roles != _STORE)
-        self._cell_size.update(len(stored))
-        if len(stored) == 0 or len(ids) == 1:
-            return
-        stored_sig = sigs[stored]
-        pairs = []
-        for start in range(0, len(probes), _CHUNK):
-            chunk = probes[start : start + _CHUNK]
-            self._candidates.inc(len(chunk) * len(stored))
-            for p, q in zip(*similar_pairs(sigs[chunk], stored_sig, self._threshold)):
-                if ids[chunk[p]] != ids[stored[q]]:
-                    pairs.append((ids[chunk[p]], ids[stored[q]]))
-        yield from star_edges(pairs)
+    def process(self, shard_packs):
+        # The packs' order depends on the runner: sorted by batch key, the members' order is (batch, position).
+        packs = sorted(shard_packs[1], key=lambda pack: pack.batch)
+        offsets = np.cumsum([0] + [len(p.positions) for p in packs])
+        batches = np.concatenate([np.full(len(p.positions), p.batch, np.uint64) for p in packs])
+        positions = np.concatenate([p.positions for p in packs])
+        even, odd = mirror_halves(np.concatenate([p.signatures for p in packs]))
+        cells = np.concatenate([p.cells for p in packs])
+        members = np.concatenate([p.members.astype(np.int64) + o for p, o in zip(packs, offsets)])
+        stored = np.concatenate([p.stored for p in packs])
+        order = np.lexsort((members, cells))
+        cells, members, stored = cells[order], members[order], stored[order]
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(cells)) + 1, [len(cells)]])
+        pairs, candidates = [], 0
+        for lo, hi in zip(starts[:-1].tolist(), starts[1:].tolist()):
+            in_cell, own = members[lo:hi], stored[lo:hi]
+            kept = in_cell[own]
+            self._cell_size.update(len(kept))
+            if len(kept) == 0 or hi - lo == 1:
+                continue
+            stored_halves = even[kept], odd[kept]
+            step = max(1, _BLOCK // len(kept))
+            for start in range(0, hi - lo, step):
+                chunk = in_cell[start : start + step]  # every entry probes its cell (stored ones too)
+                candidates += len(chunk) * len(kept)
+                p, q = similar_halves((even[chunk], odd[chunk]), stored_halves, self._threshold)
+                a, b = chunk[p], kept[q]
+                pairs.extend(zip(a[a != b].tolist(), b[a != b].tolist()))
+        self._candidates.inc(candidates)
+        for root, member in star_edges(pairs):
+            yield ((int(batches[root]), int(positions[root])), (int(batches[member]), int(positions[member])))
 
 
-def star_edges(pairs) -> list[tuple[str, str]]:
-    """The components of these pairs as edges from each component's smallest id to its other members.
+def star_edges(pairs) -> list[tuple]:
+    """The components of these pairs as edges from each component's smallest member to its other members.
 
-    A cell's verified pairs join the same images as all of them would, in fewer edges (a cluster of k images
-    that shares many cells gives k - 1 edges per cell instead of up to k(k - 1)), and edges that already point
-    at the component's smallest id settle in one round of `ConnectedComponents`.
+    A shard's verified pairs join the same images as all of them would, in fewer edges (a cluster of k images
+    that shares many cells gives k - 1 edges per shard instead of up to k(k - 1) per cell), and a star settles
+    in at most two rounds of `ConnectedComponents` (one when its centre is the smallest id).
     """
     root = _union_labels(pairs)
     return sorted((r, x) for x, r in root.items() if x != r)
@@ -202,42 +231,133 @@ class NearDuplicateGroups(beam.PTransform):
     """(image id, signature float16 [63]) -> (image id, group) for every image with a near-duplicate.
 
     The group is the smallest id of the images joined to it; images without a near-duplicate are not output
-    (each is its own group).
+    (each is its own group). batch_size and shard_bits only change how the work is cut, never the groups.
     """
 
-    def __init__(self, threshold: float, rounds: int = ROUNDS):
+    def __init__(self, threshold: float, rounds: int = ROUNDS, batch_size: int = BATCH_SIZE,
+                 shard_bits: int = SHARD_BITS):
         super().__init__()
-        self._threshold = threshold
-        self._rounds = rounds
+        self._threshold, self._rounds = threshold, rounds
+        self._batch_size, self._shard_bits = batch_size, shard_bits
 
     def expand(self, signatures):
-        center = (signatures | "BlockingVectors" >> beam.Map(lambda kv: mirror_invariant(kv[1]))
+        # Images travel as batches from here on: one array per batch, not one pickled array per image.
+        batches = (signatures
+                   | "Batch" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
+                   | "StackBatch" >> beam.Map(_stacked))
+        center = (batches | "SumBlockingVectors" >> beam.Map(
+                      lambda b: (mirror_invariant(b[1]).astype(np.float64).sum(axis=0), len(b[0])))
                   | "MeanBlockingVector" >> beam.CombineGlobally(_SumVectors()))
-        bits = signatures | "CountImages" >> beam.combiners.Count.Globally() | "Bits" >> beam.Map(bits_for)
-        edges = (
-            signatures
-            | "Batch" >> beam.BatchElements(min_batch_size=_BATCH, max_batch_size=_BATCH)
-            | "BlockingKeys" >> beam.FlatMap(_keyed_by_cell, center=beam.pvalue.AsSingleton(center),
-                                             bits=beam.pvalue.AsSingleton(bits))
-            | "GroupByCell" >> beam.GroupByKey()
-            | "VerifyCells" >> beam.ParDo(_VerifyCell(self._threshold))
-            | "DistinctPairs" >> beam.Distinct()
+        bits = (batches | "BatchSizes" >> beam.Map(lambda b: len(b[0]))
+                | "CountImages" >> beam.CombineGlobally(sum) | "Bits" >> beam.Map(bits_for))
+        packed = batches | "ShardPacks" >> beam.ParDo(
+            _ShardPacks(), center=beam.pvalue.AsSingleton(center), bits=beam.pvalue.AsSingleton(bits),
+            shard_bits=self._shard_bits).with_outputs(_IDS, *TABLE_TAGS)
+        # One shuffle per table: the tables are independent, and the in-process DirectRunner holds a shuffle
+        # whole and encodes it into one buffer before its first group is read, so eight small shuffles peak
+        # lower than one big one (at 1M signatures 5.0 GB against 12.8: docs/performance.md, section 6).
+        numbered_edges = (
+            [packed[tag] | f"GroupByShard{t}" >> beam.GroupByKey()
+             | f"VerifyShards{t}" >> beam.ParDo(_VerifyShard(self._threshold)) for t, tag in enumerate(TABLE_TAGS)]
+            | "AllTables" >> beam.Flatten()
+            | "DistinctNumberedEdges" >> beam.Distinct()
         )
+        edges = ({"ids": packed[_IDS], "edges": numbered_edges | "ByFirstBatch" >> beam.Map(
+                    lambda e: (e[0][0], (e[0][1], e[1])))}
+                 | "JoinFirstIds" >> beam.CoGroupByKey() | "NameFirst" >> beam.FlatMap(_name_first))
+        edges = ({"ids": packed[_IDS], "edges": edges}
+                 | "JoinSecondIds" >> beam.CoGroupByKey() | "NameSecond" >> beam.FlatMap(_name_second)
+                 | "DistinctPairs" >> beam.Distinct())
         return edges | "Components" >> ConnectedComponents(self._rounds)  # pylint: disable=no-value-for-parameter
 
 
-def _keyed_by_cell(batch, center, bits):
-    """A batch of (id, signature) -> (cell, (roles int8 bytes, ids, signatures float16 bytes)), one per cell."""
-    ids = [i for i, _ in batch]
-    sigs = np.stack([np.asarray(sig, np.float16) for _, sig in batch])
+def grouping_metrics(pipeline_result) -> dict:
+    """The grouping's counters summed over its steps (a verifying step per table) and its cell sizes over all
+    of them: {"grouping_candidate_pairs": n, ..., "grouping_cell_size": {"count", "mean", "max"}}."""
+    ours = beam.metrics.MetricsFilter().with_namespace(NAMESPACE)
+    query = pipeline_result.metrics().query(ours)
+    totals: dict = {}
+    for c in query["counters"]:
+        totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + c.committed
+    cells = [d.committed for d in query["distributions"] if d.key.metric.name == "grouping_cell_size"]
+    count = sum(d.count for d in cells)
+    totals["grouping_cell_size"] = {"count": count, "mean": sum(d.sum for d in cells) / max(count, 1),
+                                    "max": max((d.max for d in cells if d.count), default=None)}
+    return totals
+
+
+class ShardPack(NamedTuple):
+    """One batch's entries for the cells of one shard, as arrays (one Beam element, not one per entry)."""
+
+    batch: int  # the batch's key (`batch_key`)
+    positions: np.ndarray  # uint32 [m]: the images' positions in their batch, ascending
+    signatures: np.ndarray  # float16 [m, 63]: their signatures, each once however many of its cells are here
+    cells: np.ndarray  # int32 [e]: the cell of each entry (table included)
+    members: np.ndarray  # int32 [e]: the entry's image, as a row of positions / signatures
+    stored: np.ndarray  # bool [e]: the image's own cell (stored and probed) or a probe-only cell
+
+
+def batch_key(ids: list[str]) -> int:
+    """A batch's name in edges: 63 bits of a hash of its ids (a clash of two batches is caught when naming)."""
+    digest = hashlib.sha256("\0".join(ids).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+class _ShardPacks(beam.DoFn):
+    """`shard_packs` as a DoFn (Beam infers no element type from a DoFn, which a tagged output would confuse)."""
+
+    def process(self, batch, center, bits, shard_bits):
+        yield from shard_packs(batch, center, bits, shard_bits)
+
+
+def _stacked(batch):
+    """[(id, signature)] -> (ids, float16 signatures [n, 63])."""
+    return [i for i, _ in batch], np.stack([np.asarray(sig, np.float16) for _, sig in batch])
+
+
+def shard_packs(batch, center, bits, shard_bits):
+    """A batch (ids, signatures) -> (shard, ShardPack) per shard it reaches, tagged with its table's
+    TABLE_TAGS, and (batch key, ids) tagged _IDS.
+
+    A shard is the cell id >> shard_bits: 2**shard_bits neighbouring cells of one table (all of the table's
+    cells when shard_bits >= bits). bits grows with the images, so the shards do too, each holding about
+    192 x 2**shard_bits entries once cells hold their ~64 images (each cell: ~64 stored entries, ~128 probes).
+    """
+    ids, sigs = batch
+    key = batch_key(ids)
+    yield beam.pvalue.TaggedOutput(_IDS, (key, ids))
     own, probes = blocking_keys(sigs, center, bits)
     n = len(ids)
-    cells = np.concatenate([own.reshape(-1), probes.reshape(-1)])
+    cells = np.concatenate([own.reshape(-1), probes.reshape(-1)]).astype(np.int32)
     who = np.concatenate([np.repeat(np.arange(n), TABLES), np.repeat(np.arange(n), TABLES * FLIPS)])
-    roles = np.concatenate([np.full(n * TABLES, _BOTH, np.int8), np.full(n * TABLES * FLIPS, _PROBE, np.int8)])
+    stored = np.concatenate([np.ones(n * TABLES, bool), np.zeros(n * TABLES * FLIPS, bool)])
     order = np.argsort(cells, kind="stable")
-    cells, who, roles = cells[order], who[order], roles[order]
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(cells)) + 1, [len(cells)]])
-    for lo, hi in zip(starts[:-1], starts[1:]):
-        members = who[lo:hi]
-        yield int(cells[lo]), (roles[lo:hi].tobytes(), [ids[i] for i in members], sigs[members].tobytes())
+    cells, who, stored = cells[order], who[order], stored[order]
+    shards = cells >> min(shard_bits, bits)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(shards)) + 1, [len(cells)]])
+    for lo, hi in zip(starts[:-1].tolist(), starts[1:].tolist()):
+        positions, members = np.unique(who[lo:hi], return_inverse=True)
+        pack = ShardPack(key, positions.astype(np.uint32), sigs[positions], cells[lo:hi], members.astype(np.int32),
+                         stored[lo:hi])
+        yield beam.pvalue.TaggedOutput(TABLE_TAGS[cells[lo] >> bits], (int(shards[lo]), pack))
+
+
+def _named(batch_joined):
+    """The one id list of a batch key and its edges; two id lists under one key are two batches that clash."""
+    key, joined = batch_joined
+    if len(joined["ids"]) > 1:
+        raise RuntimeError(f"near-duplicate grouping: two batches of images hash to the key {key}, so their "
+                           "images cannot be named; check that no image id is given twice")
+    return (joined["ids"][0] if joined["ids"] else None), joined["edges"]
+
+
+def _name_first(batch_joined):
+    ids, edges = _named(batch_joined)
+    for position, second in edges:
+        yield second[0], (second[1], ids[position])
+
+
+def _name_second(batch_joined):
+    ids, edges = _named(batch_joined)
+    for position, first in edges:
+        yield tuple(sorted((first, ids[position])))

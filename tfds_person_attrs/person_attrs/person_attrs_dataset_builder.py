@@ -135,9 +135,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _process_pipeline_result(self, pipeline_result) -> None:
         ours = beam.metrics.MetricsFilter().with_namespace(bt.NAMESPACE)
-        counters = pipeline_result.metrics().query(ours)["counters"]
-        for c in counters:
-            logging.info("person_attrs counter %s = %s", c.key.metric.name, c.committed)
+        totals = collections.Counter()
+        for c in pipeline_result.metrics().query(ours)["counters"]:
+            totals[c.key.metric.name] += c.committed  # summed over the steps that count it (one per table)
+        for name, total in sorted(totals.items()):
+            logging.info("person_attrs counter %s = %s", name, total)
 
     def _download_and_prepare(self, dl_manager, download_config):
         """TFDS's build, then the metadata that only the finished Beam pipeline knows (class counts, the source's
