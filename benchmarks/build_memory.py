@@ -4,9 +4,9 @@
 
 (the zips of benchmarks/build_speed.py). Runs `pipeline.preprocess` in this process on the in-process
 DirectRunner, reads VmRSS each time the runner starts a bundle (Beam's own debug log line names the stage) and
-prints JSON: the peak, and the resident memory when the build reaches each phase (job graph built, grouping's
-cells written and read, splits assigned, TFDS's writer sizing and grouping its shards). Compare two sizes to
-see which phase grows with the data.
+prints JSON: the peak, and the resident memory when the build reaches each phase (job graph built, the
+grouping's shuffle written and read, its components, splits assigned, the shard writer's references grouped by
+shard). Compare two sizes to see which phase grows with the data.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # (phase, a piece of the name of the first stage that starts it)
 PHASES = (
     ("graph built, first stage", "ReadAnnotations"),
-    ("grouping: cells written", "GroupByCell/Write"),
-    ("grouping: cells read", "GroupByCell/Read"),
+    ("grouping: first table's shard packs written", "GroupByShard0/Write"),
+    ("grouping: first table's shard packs read", "GroupByShard0/Read"),
+    ("grouping: components", "Components"),
     ("splits assigned", "AssignSplits"),
-    ("TFDS writer: examples materialised", "LargestKey/Top(1)/Flatten/Read"),
-    ("TFDS writer: shards grouped", "GroupShards/Read"),
+    ("shard writer: references grouped by shard", "GroupShards/Read"),
 )
 
 

@@ -108,6 +108,17 @@ def timed_build(zip_path: str, data_dir: str, beam_args: list[str], code_dir: st
     return {"wall_s": float(wall), "cpu_s": round(float(user) + float(system), 1), "peak_rss_mb": int(rss_kb) // 1024}
 
 
+def records(data_dir: str) -> dict[str, bytes]:
+    """Every TFRecord shard a build wrote, by file name (to compare two builds byte for byte)."""
+    out = {}
+    for root, _, files in os.walk(data_dir):
+        for name in files:
+            if ".tfrecord" in name:
+                with open(os.path.join(root, name), "rb") as f:
+                    out[name] = f.read()
+    return out
+
+
 def cost_figures(builds: dict[int, dict], decode_s: float) -> dict:
     """Per-image CPU at each size, the marginal cost between consecutive sizes and overall, in decodes."""
     sizes = sorted(builds)
@@ -142,12 +153,14 @@ def main() -> None:
     made_s = time.time() - start
     decode_real = decode_cpu_per_image(args.zip, "resized/")
     decode = decode_cpu_per_image(zips[max(sizes)], "copies/")
-    builds, before = {}, {}
+    builds, before, same_records = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             if args.before:
                 before[n] = timed_build(zips[n], os.path.join(tmp, f"before_{n}"), args.beam_args, args.before)
             builds[n] = timed_build(zips[n], os.path.join(tmp, str(n)), args.beam_args)
+            if args.before:
+                same_records[str(n)] = records(os.path.join(tmp, f"before_{n}")) == records(os.path.join(tmp, str(n)))
     result = {
         "benchmark": "build_speed",
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
@@ -158,6 +171,7 @@ def main() -> None:
     }
     if args.before:
         result["before"] = {"code": os.path.abspath(args.before), **cost_figures(before, decode)}
+        result["same_record_bytes_as_before"] = same_records
     print(json.dumps(result, indent=2))
 
 

@@ -131,7 +131,6 @@ def main() -> None:
         "wall_s": round(wall, 1), "process_cpu_s": round(cpu, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "candidate_pairs_per_image": round(counters.get("grouping_candidate_pairs", 0) / args.n, 1),
-        "pairs_left_to_union_find": counters.get("grouping_pairs_left_to_union_find", 0),
         "largest_cell": cell["max"], "mean_cell": round(cell["mean"], 1),
         "copy_with_source": {e: round(float(np.mean(v)), 4) for e, v in found.items()},
         "background_images_joined_to_another": background_joined,

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - Beam wraps worker errors; surface ours without the stack
-        from tfds_person_attrs.beam_transforms import ImageChangedError, StrictModeError
+        from tfds_person_attrs.annotations import ImageChangedError, StrictModeError
 
         for stop, status in ((StrictModeError, 3), (ImageChangedError, 2)):
             msg, marker = str(e), f"{stop.__name__}: "

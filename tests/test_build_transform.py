@@ -63,9 +63,11 @@ def test_build_splits_under_test_pipeline(source):
             raise BeamAssertException(f"the mirror is not with its source: {len(where)} ids")
 
     with TestPipeline() as p:
-        parts = p | beam.Create(annotations) | BuildSplits(
+        batches = [annotations[i:i + 16] for i in range(0, len(annotations), 16)]  # as the builder reads them
+        parts = p | beam.Create(batches) | BuildSplits(
             data, HVC, threshold=0.85, split_seed=0, fractions=DEFAULT_FRACTIONS, csv_rows=42, config={"test": 1})
-        tagged = [parts[name] | f"Tag{name}" >> beam.Map(lambda kv, s=name: (s, kv[0], kv[1]["group"]))
+        tagged = [parts[name] | f"Tag{name}" >> beam.FlatMap(
+                      lambda batch, s=name: [(s, e[2].annotation.image_id, e[1]) for e in batch])
                   for name, _ in DEFAULT_FRACTIONS]
         assert_that(tagged | beam.Flatten(), check_mirror_with_its_source, label="MirrorWithSource")
         assert_that(parts["summary"], check_summary, label="Summary")
@@ -143,6 +145,6 @@ def test_split_sizes_count_images_when_the_first_head_is_multi_label(tmp_path):
             raise BeamAssertException(f"unexpected summary {s}")
 
     with TestPipeline() as p:
-        parts = p | beam.Create(annotations) | BuildSplits(
+        parts = p | beam.Create([annotations]) | BuildSplits(
             data, schema, threshold=0.85, split_seed=0, fractions=DEFAULT_FRACTIONS, csv_rows=30, config={})
         assert_that(parts["summary"], check_summary, label="Summary")

@@ -19,7 +19,7 @@ from tfds_person_attrs.near_duplicates import (
     FLIPS,
     TABLE_TAGS,
     TABLES,
-    ConnectedComponents,
+    Components,
     NearDuplicateGroups,
     batch_key,
     shard_packs,
@@ -94,13 +94,21 @@ def test_shard_packs_carry_each_signature_once_per_shard_and_every_entry():
     assert sum(len(pack.positions) for _, pack in packs) < 200 * TABLES * (1 + FLIPS)
 
 
-def test_components_left_apart_by_the_rounds_are_joined_exactly():
-    """A chain of 12 pairs needs more rounds than one: the rest is settled by the union-find step."""
-    chain = [(f"v{i:02d}", f"v{i + 1:02d}") for i in range(12)] + [("w1", "w2")]
-    expected = [(f"v{i:02d}", "v00") for i in range(13)] + [("w1", "w1"), ("w2", "w1")]
+def test_components_join_chains_split_over_partial_forests_by_their_smallest_id():
+    """A chain of 12 pairs whose links arrive in different bundles, in any order, is one component."""
+    chain = [(f"v{i:02d}", f"v{i + 1:02d}") for i in range(12)] + [("w2", "w1")]
+    expected = {**{f"v{i:02d}": "v00" for i in range(13)}, "w1": "w1", "w2": "w1"}
+    fn = Components()
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        order = rng.permutation(len(chain))
+        parts = [fn.create_accumulator() for _ in range(3)]
+        for k, i in enumerate(order):
+            fn.add_input(parts[k % 3], [chain[i]])
+        assert fn.extract_output(fn.merge_accumulators(parts)) == expected
     with TestPipeline() as p:
-        labels = p | beam.Create(chain) | ConnectedComponents(rounds=1)  # pylint: disable=no-value-for-parameter
-        assert_that(labels, equal_to(expected))
+        labels = p | beam.Create([chain[:5], chain[5:]]) | beam.CombineGlobally(Components())
+        assert_that(labels, equal_to([expected]))
 
 
 def test_a_cells_pairs_leave_it_as_star_edges_of_their_components():

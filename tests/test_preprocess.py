@@ -117,7 +117,7 @@ def test_near_duplicates_share_a_group_and_a_split(messy):
 
 def test_an_image_changed_during_the_build_is_a_one_line_error(monkeypatch, capsys):
     """How Beam hands a worker's ImageChangedError to the launcher: wrapped, with its own stack in the text."""
-    wrapped = RuntimeError("Traceback ...\ntfds_person_attrs.beam_transforms.ImageChangedError: row 3: resized/3.jpg "
+    wrapped = RuntimeError("Traceback ...\ntfds_person_attrs.annotations.ImageChangedError: row 3: resized/3.jpg "
                            "has other bytes since this build checked it; the source x.zip changed during the build: "
                            "rebuild once it is stable [while running 'Examples_train']\nmore lines")
     monkeypatch.setattr(preprocess, "run", lambda argv: (_ for _ in ()).throw(wrapped))

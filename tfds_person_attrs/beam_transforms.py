@@ -1,14 +1,16 @@
-"""The Beam part of the build as one composite transform, `BuildSplits`: validated CSV rows in, the examples
-of each split and a summary out.
+"""The Beam part of the build as one composite transform, `BuildSplits`: batches of validated CSV rows in, the
+images of each split and a summary out; `shard_writer.WriteSplit` then writes each split.
 
-    rows -> ReadAndCheckImages -> NearDuplicateGroups (near_duplicates.py) -> AssignSplits -> ToExample per split
+    row batches -> ReadAndCheckImages -> NearDuplicateGroups (near_duplicates.py) -> AssignSplits -> each split
                  `-> skipped rows (with reasons) ------------------------------------------> summary
 
 An image is decoded once, in `ReadAndCheckImages` (a DCT-scaled decode that checks it and gives its signature).
 What travels on from there is small: the annotation, the signature and a CRC-32 of the bytes, but not the bytes
 of a valid JPEG, because the split assignment waits for the grouping's side input, so every runner materialises
-its input (the in-process DirectRunner in memory). `ToExample` reads the bytes again, checks the CRC and stores
-them as they are; only images converted to JPEG (PNG, grayscale, ...) carry their new bytes.
+its input (the in-process DirectRunner in memory). The shard writer reads the bytes again, checks the CRC and
+stores them as they are; only images converted to JPEG (PNG, grayscale, ...) carry their new bytes. Images
+travel in batches (a list per element, ROWS_PER_BATCH rows from the CSV), so the runner's own work per element
+is paid per batch.
 
 Every annotation that enters `ReadAndCheckImages` leaves it either as a checked image or on the `skipped`
 output with a reason; the summary adds them up, so it accounts for every CSV row. Bad records also count in
@@ -23,7 +25,6 @@ import dataclasses
 import json
 import logging
 import time
-import zlib
 
 import apache_beam as beam
 import numpy as np
@@ -31,42 +32,52 @@ from apache_beam.metrics import Metrics
 
 from tfds_person_attrs import grouping
 from tfds_person_attrs.near_duplicates import NearDuplicateGroups
-from tfds_person_attrs.annotations import OUTSIDE_REASON, Annotation, ManualData, OutsideManualDataError, Skipped
+from tfds_person_attrs.annotations import (
+    OUTSIDE_REASON,
+    Annotation,
+    ManualData,
+    OutsideManualDataError,
+    Skipped,
+    StrictModeError,
+    quiet_reported_stops,
+)
 from tfds_person_attrs.images import DEFAULT_MAX_PIXELS, BadImageError, inspect_image
 from tfds_person_attrs.schema import Schema
 
 NAMESPACE = "person_attrs"
 SKIPPED_TAG = "skipped"
 _EXAMPLES_PER_REASON = 5
+# CSV rows per Beam element: the runner's work per element (encoding at each stage boundary, dispatch through
+# each step) is then paid once per batch.
+ROWS_PER_BATCH = 256
 _PROGRESS_EVERY = 1000
-
-
-class StrictModeError(RuntimeError):
-    """A record was skipped while --strict was set."""
-
-
-class ImageChangedError(RuntimeError):
-    """An image's bytes differ between the check and the writing of its example."""
-
-
-def _not_a_reported_stop(record: logging.LogRecord) -> bool:
-    """Beam logs every exception a DoFn raises with its traceback; these stops are reported once, by the caller."""
-    return not (record.exc_info and isinstance(record.exc_info[1], (StrictModeError, ImageChangedError)))
-
-
-def _quiet_reported_stops() -> None:
-    beam_log = logging.getLogger("apache_beam.runners.common")
-    if _not_a_reported_stop not in beam_log.filters:
-        beam_log.addFilter(_not_a_reported_stop)
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckedImage:
     annotation: Annotation
     signature: np.ndarray
-    crc32: int  # of the bytes as read: `ToExample` stores the same bytes or fails
+    crc32: int  # of the bytes as read: the shard writer stores the same bytes or fails
+    num_bytes: int = 0  # of the bytes to store (sizes the shards before any is written)
     converted_from: str | None = None
     converted_jpeg: bytes | None = None  # the re-encoded image when converted_from is set; None: the file as is
+
+
+class CheckedBatch(list):
+    """A list of CheckedImages that pickles as plain columns: Beam pickles an object it has no coder for one by
+    one, which cost ~15-30 us per CheckedImage at each stage boundary, against ~2 us this way."""
+
+    def __reduce__(self):
+        rows = [(c.annotation.row, c.annotation.image_id, c.annotation.labels, c.annotation.group, c.crc32,
+                 c.num_bytes, c.converted_from, c.converted_jpeg) for c in self]
+        return _checked_batch, (rows, np.stack([c.signature for c in self]) if self else None)
+
+
+def _checked_batch(rows, signatures) -> CheckedBatch:
+    return CheckedBatch(CheckedImage(Annotation(row, image_id, labels, group), signature, crc32, num_bytes,
+                                     converted_from, converted_jpeg)
+                        for (row, image_id, labels, group, crc32, num_bytes, converted_from, converted_jpeg), signature
+                        in zip(rows, signatures if signatures is not None else []))
 
 
 def skip_message_for_strict(s: Skipped) -> str:
@@ -75,7 +86,9 @@ def skip_message_for_strict(s: Skipped) -> str:
 
 
 class ReadAndCheckImages(beam.DoFn):
-    """Annotation -> CheckedImage, or a Skipped on the `skipped` output (missing or undecodable image)."""
+    """A batch of Annotations -> the batch's CheckedImages as one list, and a Skipped on the `skipped` output
+    for each row refused (missing or undecodable image). Batches, not single rows, travel between steps: the
+    runner's work per element (encoding, dispatch through each step) then counts once per batch."""
 
     def __init__(self, data: ManualData, strict: bool, max_pixels: int = DEFAULT_MAX_PIXELS):
         self._data = data
@@ -88,32 +101,43 @@ class ReadAndCheckImages(beam.DoFn):
         self._seen = 0
         self._start = time.time()
         if self._strict:
-            _quiet_reported_stops()
+            quiet_reported_stops()
 
-    def process(self, ann: Annotation):
+    def process(self, batch: list[Annotation]):
+        checked = []
+        for ann in batch:
+            item = yield from self._check(ann)
+            if item is not None:
+                checked.append(item)
+        self._read.inc(len(checked))
+        before, self._seen = self._seen, self._seen + len(checked)
+        if self._seen // _PROGRESS_EVERY > before // _PROGRESS_EVERY:
+            rate = self._seen / max(time.time() - self._start, 1e-9)
+            logging.info("person_attrs: this worker has checked %d images (%.0f/s)", self._seen, rate)
+        if checked:
+            yield CheckedBatch(checked)
+
+    def _check(self, ann: Annotation):
+        """Yields the row's Skipped if it is refused; returns its CheckedImage otherwise."""
         try:
             data = self._data.read_image(ann.image_id)
         except OutsideManualDataError as e:
             yield from self._skip(ann, OUTSIDE_REASON, f"row {ann.row}: {e}")
-            return
+            return None
         if data is None:
             yield from self._skip(ann, "missing_image", f"row {ann.row}: image file {ann.image_id} not found in {self._data}")
-            return
+            return None
         try:
             checked = inspect_image(data, self._max_pixels)
         except BadImageError as e:
             yield from self._skip(ann, e.reason, f"row {ann.row}: {ann.image_id}: {e}")
-            return
-        self._read.inc()
+            return None
         if checked.converted_from:
             self._converted.inc()
             Metrics.counter(NAMESPACE, f"converted_{checked.converted_from}").inc()
-        self._seen += 1
-        if self._seen % _PROGRESS_EVERY == 0:
-            rate = self._seen / max(time.time() - self._start, 1e-9)
-            logging.info("person_attrs: this worker has checked %d images (%.0f/s)", self._seen, rate)
         converted = checked.jpeg if checked.converted_from else None
-        yield CheckedImage(ann, checked.signature, zlib.crc32(data), checked.converted_from, converted)
+        return CheckedImage(ann, checked.signature, self._data.crc32(ann.image_id, data), len(checked.jpeg), checked.converted_from,
+                            converted)
 
     def _skip(self, ann: Annotation, reason: str, message: str):
         Metrics.counter(NAMESPACE, f"skipped_{reason}").inc()
@@ -124,7 +148,7 @@ class ReadAndCheckImages(beam.DoFn):
 
 
 class ClassCounts(beam.CombineFn):
-    """(split, group, CheckedImage, shared) -> {split: {attribute: [count per class]}}, examples per split,
+    """Batches of (split, group, CheckedImage, shared) -> {split: {attribute: [count per class]}}, examples per split,
     conversion tallies and group sizes ({size: number of groups}).
 
     Only images that may share a group (`shared`: a near-duplicate, or a group from the CSV) are counted by
@@ -139,7 +163,12 @@ class ClassCounts(beam.CombineFn):
         return {"class_counts": {}, "split_sizes": collections.Counter(), "converted": collections.Counter(),
                 "converted_examples": {}, "shared_groups": collections.Counter(), "single_groups": 0}
 
-    def add_input(self, acc, element):
+    def add_input(self, acc, batch):
+        for element in batch:
+            self._add_one(acc, element)
+        return acc
+
+    def _add_one(self, acc, element):
         split, group, item, shared = element
         if shared:
             acc["shared_groups"][group] += 1
@@ -158,7 +187,6 @@ class ClassCounts(beam.CombineFn):
             ex = acc["converted_examples"].setdefault(item.converted_from, [])
             if len(ex) < _EXAMPLES_PER_REASON:
                 ex.append({"row": item.annotation.row, "id": item.annotation.image_id})
-        return acc
 
     def merge_accumulators(self, accs):
         out = self.create_accumulator()
@@ -234,12 +262,13 @@ def write_json(path: str, obj) -> None:
 
 
 class BuildSplits(beam.PTransform):
-    """Annotations -> {split name: (key, example)} for each split, plus "summary" (one summary dict) and
-    "skipped" (a Skipped record for every row the images step refused; those refused from the CSV came in).
+    """Batches of Annotations -> {split name: batches of (split, group, CheckedImage, shared)} for each split,
+    plus "summary" (one summary dict) and "skipped" (a Skipped record for every row the images step refused;
+    those refused from the CSV came in). `shard_writer.WriteSplit` writes a split's batches.
 
     The near-duplicate map joins the checked images as a side input that holds only images that have a
     near-duplicate (about 50 of the 7,000 real ones); the checked images carry no bytes across that join
-    (`ToExample` reads them again), so image bytes cross no shuffle or materialisation before TFDS's writer.
+    (the shard writer reads them again), so image bytes cross no shuffle or materialisation.
     """
 
     def __init__(self, data: ManualData, schema: Schema, *, threshold: float, split_seed: int, fractions,
@@ -259,12 +288,13 @@ class BuildSplits(beam.PTransform):
             ReadAndCheckImages(self._data, self._strict, self._max_pixels)).with_outputs(SKIPPED_TAG, main="checked")
         images = checked.checked
         near = (images | "UngroupedSignatures" >> beam.FlatMap(
-                    lambda c: [] if c.annotation.group else [(c.annotation.image_id, c.signature)])
+                    lambda b: [(c.annotation.image_id, c.signature) for c in b if not c.annotation.group])
                 | "NearDuplicates" >> NearDuplicateGroups(self._threshold))
         groups = beam.pvalue.AsDict(near)
         if self._split_by == "row":
-            order = (images | "RowNumbers" >> beam.Map(lambda c: c.annotation.row)
-                     | "CollectRowNumbers" >> beam.combiners.ToList() | "SortRows" >> beam.Map(np.sort))
+            order = (images | "RowNumbers" >> beam.Map(lambda b: np.array([c.annotation.row for c in b]))
+                     | "CollectRowNumbers" >> beam.combiners.ToList()
+                     | "SortRows" >> beam.Map(lambda parts: np.sort(np.concatenate(parts))))
             assigned = images | "AssignSplitsByRow" >> beam.Map(
                 _assign_split_by_row, groups=groups, order=beam.pvalue.AsSingleton(order), fractions=self._fractions)
         else:
@@ -282,9 +312,8 @@ class BuildSplits(beam.PTransform):
                 config=self._config)
         )
         names = [name for name, _ in self._fractions]
-        parts = assigned | "PartitionBySplit" >> beam.Partition(lambda e, n: names.index(e[0]), len(names))
-        out = {name: parts[i] | f"Examples_{name}" >> beam.ParDo(ToExample(self._data, self._schema))
-               for i, name in enumerate(names)}
+        parts = assigned | "PartitionBySplit" >> beam.ParDo(_BySplit()).with_outputs(*names)
+        out = {name: parts[name] for name in names}
         out["summary"] = summary
         out["skipped"] = checked[SKIPPED_TAG]
         return out
@@ -299,46 +328,32 @@ def _group_of(item: CheckedImage, groups: dict) -> tuple[str, bool]:
     return (ann.image_id, False) if group is None else (group, True)
 
 
-def _assign_split(item: CheckedImage, groups: dict, seed: int, fractions):
-    group, shared = _group_of(item, groups)
-    return grouping.split_of(group, seed, fractions), group, item, shared
+def _assign_split(batch: list[CheckedImage], groups: dict, seed: int, fractions) -> list[tuple]:
+    out = []
+    for item in batch:
+        group, shared = _group_of(item, groups)
+        out.append((grouping.split_of(group, seed, fractions), group, item, shared))
+    return out
 
 
-def _assign_split_by_row(item: CheckedImage, groups: dict, order, fractions):
-    rank = int(np.searchsorted(order, item.annotation.row))
-    group, shared = _group_of(item, groups)
-    return grouping.split_at(rank / len(order), fractions), group, item, shared
+def _assign_split_by_row(batch: list[CheckedImage], groups: dict, order, fractions) -> list[tuple]:
+    ranks = np.searchsorted(order, [item.annotation.row for item in batch])
+    out = []
+    for item, rank in zip(batch, ranks):
+        group, shared = _group_of(item, groups)
+        out.append((grouping.split_at(int(rank) / len(order), fractions), group, item, shared))
+    return out
 
 
-class ToExample(beam.DoFn):
-    """(split, group, CheckedImage, shared) -> (id, TFDS example), with the image bytes read again and checked.
+class _BySplit(beam.DoFn):
+    """A batch of (split, ...) -> one batch per split it holds, on the output named after the split."""
 
-    The bytes stored are the ones `ReadAndCheckImages` checked (same CRC-32), else the build stops: a source
-    that changes while it is being built would otherwise give a dataset of images nobody checked.
-    """
-
-    def __init__(self, data: ManualData, schema: Schema):
-        self._data, self._schema = data, schema
-
-    def setup(self):
-        _quiet_reported_stops()
-
-    def process(self, element):
-        _, group, item, _ = element
-        ann = item.annotation
-        jpeg = item.converted_jpeg if item.converted_from else self._read_again(ann, item.crc32)
-        example = {"image": jpeg, "id": ann.image_id, "group": group}
-        for a in self._schema.attributes:
-            example[a.name] = np.asarray(ann.labels[a.name], np.uint8) if a.is_multi_label else ann.labels[a.name]
-        yield ann.image_id, example
-
-    def _read_again(self, ann: Annotation, crc32: int) -> bytes:
-        data = self._data.read_image(ann.image_id)
-        if data is None or zlib.crc32(data) != crc32:
-            now = "is gone" if data is None else "has other bytes"
-            raise ImageChangedError(f"row {ann.row}: {ann.image_id} {now} since this build checked it; the source "
-                                    f"{self._data.source_file} changed during the build: rebuild once it is stable")
-        return data
+    def process(self, batch):
+        parts = collections.defaultdict(list)
+        for element in batch:
+            parts[element[0]].append(element)
+        for name, part in parts.items():
+            yield beam.pvalue.TaggedOutput(name, part)
 
 
 def _summarise(_, csv_rows, csv_skipped, image_skipped, stats, config):

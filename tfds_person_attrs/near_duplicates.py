@@ -19,9 +19,10 @@
    every stored image by the exact criterion (`grouping.similar_pairs`: cosine >= threshold, as is or
    mirrored), as matrix products. The shard's verified pairs leave it as star edges of their components
    (`star_edges`): the same components, in fewer edges than pairs (each pair is seen in up to 24 cells).
-4. Components: ROUNDS rounds of min-label propagation over the named edges (a join and a min per round);
-   pairs whose ends still disagree after them are merged in one place by union-find over their labels. That
-   last step holds only those pairs (none on the real data or the planted benchmark clusters).
+4. Components: union-find over the named edges (`Components`), per bundle and then merged in one place,
+   which holds only the images that have a near-duplicate. (Rounds of min-label propagation, a join and a
+   min per round, kept even that off one machine, but cost ~0.2 ms per near-duplicate image in the runner's
+   per-element work: docs/performance.md section 5.)
 
 Measured against the exact method (`grouping.near_duplicate_groups`) in benchmarks/grouping_recall.py; the
 cost at 1,000,000 signatures in benchmarks/grouping_scale.py.
@@ -31,6 +32,7 @@ cost at 1,000,000 signatures in benchmarks/grouping_scale.py.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 from typing import NamedTuple
 
@@ -45,7 +47,6 @@ from tfds_person_attrs.images import SIGNATURE_SIZE
 NAMESPACE = "person_attrs"
 TABLES, FLIPS = 8, 2
 MIN_BITS, MAX_BITS, CELL_TARGET = 12, 20, 64
-ROUNDS = 3
 # Images whose blocking keys are computed together; their entries for one shard of cells travel as one Beam
 # element (`ShardPack`), so the shuffle handles about (images / BATCH_SIZE) x shards elements, not 24 per image.
 BATCH_SIZE = 16384
@@ -103,7 +104,8 @@ class _SumVectors(beam.CombineFn):
 
 
 class _VerifyShard(beam.DoFn):
-    """(shard, [shard packs of several batches]) -> star edges ((batch key, position), (batch key, position)).
+    """(shard, [shard packs of several batches]) -> its star edges as (batch key of the first end,
+    [(position, (batch key, position of the second end))]), one element per batch key.
 
     The shard's entries are sorted by cell and each cell is verified alone, exactly as if it had its own key:
     every probe against every stored image, about _BLOCK candidate pairs at a time. The verified pairs of all the
@@ -151,8 +153,10 @@ class _VerifyShard(beam.DoFn):
                 a, b = chunk[p], kept[q]
                 pairs.extend(zip(a[a != b].tolist(), b[a != b].tolist()))
         self._candidates.inc(candidates)
+        by_batch = collections.defaultdict(list)
         for root, member in star_edges(pairs):
-            yield ((int(batches[root]), int(positions[root])), (int(batches[member]), int(positions[member])))
+            by_batch[int(batches[root])].append((int(positions[root]), (int(batches[member]), int(positions[member]))))
+        yield from by_batch.items()
 
 
 def star_edges(pairs) -> list[tuple]:
@@ -160,71 +164,60 @@ def star_edges(pairs) -> list[tuple]:
 
     A shard's verified pairs join the same images as all of them would, in fewer edges (a cluster of k images
     that shares many cells gives k - 1 edges per shard instead of up to k(k - 1) per cell), and a star settles
-    in at most two rounds of `ConnectedComponents` (one when its centre is the smallest id).
+    in one union per edge.
     """
     root = _union_labels(pairs)
     return sorted((r, x) for x, r in root.items() if x != r)
 
 
-def _propagate(vertex_state):
-    vertex, state = vertex_state
-    label = min(state["label"])
-    yield vertex, label
-    for neighbour in state["adjacent"]:
-        yield neighbour, label
-
-
-def _union_labels(label_pairs: list[tuple[str, str]]) -> dict[str, str]:
-    """label -> the smallest label it is joined to, over the pairs that propagation left apart."""
+def _union_labels(label_pairs) -> dict[str, str]:
+    """Each label of these pairs -> the smallest label it is joined to."""
     parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.get(x, x) != x:
-            parent[x] = parent.get(parent[x], parent[x])
-            x = parent[x]
-        return x
-
     for a, b in label_pairs:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return {x: find(x) for x in parent}
+        _union(parent, a, b)
+    return {x: _find(parent, x) for x in parent}
 
 
-@beam.ptransform_fn
-def ConnectedComponents(edges, rounds: int = ROUNDS):  # noqa: N802 - Beam's PTransform naming
-    """(a, b) pairs -> (vertex, smallest vertex of its component), for every vertex of a pair."""
-    adjacent = edges | "Adjacency" >> beam.FlatMap(lambda e: [(e[0], e[1]), (e[1], e[0])])
-    labels = adjacent | "InitialLabels" >> beam.Map(lambda kv: (kv[0], kv[0])) | "Vertices" >> beam.Distinct()
-    for r in range(rounds):
-        labels = (
-            {"label": labels, "adjacent": adjacent}
-            | f"JoinLabels{r}" >> beam.CoGroupByKey()
-            | f"Propagate{r}" >> beam.FlatMap(_propagate)
-            | f"MinLabel{r}" >> beam.CombinePerKey(min)
-        )
-    # Pairs whose two ends still carry different labels: (label of the first end, label of the second end).
-    by_first = edges | "KeyByFirst" >> beam.Map(lambda e: (e[0], e[1]))
-    second_with_first_label = (
-        {"label": labels, "edge": by_first}
-        | "LabelFirst" >> beam.CoGroupByKey()
-        | "KeyBySecond" >> beam.FlatMap(lambda kv: [(b, kv[1]["label"][0]) for b in kv[1]["edge"]])
-    )
-    unsettled = (
-        {"first_label": second_with_first_label, "label": labels}
-        | "LabelSecond" >> beam.CoGroupByKey()
-        | "Disagreeing" >> beam.FlatMap(
-            lambda kv: [(a, kv[1]["label"][0]) for a in kv[1]["first_label"] if a != kv[1]["label"][0]])
-    )
-    merged = (unsettled | "CountUnsettled" >> beam.Map(_count_unsettled)
-              | "CollectUnsettled" >> beam.combiners.ToList() | "UnionFind" >> beam.Map(_union_labels))
-    return labels | "ApplyMerges" >> beam.Map(
-        lambda kv, merges: (kv[0], merges.get(kv[1], kv[1])), merges=beam.pvalue.AsSingleton(merged))
+def _find(parent: dict, x):
+    while parent.get(x, x) != x:
+        parent[x] = parent.get(parent[x], parent[x])
+        x = parent[x]
+    return x
 
 
-def _count_unsettled(pair):
-    Metrics.counter(NAMESPACE, "grouping_pairs_left_to_union_find").inc()
-    return pair
+def _union(parent: dict, a, b) -> None:
+    ra, rb = _find(parent, a), _find(parent, b)
+    low = min(ra, rb)
+    parent[max(ra, rb)] = low
+    parent.setdefault(low, low)
+
+
+class Components(beam.CombineFn):
+    """Lists of named pairs (a, b) -> {image id: the smallest id of its component}, by union-find.
+
+    Each bundle joins its own pairs (Beam lifts the combine), and the partial forests are merged in one
+    place, which therefore holds every image that has a near-duplicate (about 50 of the real 7,000), never
+    the images without one. Union by smallest root makes the labels independent of the order pairs arrive.
+    """
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, parent, pairs):
+        for a, b in pairs:
+            _union(parent, a, b)
+        return parent
+
+    def merge_accumulators(self, accs):
+        accs = list(accs)
+        out = accs[0]
+        for acc in accs[1:]:
+            for x in acc:
+                _union(out, x, _find(acc, x))
+        return out
+
+    def extract_output(self, parent):
+        return {x: _find(parent, x) for x in parent}
 
 
 class NearDuplicateGroups(beam.PTransform):
@@ -234,10 +227,9 @@ class NearDuplicateGroups(beam.PTransform):
     (each is its own group). batch_size and shard_bits only change how the work is cut, never the groups.
     """
 
-    def __init__(self, threshold: float, rounds: int = ROUNDS, batch_size: int = BATCH_SIZE,
-                 shard_bits: int = SHARD_BITS):
+    def __init__(self, threshold: float, batch_size: int = BATCH_SIZE, shard_bits: int = SHARD_BITS):
         super().__init__()
-        self._threshold, self._rounds = threshold, rounds
+        self._threshold = threshold
         self._batch_size, self._shard_bits = batch_size, shard_bits
 
     def expand(self, signatures):
@@ -260,15 +252,14 @@ class NearDuplicateGroups(beam.PTransform):
             [packed[tag] | f"GroupByShard{t}" >> beam.GroupByKey()
              | f"VerifyShards{t}" >> beam.ParDo(_VerifyShard(self._threshold)) for t, tag in enumerate(TABLE_TAGS)]
             | "AllTables" >> beam.Flatten()
-            | "DistinctNumberedEdges" >> beam.Distinct()
         )
-        edges = ({"ids": packed[_IDS], "edges": numbered_edges | "ByFirstBatch" >> beam.Map(
-                    lambda e: (e[0][0], (e[0][1], e[1])))}
+        # Edges travel in lists per batch key and are not deduplicated: a union is idempotent.
+        edges = ({"ids": packed[_IDS], "edges": numbered_edges}
                  | "JoinFirstIds" >> beam.CoGroupByKey() | "NameFirst" >> beam.FlatMap(_name_first))
         edges = ({"ids": packed[_IDS], "edges": edges}
-                 | "JoinSecondIds" >> beam.CoGroupByKey() | "NameSecond" >> beam.FlatMap(_name_second)
-                 | "DistinctPairs" >> beam.Distinct())
-        return edges | "Components" >> ConnectedComponents(self._rounds)  # pylint: disable=no-value-for-parameter
+                 | "JoinSecondIds" >> beam.CoGroupByKey() | "NameSecond" >> beam.FlatMap(_name_second))
+        return (edges | "Components" >> beam.CombineGlobally(Components())
+                | "GroupOfEachImage" >> beam.FlatMap(lambda groups: sorted(groups.items())))
 
 
 def grouping_metrics(pipeline_result) -> dict:
@@ -352,12 +343,16 @@ def _named(batch_joined):
 
 
 def _name_first(batch_joined):
-    ids, edges = _named(batch_joined)
-    for position, second in edges:
-        yield second[0], (second[1], ids[position])
+    """(batch key, ids and edge lists) -> (batch key of the second ends, [(position, first end's id)])."""
+    ids, edge_lists = _named(batch_joined)
+    by_batch = collections.defaultdict(list)
+    for edges in edge_lists:
+        for position, (second_batch, second_position) in edges:
+            by_batch[second_batch].append((second_position, ids[position]))
+    yield from by_batch.items()
 
 
 def _name_second(batch_joined):
-    ids, edges = _named(batch_joined)
-    for position, first in edges:
-        yield tuple(sorted((first, ids[position])))
+    """(batch key, ids and half-named edge lists) -> one list of named pairs."""
+    ids, edge_lists = _named(batch_joined)
+    yield [(first, ids[position]) for edges in edge_lists for position, first in edges]

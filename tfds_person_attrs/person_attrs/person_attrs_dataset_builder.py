@@ -12,7 +12,6 @@ beside this file for features and metadata.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -23,11 +22,19 @@ import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core import example_serializer, split_builder
+from tensorflow_datasets.core import split_builder
 
 from tfds_person_attrs import beam_transforms as bt
-from tfds_person_attrs import grouping
-from tfds_person_attrs.annotations import Annotation, ManualData, ManualDataError, parse_annotations
+from tfds_person_attrs import grouping, shard_writer
+from tfds_person_attrs.annotations import (
+    Annotation,
+    ManualData,
+    ManualDataError,
+    StrictModeError,
+    batch_from_json,
+    batches_to_jsonl,
+    parse_annotations,
+)
 from tfds_person_attrs.images import DEFAULT_MAX_PIXELS
 from tfds_person_attrs.schema import BUILTIN_SCHEMAS, HVC, Schema, schema_from_dict
 
@@ -90,12 +97,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             homepage="https://github.com/",
         )
 
+    def _manual_data(self, dl_manager) -> ManualData:
+        return ManualData(self._manual_source or str(dl_manager.manual_dir), self.schema)
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager, pipeline):
         cfg = self.builder_config.recipe
-        data = ManualData(self._manual_source or str(dl_manager.manual_dir), self.schema)
+        data = self._manual_data(dl_manager)
         annotations, csv_skipped = parse_annotations(data.read_csv_bytes(), self.schema, source=data.csv_path)
         if self._strict and csv_skipped:
-            raise bt.StrictModeError(bt.skip_message_for_strict(csv_skipped[0]))
+            raise StrictModeError(bt.skip_message_for_strict(csv_skipped[0]))
         if not annotations:
             raise ManualDataError(f"{data.csv_path}: no usable rows ({len(csv_skipped)} skipped, first: "
                                   f"{csv_skipped[0].message})")
@@ -109,11 +119,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         out_dir = str(self.data_dir)
         rows_file = posixpath.join(out_dir, ANNOTATIONS_FILE)
         with tf.io.gfile.GFile(rows_file, "w") as f:
-            f.write("".join(a.to_json() + "\n" for a in annotations))
+            f.write(batches_to_jsonl(annotations, bt.ROWS_PER_BATCH))
         parts = (
             pipeline
             | "ReadAnnotations" >> beam.io.ReadFromText(rows_file)
-            | "ParseAnnotations" >> beam.Map(Annotation.from_json)
+            | "ParseAnnotations" >> beam.Map(batch_from_json)
             | "BuildSplits" >> bt.BuildSplits(
                 data, self.schema, threshold=cfg.dedup_threshold, split_seed=cfg.split_seed,
                 fractions=cfg.split_fractions, split_by=cfg.split_by, strict=self._strict,
@@ -126,8 +136,27 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return {name: parts[name] for name, _ in cfg.split_fractions}
 
     def _generate_examples(self, **_):
-        """Unused: `_split_generators` returns each split's examples from `BuildSplits` directly."""
+        """Unused: `_split_generators` returns each split's images from `BuildSplits` directly."""
         raise NotImplementedError
+
+    def _generate_splits(self, dl_manager, download_config):
+        """TFDS's Beam build, with each split written by `shard_writer.WriteSplit` rather than TFDS's writer, which
+        shuffles and materialises serialised examples, image bytes included (see shard_writer.py)."""
+        builder = split_builder.SplitBuilder(
+            split_dict=self.info.splits, features=self.info.features, dataset_size=self.info.dataset_size,
+            beam_options=download_config.beam_options, beam_runner=download_config.beam_runner,
+            max_examples_per_split=None, shard_config=None, example_writer=self._example_writer(),
+            ignore_duplicates=False)
+        templates, data = {}, self._manual_data(dl_manager)
+        with builder.maybe_beam_pipeline() as proxy:
+            parts = self._split_generators(dl_manager, builder.beam_pipeline)
+            for name, images in parts.items():
+                templates[name] = self._get_filename_template(split_name=name)
+                _ = images | f"Write_{name}" >> shard_writer.WriteSplit(
+                    name, data, self.schema, example_writer=self._example_writer(), filename_template=templates[name],
+                    shard_config=download_config.get_shard_config())
+        self._process_pipeline_result(proxy.result)
+        return [shard_writer.split_info(name, template) for name, template in templates.items()]
 
     def _config_record(self) -> dict:
         return {"schema": self.schema.name, **self.builder_config.recipe.record(),
@@ -146,8 +175,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         sha256), read back from the summary it wrote. This override stays: TFDS has no public hook that runs after
         the pipeline and before dataset_info.json is written, and the counts must be in dataset_info so that a
         trainer reading only the built dataset gets them."""
-        with _deterministic_serialization():
-            super()._download_and_prepare(dl_manager, download_config)
+        super()._download_and_prepare(dl_manager, download_config)
         tf.io.gfile.remove(posixpath.join(str(self.data_dir), ANNOTATIONS_FILE))
         with tf.io.gfile.GFile(posixpath.join(str(self.data_dir), SUMMARY_FILE)) as f:
             summary = json.load(f)
@@ -169,29 +197,6 @@ def _write_summary(summary: dict, out_dir: str, source: dict) -> None:
 def _write_skipped_rows(image_skipped: list, out_dir: str, csv_skipped: list) -> None:
     with tf.io.gfile.GFile(posixpath.join(out_dir, SKIPPED_FILE), "w") as f:
         f.write(bt.skipped_rows_csv(csv_skipped, image_skipped))
-
-
-class _DeterministicExampleSerializer(example_serializer.ExampleSerializer):
-    """TFDS's tf.train.Example serializer with the feature map written in key order.
-
-    Protobuf writes a map's entries in an order that differs from process to process, so without this two
-    builds of the same data (or the in-process and multi-process DirectRunner) give different record bytes.
-    Defined here, it is pickled into the Beam workers by reference, so they import and use it too.
-    """
-
-    def serialize_example(self, example):
-        return self.get_tf_example(example).SerializeToString(deterministic=True)
-
-
-@contextlib.contextmanager
-def _deterministic_serialization():
-    """TFDS builds its writer's serializer inside SplitBuilder; this build's writer gets the one above."""
-    original = split_builder.example_serializer.ExampleSerializer
-    split_builder.example_serializer.ExampleSerializer = _DeterministicExampleSerializer
-    try:
-        yield
-    finally:
-        split_builder.example_serializer.ExampleSerializer = original
 
 
 def check_every_split_gets_rows(annotations: list[Annotation], cfg: grouping.SplitRecipe) -> None:
