@@ -10,6 +10,7 @@ import collections
 
 import apache_beam as beam
 import numpy as np
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -63,10 +64,14 @@ def test_beam_grouping_finds_the_exact_groups_of_planted_clusters():
         assert_that(groups, equal_to(exact))
 
 
-def test_how_the_work_is_cut_into_batches_and_shards_does_not_change_the_groups(monkeypatch):
+@pytest.mark.parametrize("small_cell, run", [(0, 1), (2, 5), (32, 128)], ids=["cells_alone", "short_runs", "default"])
+def test_how_the_work_is_cut_into_batches_and_shards_does_not_change_the_groups(monkeypatch, small_cell, run):
     """Batches of 64 images (so a cluster's members are named by different batches), shards from one cell
-    each to one per table, and matrix products of a few candidate pairs give the exact groups."""
+    each to one per table, matrix products of a few candidate pairs, and cells verified alone or in runs of
+    neighbours give the exact groups."""
     monkeypatch.setattr(near_duplicates, "_BLOCK", 4)
+    monkeypatch.setattr(near_duplicates, "_SMALL_CELL", small_cell)
+    monkeypatch.setattr(near_duplicates, "_RUN", run)
     ids, sigs = planted_signatures(n_background=300, n_clusters=20, seed=1)
     exact = multi_image_groups(grouping.near_duplicate_groups(ids, sigs, 0.85))
     assert len({g for _, g in exact}) == 20
@@ -112,6 +117,9 @@ def test_components_join_chains_split_over_partial_forests_by_their_smallest_id(
 
 
 def test_a_cells_pairs_leave_it_as_star_edges_of_their_components():
-    pairs = [("c", "d"), ("b", "c"), ("d", "b"), ("x", "y"), ("e", "b")]
-    assert star_edges(pairs) == [("b", "c"), ("b", "d"), ("b", "e"), ("x", "y")]
-    assert star_edges([]) == []
+    pairs = np.array([(3, 4), (2, 3), (4, 2), (20, 21), (5, 2), (3, 4), (30, 31), (31, 32), (32, 33), (33, 29)])
+    roots, members = star_edges(pairs[:, 0], pairs[:, 1])
+    assert list(zip(roots.tolist(), members.tolist())) == [(2, 3), (2, 4), (2, 5), (20, 21), (29, 30), (29, 31),
+                                                          (29, 32), (29, 33)]
+    empty = np.zeros(0, np.int64)
+    assert [len(x) for x in star_edges(empty, empty)] == [0, 0]

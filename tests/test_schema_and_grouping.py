@@ -18,7 +18,7 @@ from tests import data_fixtures as fx
 from tfds_person_attrs import grouping
 from tfds_person_attrs.annotations import Annotation, ManualData
 from tfds_person_attrs.beam_transforms import SKIPPED_TAG, CheckedBatch, CheckedImage, ClassCounts, ReadAndCheckImages
-from tfds_person_attrs.images import inspect_image, mirrored
+from tfds_person_attrs.images import inspect_image, mirrored, trim_letterbox
 from tfds_person_attrs.schema import HVC, SchemaError, load_schema, schema_from_dict
 
 
@@ -143,6 +143,18 @@ def test_checked_batches_travel_as_columns_and_come_back_whole():
         assert dataclasses.replace(a, signature=None) == dataclasses.replace(b, signature=None)
         np.testing.assert_array_equal(a.signature, b.signature)
     assert pickle.loads(pickle.dumps(CheckedBatch())) == []
+
+
+def test_letterbox_trim_drops_dark_flat_bars_only():
+    rng = np.random.default_rng(0)
+    picture = rng.integers(60, 200, (40, 30)).astype(np.uint8)
+    framed = np.zeros((50, 44), np.uint8)
+    framed[6:46, 9:39] = picture
+    framed[:, 42] = rng.integers(0, 25, 50)  # dark but textured (std > 6): a column of the picture, not a bar
+    out = trim_letterbox(framed)
+    np.testing.assert_array_equal(out, framed[6:46, 9:43])
+    dark = np.full((20, 20), 5, np.uint8)
+    assert trim_letterbox(dark) is dark
 
 
 def test_inspect_image_keeps_original_jpeg_bytes():
