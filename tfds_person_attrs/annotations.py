@@ -71,6 +71,7 @@ class Annotation:
     def to_json(self) -> str:
         return json.dumps([self.row, self.image_id, self.labels, self.group])
 
+
 def batches_to_jsonl(annotations: list[Annotation], batch_size: int) -> str:
     """Annotations as JSON lines of `batch_size` rows each (a Beam build reads a line as one batch)."""
     return "".join("[" + ",".join(a.to_json() for a in annotations[i:i + batch_size]) + "]\n"
