@@ -3,8 +3,9 @@
 TFDS's own Beam writer serialises every example, image bytes included, before its shuffle and materialises
 them for the side inputs that size its shards, so on the in-process DirectRunner a build's memory grew with
 the data (about 1.1 GB more from 7,000 to 28,000 images, docs/performance.md section 5). Here the shard
-assignment and the shuffle carry a reference per image (key, row, labels, CRC-32: about 200 bytes), and each
-shard's writer sorts its references, then reads, checks, encodes and writes one example at a time.
+assignment and the shuffle carry a reference per image (key, row, labels, CRC-32: ~170 bytes as Beam encodes
+it, hvc schema), and each shard's writer sorts its references, then reads, checks, encodes and writes one
+example at a time.
 
 Order and sharding follow TFDS's writer: keys hashed with md5 salted by the split name, shards cut by hashed
 key range (`shuffle.get_bucket_number`), examples sorted by hashed key within a shard, shard count from
