@@ -21,7 +21,7 @@ import sys
 import time
 
 from tfds_person_attrs import grouping
-from tfds_person_attrs.annotations import ManualData, ManualDataError
+from tfds_person_attrs.annotations import DEFAULT_MAX_IMAGE_BYTES, ManualData, ManualDataError, SourceChangedError
 from tfds_person_attrs.images import DEFAULT_MAX_PIXELS
 from tfds_person_attrs.schema import BUILTIN_SCHEMAS, SchemaError, load_schema
 from trainer import cli
@@ -45,6 +45,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="skip (and report) images larger than this many pixels, before decoding them "
                         "(default: PIL's limit, %(default)s)")
+    p.add_argument("--max_image_bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES,
+                   help="skip (and report) image files larger than this many bytes without reading them (a zip "
+                        "member: its uncompressed size, from its header; default %(default)s, 256 MiB)")
+    p.add_argument("--follow_symlinks", nargs="+", default=[], metavar="DIR",
+                   help="read images that are symbolic links into these folders (a manual folder of links into an "
+                        "image store); by default a link that leads outside the manual dir is refused")
     p.add_argument("--num_shards", type=int, default=None,
                    help="TFRecord files per split (default: TFDS's choice by size); more files let more readers, "
                         "e.g. multi-worker training's FILE sharding, each take whole files")
@@ -72,7 +78,8 @@ def make_builder(args: argparse.Namespace):
         # TFDS keeps one directory per config name: another split recipe must not overwrite the default one.
         config = dataclasses.replace(config, name=recipe.config_name(schema.name))
     return Builder(config=builtin if builtin == config else config, data_dir=args.data_dir, strict=args.strict,
-                   max_image_pixels=args.max_image_pixels, manual_source=args.manual_dir)
+                   max_image_pixels=args.max_image_pixels, max_image_bytes=args.max_image_bytes,
+                   follow_symlinks=tuple(args.follow_symlinks), manual_source=args.manual_dir)
 
 
 def beam_options(beam_args: list[str]):
@@ -101,7 +108,9 @@ def run(argv: list[str] | None = None) -> dict:
 
     args, beam_args = parse_args(argv)
     builder = make_builder(args)
-    source = ManualData(args.manual_dir, builder.schema)  # fails fast, with advice, before TFDS or Beam start
+    # Fails fast, with advice, before TFDS or Beam start.
+    source = ManualData(args.manual_dir, builder.schema, follow_symlinks=tuple(args.follow_symlinks),
+                        max_image_bytes=args.max_image_bytes)
     summary_path = posixpath.join(str(builder.data_dir), SUMMARY_FILE)
     if not args.overwrite and tf.io.gfile.exists(posixpath.join(str(builder.data_dir), "dataset_info.json")):
         summary = _reused_summary(summary_path, source)
@@ -159,13 +168,13 @@ class StaleDatasetError(ValueError):
 def main(argv: list[str] | None = None) -> int:
     try:
         run(argv)
-    except (ManualDataError, SchemaError, UserError, ValueError) as e:
+    except (ManualDataError, SchemaError, UserError, ValueError, SourceChangedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - Beam wraps worker errors; surface ours without the stack
         from tfds_person_attrs.annotations import ImageChangedError, StrictModeError
 
-        for stop, status in ((StrictModeError, 3), (ImageChangedError, 2)):
+        for stop, status in ((StrictModeError, 3), (ImageChangedError, 2), (SourceChangedError, 2)):
             msg, marker = str(e), f"{stop.__name__}: "
             if isinstance(e, stop) or marker in msg:
                 start = msg.find(marker)

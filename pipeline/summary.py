@@ -20,9 +20,15 @@ def format_summary(s: dict) -> str:
     for reason, n in s["skipped_by_reason"].items():
         first = s["skipped_examples"][reason][0]
         lines.append(f"    {reason:<20} {n:>6}   e.g. {first['message']}")
-    for reason, n in s.get("converted", {}).items():
+    converted = s.get("converted", {})
+    if converted:
+        total = s.get("converted_images", sum(converted.values()))
+        lines.append(f"  re-encoded   {total:>8}   as RGB JPEG (an image may count under two reasons below)")
+    for reason, n in converted.items():
         ex = s["converted_examples"][reason][0]
-        lines.append(f"  converted to RGB JPEG from {reason}: {n} (e.g. row {ex['row']} {ex['id']})")
+        what = ("turned upright by its EXIF orientation" if reason == "rotated"
+                else f"converted from {reason.replace('_', ' ')}")
+        lines.append(f"    {what}: {n} (e.g. row {ex['row']} {ex['id']})")
     g = s["groups"]
     lines.append(f"  groups       {g['count']:>8}   {g['multi_image_groups']} hold more than one image; "
                  f"sizes {g['size_histogram']}")

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import stat
 import sys
 import threading
@@ -43,13 +44,31 @@ class StrictModeError(RuntimeError):
     """A record was skipped while --strict was set."""
 
 
-class ImageChangedError(RuntimeError):
+class SourceChangedError(RuntimeError):
+    """The zip or CSV the build parsed changed while the build read it: the dataset would mix two versions."""
+
+
+class ImageChangedError(SourceChangedError):
     """An image's bytes differ between the check and the writing of its example."""
+
+
+class ImageRefusedError(ValueError):
+    """An image file that is not read (too large) or does not read (a corrupt zip member); `reason` keys the
+    summary."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+# The largest image file read whole (a zip member's uncompressed size, from its header, or a file's size, by
+# reading one byte past it): 256 MiB holds a JPEG or PNG of PIL's ~89-megapixel limit several times over.
+DEFAULT_MAX_IMAGE_BYTES = 256 << 20
 
 
 def _not_a_reported_stop(record) -> bool:
     """Beam logs every exception a DoFn raises with its traceback; these stops are reported once, by the caller."""
-    return not (record.exc_info and isinstance(record.exc_info[1], (StrictModeError, ImageChangedError)))
+    return not (record.exc_info and isinstance(record.exc_info[1], (StrictModeError, SourceChangedError)))
 
 
 def quiet_reported_stops() -> None:
@@ -64,7 +83,7 @@ def quiet_reported_stops() -> None:
 @dataclasses.dataclass(frozen=True)
 class Annotation:
     row: int  # 1-based data row number in the CSV (the header is row 0)
-    image_id: str  # the image path as written in the CSV
+    image_id: str  # the CSV's image path, normalised (`resized//2.jpg` and `./resized/2.jpg` are `resized/2.jpg`)
     labels: dict  # attribute name -> class index (single) or tuple of 0/1 (multi)
     group: str | None = None
 
@@ -94,15 +113,25 @@ class ManualData:
     """The one source the user named: a zip, or a folder holding the CSV and images (local or gs://).
 
     A folder that holds the CSV and also a zip with it, or several such zips, is refused: the rows would be
-    accounted against a file the user may not have meant. Image paths are read strictly inside the source.
+    accounted against a file the user may not have meant. Image paths are read strictly inside the source, or
+    inside the folders named in `follow_symlinks` for symbolic links of a local folder.
+
+    The source is read once: `read_csv_bytes` records what it parsed (the CSV's sha256, the zip's directory and
+    the file's size and time), `fingerprint` is computed from that record, and every later read (`read_image`,
+    `check_unchanged`) fails with SourceChangedError when the file is no longer the one parsed.
     """
 
-    def __init__(self, location: str, schema: Schema):
+    def __init__(self, location: str, schema: Schema, *, follow_symlinks: tuple[str, ...] = (),
+                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
         self.location = location.rstrip("/")
         self.schema = schema
+        self.max_image_bytes = max_image_bytes
         self.zip_path, self.prefix = self._find(self.location, schema.csv_name)
+        self._remote = "://" in self.location
+        self.follow_symlinks = tuple(_link_root(r) for r in follow_symlinks)
         self._zip: zipfile.ZipFile | None = None
         self._real_prefix: str | None = None
+        self._parsed: dict | None = None  # what read_csv_bytes read: {"stamp", "sha256", "directory_sha256"}
 
     @staticmethod
     def _find(location: str, csv_name: str) -> tuple[str | None, str]:
@@ -121,7 +150,7 @@ class ManualData:
         for name in zips:
             path = posixpath.join(location, name)
             with gfile.GFile(path, "rb") as f, zipfile.ZipFile(f) as z:
-                if any(n == csv_name or n.endswith("/" + csv_name) for n in z.namelist()):
+                if _csv_members(z.namelist(), csv_name):
                     sources.append(path)
         if len(sources) > 1:
             raise ManualDataError(f"{location} holds more than one source of {csv_name}: {', '.join(sources)}; pass "
@@ -148,43 +177,98 @@ class ManualData:
 
     def _open_zip(self) -> zipfile.ZipFile:
         if self._zip is None:
-            self._zip, self._zip_infos, self._zip_root = _opened_zip(self.zip_path, self.schema.csv_name)
+            z, infos, root, directory_sha256, stamp = _opened_zip(self.zip_path, self.schema.csv_name)
+            if self._parsed and directory_sha256 != self._parsed["directory_sha256"]:
+                raise SourceChangedError(self._changed("its directory (the names, sizes and CRC-32s of its members) "
+                                                       "is not the one parsed"))
+            self._zip, self._zip_infos, self._zip_root = z, infos, root
+            self._zip_directory, self._zip_stamp = directory_sha256, stamp
         return self._zip
 
     def read_csv_bytes(self) -> bytes:
+        """The CSV's bytes, read once: what was read is recorded for `fingerprint` and `check_unchanged`."""
         if self.zip_path:
             z = self._open_zip()
-            return z.read(self._zip_root + self.schema.csv_name)
-        with tf.io.gfile.GFile(posixpath.join(self.prefix, self.schema.csv_name), "rb") as f:
-            return f.read()
+            stamp, directory = self._zip_stamp, self._zip_directory
+            data = z.read(self._zip_root + self.schema.csv_name)
+        else:
+            stamp, directory = _stamp(self.source_file), None
+            with _open(self.source_file) as f:
+                data = f.read()
+        if _stamp(self.source_file) != stamp:
+            raise SourceChangedError(self._changed("it changed while its CSV was read"))
+        self._parsed = {"stamp": stamp, "sha256": hashlib.sha256(data).hexdigest(), "directory_sha256": directory,
+                        "csv": data}
+        return data
+
+    def check_unchanged(self) -> None:
+        """Raises SourceChangedError when the zip or CSV parsed has another size or time now (one stat)."""
+        if self._parsed and _stamp(self.source_file) != self._parsed["stamp"]:
+            raise SourceChangedError(self._changed("its size or modification time is not the parsed file's"))
+
+    def check_content_unchanged(self) -> None:
+        """Raises SourceChangedError when the source's content differs from what was parsed: the zip's directory
+        and CSV, or the folder's CSV (and, local, its images' sizes and times), read again. Run at the end of a
+        build, so that no dataset records a fingerprint of data it did not read."""
+        again = ManualData(self.location, self.schema, follow_symlinks=self.follow_symlinks,
+                           max_image_bytes=self.max_image_bytes)
+        again.read_csv_bytes()
+        now, then = again.fingerprint(), self.fingerprint()
+        if now != then:
+            what = "its CSV" if now["sha256"] != then["sha256"] else (
+                "its directory" if self.zip_path else "the size or time of an image it names")
+            raise SourceChangedError(self._changed(f"{what} differs from what the build parsed"))
+
+    def _changed(self, what: str) -> str:
+        return (f"{self.source_file} changed during the build ({what}); no dataset was written from it: rebuild once "
+                "it is stable")
 
     def read_image(self, image_id: str) -> bytes | None:
         """The image's bytes, or None when the file does not exist.
 
         `image_id` has passed `unsafe_path_reason` (relative, no `..`); a symlink (in a folder or stored in the
-        zip) that points outside the source raises OutsideManualDataError before anything is opened.
+        zip) that points outside the source (and outside `follow_symlinks`) raises OutsideManualDataError before
+        anything is opened; a file larger than `max_image_bytes` raises ImageRefusedError unread (a zip member:
+        from its header).
         """
         if self.zip_path:
-            z = self._open_zip()
-            info = self._zip_infos.get(self._zip_root + image_id)
-            if info is None:
-                return None
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise OutsideManualDataError(f"{image_id} is a symbolic link inside {self.zip_path}; links are "
-                                             "not followed, store the image itself")
-            return z.read(info)
+            return self._read_member(image_id)
         path = posixpath.join(self.prefix, image_id)
-        if "://" not in path:
+        if not self._remote:
             real = os.path.realpath(path)
-            if os.path.commonpath([real, self._real_root()]) != self._real_root():
-                raise OutsideManualDataError(f"{image_id} resolves to {real}, outside {self.prefix}; it was not read. "
-                                             "Copy the image into the manual dir instead of linking to it")
+            if not any(os.path.commonpath([real, root]) == root for root in (self._real_root(), *self.follow_symlinks)):
+                allowed = f" or {', '.join(self.follow_symlinks)}" if self.follow_symlinks else ""
+                raise OutsideManualDataError(
+                    f"{image_id} resolves to {real}, outside {self.prefix}{allowed}; it was not read. Copy the image "
+                    "into the manual dir, or pass --follow_symlinks with the folder its links lead into")
             path = real
         try:
             with _open(path) as f:
-                return f.read()
-        except (FileNotFoundError, IsADirectoryError, tf.errors.NotFoundError):
+                data = f.read(self.max_image_bytes + 1)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, tf.errors.NotFoundError):
             return None
+        if len(data) > self.max_image_bytes:
+            raise ImageRefusedError("image_too_large", f"the file is larger than the {_mb(self.max_image_bytes)} "
+                                                       "allowed, so it was not read; raise --max_image_bytes")
+        return data
+
+    def _read_member(self, image_id: str) -> bytes | None:
+        z = self._open_zip()
+        info = self._zip_infos.get(self._zip_root + image_id)
+        if info is None or info.is_dir():
+            return None
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise OutsideManualDataError(f"{image_id} is a symbolic link inside {self.zip_path}; links are "
+                                         "not followed, store the image itself")
+        if info.file_size > self.max_image_bytes:
+            raise ImageRefusedError("image_too_large", f"the zip member is {_mb(info.file_size)} uncompressed, more "
+                                                       f"than the {_mb(self.max_image_bytes)} allowed, so it was not "
+                                                       "read; raise --max_image_bytes")
+        try:
+            return z.read(info)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
+            self.check_unchanged()  # bytes that do not match the directory: a zip rewritten in place?
+            raise ImageRefusedError("unreadable_image", f"the zip member does not read ({e})") from None
 
     def crc32(self, image_id: str, data: bytes) -> int:
         """The CRC-32 of an image's bytes as `read_image` gave them: from a zip's directory (reading a member
@@ -200,20 +284,31 @@ class ManualData:
         return self._real_prefix
 
     def fingerprint(self) -> dict:
-        """What identifies this source's content, recorded in the dataset so that a stale rebuild is caught.
+        """What identifies this source's content, recorded in the dataset so that a stale rebuild is caught;
+        computed from the bytes `read_csv_bytes` parsed (it reads the CSV if that was not done yet).
 
-        A zip: the sha256 of its bytes. A local folder: the sha256 of its CSV, plus a digest of the size and
-        modification time of every image the CSV names (a copied folder therefore looks changed: rebuild it).
-        A gs:// folder: the CSV only, since a stat per image would cost a request each.
+        `sha256`: a folder's CSV's sha256; a zip's: the sha256 of its directory (every member's name, size and
+        CRC-32, which reading a member checks its bytes against) and its CSV. A local folder adds
+        `images_sha256`, a digest of the size and modification time of every image the CSV names (a copied
+        folder therefore looks changed: rebuild it). A gs:// folder: the CSV only, since a stat per image would
+        cost a request each.
         """
-        record = {"file": self.source_file, "sha256": _sha256(self.source_file)}
-        if not self.zip_path and "://" not in self.prefix:
-            text = self.read_csv_bytes().decode("utf-8-sig", errors="replace")
+        if self._parsed is None:
+            self.read_csv_bytes()
+        csv_bytes = self._parsed["csv"]
+        if self.zip_path:
+            digest = hashlib.sha256(self._parsed["directory_sha256"].encode() + b"\n" + csv_bytes).hexdigest()
+            return {"file": self.source_file, "sha256": digest}
+        record = {"file": self.source_file, "sha256": self._parsed["sha256"]}
+        if not self._remote:
+            text = csv_bytes.decode("utf-8-sig", errors="replace")
             listing = hashlib.sha256()
             for row in csv.DictReader(io.StringIO(text, newline="")):
                 image_id = (row.get(self.schema.image_column) or "").strip()
-                path = os.path.join(self.prefix, image_id)
-                if image_id and not unsafe_path_reason(image_id) and os.path.isfile(path):
+                if not image_id or unsafe_path_reason(image_id):
+                    continue
+                path = os.path.join(self.prefix, posixpath.normpath(image_id))
+                if os.path.isfile(path):
                     st = os.stat(path)
                     listing.update(f"{image_id}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
             record["images_sha256"] = listing.hexdigest()
@@ -221,11 +316,16 @@ class ManualData:
 
     def __getstate__(self):
         # Beam pickles this into every step that reads images; each worker opens its own zip handle and reads
-        # the zip's directory itself (pickled, the directory grew the job graph by ~100 bytes an image).
+        # the zip's directory itself (pickled, the directory grew the job graph by ~100 bytes an image). What was
+        # parsed travels without the CSV's bytes: its digests are what the workers check against.
         state = dict(self.__dict__)
         state["_zip"] = None
         state.pop("_zip_infos", None)
         state.pop("_zip_root", None)
+        state.pop("_zip_directory", None)
+        state.pop("_zip_stamp", None)
+        if state["_parsed"]:
+            state["_parsed"] = {k: v for k, v in state["_parsed"].items() if k != "csv"}
         return state
 
     def __str__(self) -> str:
@@ -236,32 +336,65 @@ _OPENED_ZIPS: dict[tuple, tuple] = {}
 _OPENED_ZIPS_LOCK = threading.Lock()
 
 
-def _opened_zip(path: str, csv_name: str) -> tuple[zipfile.ZipFile, dict, str]:
-    """The zip opened once per process (and per version of the file), with its members by name and the folder
-    that holds the CSV. Every step that reads images unpickles its own ManualData; reading the directory for
-    each cost ~75 ms of CPU at 28,000 members, several times per build. Concurrent reads of one ZipFile are safe."""
-    stamp = tf.io.gfile.stat(path)
-    key = (path, csv_name, stamp.length, stamp.mtime_nsec)
+def _opened_zip(path: str, csv_name: str) -> tuple[zipfile.ZipFile, dict, str, str, tuple]:
+    """The zip opened once per process (and per version of the file), with its members by name, the folder
+    that holds the CSV, the sha256 of its directory and the file's `_stamp`. Every step that reads images
+    unpickles its own ManualData; reading the directory for each cost ~75 ms of CPU at 28,000 members, several
+    times per build. Concurrent reads of one ZipFile are safe."""
+    stamp = _stamp(path)
+    key = (path, csv_name, stamp)
     with _OPENED_ZIPS_LOCK:
         if key not in _OPENED_ZIPS:
             z = zipfile.ZipFile(_open(path))
             infos = z.infolist()
-            csv_at = next(i.filename for i in infos if i.filename == csv_name or i.filename.endswith("/" + csv_name))
-            _OPENED_ZIPS[key] = z, {i.filename: i for i in infos}, csv_at[: -len(csv_name)]
+            found = _csv_members([i.filename for i in infos], csv_name)
+            if len(found) != 1:
+                z.close()
+                raise ManualDataError(
+                    f"{path} holds {len(found)} files named {csv_name}: {', '.join(found)}; keep the one to read "
+                    "(the build would not know which rows are meant)" if found else
+                    f"{path} holds no {csv_name}; put the CSV in the zip beside its images")
+            listing = hashlib.sha256()
+            for i in infos:
+                listing.update(f"{i.filename}\t{i.file_size}\t{i.CRC}\t{i.header_offset}\n".encode())
+            root = found[0][: -len(csv_name)]
+            _OPENED_ZIPS[key] = z, {i.filename: i for i in infos}, root, listing.hexdigest(), stamp
         return _OPENED_ZIPS[key]
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with _open(path) as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _csv_members(names: list[str], csv_name: str) -> list[str]:
+    return [n for n in names if n == csv_name or n.endswith("/" + csv_name)]
+
+
+def _stamp(path: str) -> tuple:
+    """The file's size and modification time (and inode, locally: a file replaced by a rename is another)."""
+    if "://" in path:
+        st = tf.io.gfile.stat(path)
+        return st.length, st.mtime_nsec
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _link_root(root: str) -> str:
+    if "://" in root or not os.path.isdir(root):
+        raise ManualDataError(f"--follow_symlinks {root}: not a local folder; name the folder the image links lead "
+                              "into")
+    return os.path.realpath(root)
+
+
+def _mb(num_bytes: int) -> str:
+    return f"{num_bytes / 1e6:,.1f} MB"
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def unsafe_path_reason(image_id: str) -> str | None:
-    """Why an image path from the CSV may not be read (it names a file outside the manual data), or None."""
-    if "://" in image_id or image_id.startswith(("/", "\\")) or (len(image_id) > 1 and image_id[1] == ":"):
+    """Why an image path from the CSV may not be read (it names a file outside the manual data), or None.
+
+    A URL (`gs://b/x.jpg`), a path from the root or a drive is absolute; `resized/a://b.jpg` is not (a
+    folder `a:` inside `resized`)."""
+    if _SCHEME.match(image_id) or image_id.startswith(("/", "\\")) or (len(image_id) > 1 and image_id[1] == ":"):
         return "is absolute"
     if ".." in image_id.replace("\\", "/").split("/"):
         return "climbs out with '..'"
@@ -295,25 +428,28 @@ def parse_annotations(csv_bytes: bytes, schema: Schema, source: str = "CSV") -> 
     skipped: list[Skipped] = []
     first_row_of: dict[str, int] = {}
     for row_num, row in enumerate(reader, start=1):
-        image_id = (row.get(schema.image_column) or "").strip()
-        if not image_id:
+        written = (row.get(schema.image_column) or "").strip()
+        if not written:
             skipped.append(Skipped(row_num, "", "missing_image_path",
                                    f"row {row_num}: column {schema.image_column!r} is empty"))
             continue
-        unsafe = unsafe_path_reason(image_id)
+        unsafe = unsafe_path_reason(written)
         if unsafe:
-            skipped.append(Skipped(row_num, image_id, OUTSIDE_REASON,
-                                   f"row {row_num}: image path {image_id!r} {unsafe}; image paths must be relative "
+            skipped.append(Skipped(row_num, written, OUTSIDE_REASON,
+                                   f"row {row_num}: image path {written!r} {unsafe}; image paths must be relative "
                                    f"to the manual dir and stay inside it, so it was not read"))
             continue
-        if image_id in first_row_of:
-            skipped.append(Skipped(row_num, image_id, "duplicate_id",
-                                   f"row {row_num}: image {image_id} already used by row {first_row_of[image_id]}"))
+        image_id = posixpath.normpath(written)  # one file, one id: resized//2.jpg is resized/2.jpg
+        labels, label_errors = _parse_labels(schema, row)
+        if image_id in first_row_of:  # every problem of the row is reported, under the first one's reason
+            same = "" if written == image_id else f" (the same file as {image_id})"
+            also = "".join(f"; also {e}" for e in label_errors)
+            skipped.append(Skipped(row_num, image_id, "duplicate_id", f"row {row_num}: image {written}{same} already "
+                                                                      f"used by row {first_row_of[image_id]}{also}"))
             continue
-        try:
-            labels = {a.name: _parse_label(a, row) for a in schema.attributes}
-        except ValueError as e:
-            skipped.append(Skipped(row_num, image_id, "bad_label", f"row {row_num} ({image_id}): {e}"))
+        if label_errors:
+            skipped.append(Skipped(row_num, image_id, "bad_label", f"row {row_num} ({image_id}): "
+                                                                   + "; ".join(label_errors)))
             continue
         first_row_of[image_id] = row_num
         group = (row.get(schema.group_column) or "").strip() or None if schema.group_column else None
@@ -323,6 +459,17 @@ def parse_annotations(csv_bytes: bytes, schema: Schema, source: str = "CSV") -> 
     return kept, skipped
 
 
+def _parse_labels(schema: Schema, row: dict) -> tuple[dict, list[str]]:
+    """The row's labels by attribute, and what is wrong with each bad one (all of them, not just the first)."""
+    labels, errors = {}, []
+    for a in schema.attributes:
+        try:
+            labels[a.name] = _parse_label(a, row)
+        except ValueError as e:
+            errors.append(str(e))
+    return labels, errors
+
+
 def _parse_label(attr, row: dict):
     if not attr.is_multi_label:
         value = (row.get(attr.column) or "").strip()
@@ -330,12 +477,11 @@ def _parse_label(attr, row: dict):
             raise ValueError(f"{attr.column}={value!r} is not one of {list(attr.classes)}")
         return attr.classes.index(value)
     if attr.columns:
-        bits = []
-        for col in attr.columns:
-            value = (row.get(col) or "").strip()
-            if value not in ("0", "1"):
-                raise ValueError(f"{col}={value!r} must be 0 or 1")
-            bits.append(int(value))
+        values = [(col, (row.get(col) or "").strip()) for col in attr.columns]
+        bad = [f"{col}={value!r}" for col, value in values if value not in ("0", "1")]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} must be 0 or 1")
+        bits = [int(value) for _, value in values]
         return tuple(bits)
     names = [n.strip() for n in (row.get(attr.column) or "").split(attr.delimiter) if n.strip()]
     unknown = [n for n in names if n not in attr.classes]

@@ -35,6 +35,7 @@ from tfds_person_attrs.near_duplicates import NearDuplicateGroups
 from tfds_person_attrs.annotations import (
     OUTSIDE_REASON,
     Annotation,
+    ImageRefusedError,
     ManualData,
     OutsideManualDataError,
     Skipped,
@@ -104,6 +105,7 @@ class ReadAndCheckImages(beam.DoFn):
             quiet_reported_stops()
 
     def process(self, batch: list[Annotation]):
+        self._data.check_unchanged()  # the zip or CSV is still the one parsed (one stat a batch)
         checked = []
         for ann in batch:
             item = yield from self._check(ann)
@@ -124,6 +126,9 @@ class ReadAndCheckImages(beam.DoFn):
         except OutsideManualDataError as e:
             yield from self._skip(ann, OUTSIDE_REASON, f"row {ann.row}: {e}")
             return None
+        except ImageRefusedError as e:
+            yield from self._skip(ann, e.reason, f"row {ann.row}: {ann.image_id}: {e}")
+            return None
         if data is None:
             yield from self._skip(ann, "missing_image", f"row {ann.row}: image file {ann.image_id} not found in {self._data}")
             return None
@@ -134,7 +139,8 @@ class ReadAndCheckImages(beam.DoFn):
             return None
         if checked.converted_from:
             self._converted.inc()
-            Metrics.counter(NAMESPACE, f"converted_{checked.converted_from}").inc()
+            for reason in checked.converted_from.split("+"):
+                Metrics.counter(NAMESPACE, f"converted_{reason}").inc()
         converted = checked.jpeg if checked.converted_from else None
         return CheckedImage(ann, checked.signature, self._data.crc32(ann.image_id, data), len(checked.jpeg), checked.converted_from,
                             converted)
@@ -161,7 +167,7 @@ class ClassCounts(beam.CombineFn):
 
     def create_accumulator(self):
         return {"class_counts": {}, "split_sizes": collections.Counter(), "converted": collections.Counter(),
-                "converted_examples": {}, "shared_groups": collections.Counter(), "single_groups": 0}
+                "converted_images": 0, "converted_examples": {}, "shared_groups": collections.Counter(), "single_groups": 0}
 
     def add_input(self, acc, batch):
         for element in batch:
@@ -182,11 +188,13 @@ class ClassCounts(beam.CombineFn):
                 counts[a.name] = [c + b for c, b in zip(counts[a.name], label)]
             else:
                 counts[a.name][label] += 1
-        if item.converted_from:
-            acc["converted"][item.converted_from] += 1
-            ex = acc["converted_examples"].setdefault(item.converted_from, [])
-            if len(ex) < _EXAMPLES_PER_REASON:
-                ex.append({"row": item.annotation.row, "id": item.annotation.image_id})
+        if item.converted_from:  # an image counts once in "images", and under each of its reasons
+            acc["converted_images"] += 1
+            for reason in item.converted_from.split("+"):
+                acc["converted"][reason] += 1
+                ex = acc["converted_examples"].setdefault(reason, [])
+                if len(ex) < _EXAMPLES_PER_REASON:
+                    ex.append({"row": item.annotation.row, "id": item.annotation.image_id})
 
     def merge_accumulators(self, accs):
         out = self.create_accumulator()
@@ -197,6 +205,7 @@ class ClassCounts(beam.CombineFn):
                     tgt[k] = [a + b for a, b in zip(tgt[k], v)]
             out["split_sizes"].update(acc["split_sizes"])
             out["converted"].update(acc["converted"])
+            out["converted_images"] += acc["converted_images"]
             out["shared_groups"].update(acc["shared_groups"])
             out["single_groups"] += acc["single_groups"]
             for reason, ex in acc["converted_examples"].items():
@@ -209,7 +218,7 @@ class ClassCounts(beam.CombineFn):
         if acc["single_groups"]:
             sizes[1] += acc["single_groups"]
         return {"class_counts": acc["class_counts"], "split_sizes": dict(acc["split_sizes"]),
-                "converted": dict(acc["converted"]),
+                "converted": dict(acc["converted"]), "converted_images": acc["converted_images"],
                 "converted_examples": acc["converted_examples"], "group_sizes": dict(sizes)}
 
 
@@ -230,7 +239,8 @@ def build_summary(csv_rows: int, csv_skipped: list[Skipped], image_skipped: list
         "splits": dict(sorted(split_counts.items())),
         "skipped_by_reason": {r: len(v) for r, v in sorted(by_reason.items())},
         "skipped_examples": {r: [dataclasses.asdict(s) for s in v[:_EXAMPLES_PER_REASON]] for r, v in sorted(by_reason.items())},
-        "converted": stats["converted"],
+        "converted_images": stats["converted_images"],  # re-encoded images; each counts under every reason:
+        "converted": stats["converted"],  # png, grayscale, cmyk, png_16bit, ..., rotated (EXIF orientation)
         "converted_examples": stats["converted_examples"],
         "groups": {"count": sum(group_sizes.values()),
                    "multi_image_groups": sum(n for size, n in group_sizes.items() if size > 1),

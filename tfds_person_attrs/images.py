@@ -4,7 +4,9 @@ Every image goes through `inspect_image` once in the Beam job. A JPEG is decoded
 scaling (PIL's `draft`), which still reads the whole entropy-coded stream, so truncated or corrupt
 files fail here, but costs a fraction of a full decode. The same small grayscale picture gives the
 signature (see `signature`). Images that are not RGB JPEG (PNG, grayscale, CMYK, ...) are converted to
-RGB JPEG and the conversion is reported; the bytes of RGB JPEGs are kept exactly as they came.
+RGB JPEG and the conversion is reported; so are images whose EXIF orientation says they are stored sideways or
+mirrored (turned upright first, "rotated"), and high-bit-depth images are scaled to 8 bits, not clipped. The
+bytes of upright RGB JPEGs are kept exactly as they came.
 
     python -m tfds_person_attrs.images path/to/a.jpg   # prints the verdict and the signature's first values
 """
@@ -15,10 +17,11 @@ import dataclasses
 import io
 import re
 import sys
+import threading
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # A row or column of the thumbnail is letterbox padding when it is both dark and flat: a dark but textured
 # row is picture (a rule on darkness alone cut dark photos differently after a 10% brightness change).
@@ -41,6 +44,8 @@ _WEIGHTS = np.ones((SIGNATURE_SIDE, SIGNATURE_SIDE))
 _WEIGHTS[0, :], _WEIGHTS[:, 0] = 0.25, 0.5
 _WEIGHTS = _WEIGHTS.reshape(-1)[1:]
 _DCT_CACHE: dict[int, np.ndarray] = {}
+_ORIENTATION_TAG = 0x0112  # EXIF: 1 upright, 2-8 mirrored and/or rotated (see trainer/input/exif_orientation.py)
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
 class BadImageError(ValueError):
@@ -57,7 +62,8 @@ class InspectedImage:
     signature: np.ndarray  # float16 [SIGNATURE_SIZE], unit length: see `signature`
     width: int
     height: int
-    converted_from: str | None = None  # "png", "grayscale", "cmyk", ... when the bytes were re-encoded
+    # "png", "grayscale", "cmyk", "png_16bit", "rotated", ... when the bytes were re-encoded; several joined by "+"
+    converted_from: str | None = None
 
 
 def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> InspectedImage:
@@ -68,13 +74,12 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Inspecte
     if not data:
         raise BadImageError("unreadable_image", "the file is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below says it per image
-            im = Image.open(io.BytesIO(data))
+        im = _open_within(data, max_pixels)
         fmt, mode, size = im.format, im.mode, im.size
         if size[0] * size[1] > max_pixels:
             raise _too_large(size, max_pixels)
-        if fmt == "JPEG" and mode == "RGB":
+        upright = _orientation(im) not in range(2, 9)
+        if fmt == "JPEG" and mode == "RGB" and upright:
             im.draft("L", (max(1, size[0] * _THUMB_SIDE // max(size)), max(1, size[1] * _THUMB_SIDE // max(size))))
             im.load()
             return InspectedImage(jpeg=data, signature=signature(im), width=size[0], height=size[1])
@@ -82,21 +87,70 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Inspecte
     except BadImageError:
         raise
     except Image.DecompressionBombError as e:
-        # PIL refuses twice its own limit inside Image.open, before the size can be read from the image.
-        pixels = re.search(r"\((\d+) pixels\)", str(e))
-        raise _too_large(int(pixels.group(1)) if pixels else None, max_pixels) from None
+        # Over twice the limit _open_within set (or a later frame over PIL's own, in a GIF): the sizes PIL gives.
+        pixels = [int(n) for n in re.findall(r"(\d+) pixels", str(e))]  # [the image's, the limit]
+        raise _too_large(pixels[0] if pixels else None, pixels[1] if len(pixels) > 1 else max_pixels) from None
     except UnidentifiedImageError:
         raise BadImageError("unreadable_image", "not an image file PIL can identify (corrupt or not an image)") from None
     except (OSError, SyntaxError, ValueError) as e:
         # PIL raises OSError("image file is truncated ...") for cut-off files and SyntaxError for bad headers.
         raise BadImageError("unreadable_image", f"the image does not decode: {e}") from None
-    converted_from = _conversion_reason(fmt, mode)
-    rgb = im.convert("RGB") if mode != "P" else im.convert("RGBA").convert("RGB")
+    reasons = [] if fmt == "JPEG" and mode == "RGB" else [_conversion_reason(fmt, mode)]
+    if not upright:
+        im = ImageOps.exif_transpose(im)
+        reasons.append("rotated")
+    rgb = to_rgb(im)
     out = io.BytesIO()
     rgb.save(out, format="JPEG", quality=_CONVERTED_QUALITY)
-    return InspectedImage(
-        jpeg=out.getvalue(), signature=signature(rgb), width=size[0], height=size[1], converted_from=converted_from
-    )
+    return InspectedImage(jpeg=out.getvalue(), signature=signature(rgb), width=rgb.size[0], height=rgb.size[1],
+                          converted_from="+".join(reasons))
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag, 1 when absent or unreadable: a broken EXIF block does not make a bad image
+    (TensorFlow's reader, trainer/input/exif_orientation.py, also takes it as upright)."""
+    try:
+        return int(im.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # noqa: BLE001 - PIL's EXIF parser raises many types on malformed blocks
+        return 1
+
+
+def _open_within(data: bytes, max_pixels: int) -> Image.Image:
+    """Image.open with PIL's own decompression-bomb limit raised to `max_pixels` where that is higher (PIL refuses
+    twice its limit inside open, before the caller can read the size), so that the caller's limit is the one that
+    holds and its message gives the real size."""
+    with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the caller's check says it per image
+        before = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max(before or 0, max_pixels) or None
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
+_EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An 8-bit RGB picture of any PIL image: palettes through RGBA, high-bit-depth grey (I;16*, I, F) scaled
+    to 0..255 rather than clipped by PIL's convert (a 16-bit PNG would become a white block)."""
+    if im.mode in _EIGHT_BIT_MODES:
+        return im.convert("RGB") if im.mode != "P" else im.convert("RGBA").convert("RGB")
+    values = np.asarray(im).astype(np.float64)
+    if im.mode.startswith("I;16"):
+        scaled = values / 257.0  # 65535 -> 255
+    elif im.mode == "F" and values.size and 0.0 <= values.min() and values.max() <= 1.0:
+        scaled = values * 255.0  # floats in 0..1
+    elif values.size and 0 <= values.min() and values.max() <= 255:
+        scaled = values  # 8-bit values stored wide
+    elif values.size and 0 <= values.min() and values.max() <= 65535 and im.mode == "I":
+        scaled = values / 257.0  # 16-bit values stored as 32-bit integers (how PIL gives some 16-bit PNGs)
+    else:
+        low, high = (values.min(), values.max()) if values.size else (0.0, 1.0)
+        scaled = (values - low) * (255.0 / max(high - low, 1e-12))  # any other range: stretched to 0..255
+    gray = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+    return gray.convert("RGB")
 
 
 def _too_large(size: tuple[int, int] | int | None, max_pixels: int) -> BadImageError:
@@ -108,9 +162,13 @@ def _too_large(size: tuple[int, int] | int | None, max_pixels: int) -> BadImageE
                                             "allowed; shrink it, or raise --max_image_pixels")
 
 
+_DEPTHS = {"I": "32bit", "F": "float", "I;16": "16bit", "I;16B": "16bit", "I;16L": "16bit", "I;16N": "16bit"}
+
+
 def _conversion_reason(fmt: str | None, mode: str) -> str:
     if fmt != "JPEG":
-        return (fmt or "unknown").lower()
+        depth = _DEPTHS.get(mode)
+        return (fmt or "unknown").lower() + (f"_{depth}" if depth else "")
     return {"L": "grayscale", "LA": "grayscale", "1": "grayscale", "CMYK": "cmyk", "YCbCr": "ycbcr"}.get(mode, mode.lower())
 
 

@@ -205,6 +205,6 @@ def split_info(name: str, template: naming.ShardedFileTemplate) -> splits.SplitI
     info = json.loads(path.read_text())
     path.unlink()
     if not info["shard_lengths"]:
-        raise ValueError(f"split {name!r} got no examples: each of its images was skipped (see build_skipped.csv)")
+        raise ValueError(f"split {name!r} got no examples: each of its images was skipped")
     return splits.SplitInfo(name=name, shard_lengths=info["shard_lengths"], num_bytes=info["total_size"],
                             filename_template=template)

@@ -27,9 +27,11 @@ from tensorflow_datasets.core import split_builder
 from tfds_person_attrs import beam_transforms as bt
 from tfds_person_attrs import grouping, shard_writer
 from tfds_person_attrs.annotations import (
+    DEFAULT_MAX_IMAGE_BYTES,
     Annotation,
     ManualData,
     ManualDataError,
+    SourceChangedError,
     StrictModeError,
     batch_from_json,
     batches_to_jsonl,
@@ -41,6 +43,7 @@ from tfds_person_attrs.schema import BUILTIN_SCHEMAS, HVC, Schema, schema_from_d
 SUMMARY_FILE = "build_summary.json"
 SKIPPED_FILE = "build_skipped.csv"
 ANNOTATIONS_FILE = "build_rows.jsonl"  # the validated rows handed to the workers; removed after the build
+FAILED_SUFFIX = ".failed"  # <version>.failed/ beside the dataset: the summary and skipped rows of a build that stopped
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -68,12 +71,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     )
 
     def __init__(self, *, strict: bool = False, max_image_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES, follow_symlinks: tuple[str, ...] = (),
                  manual_source: str | None = None, **kwargs):
         """manual_source: the zip or folder to read, when it is not TFDS's manual dir itself (TFDS takes folders
-        only, so a named zip comes here and its folder goes to TFDS)."""
+        only, so a named zip comes here and its folder goes to TFDS); follow_symlinks: folders that symbolic
+        links of a local manual folder may lead into."""
         self._strict = strict
         self._max_image_pixels = max_image_pixels
+        self._max_image_bytes = max_image_bytes
+        self._follow_symlinks = tuple(follow_symlinks)
         self._manual_source = manual_source
+        self._source: ManualData | None = None
         super().__init__(**kwargs)
 
     @property
@@ -98,7 +106,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         )
 
     def _manual_data(self, dl_manager) -> ManualData:
-        return ManualData(self._manual_source or str(dl_manager.manual_dir), self.schema)
+        """The build's one ManualData: the rows, the fingerprint and every image read come from what it parsed."""
+        if self._source is None:
+            self._source = ManualData(self._manual_source or str(dl_manager.manual_dir), self.schema,
+                                      follow_symlinks=self._follow_symlinks, max_image_bytes=self._max_image_bytes)
+        return self._source
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager, pipeline):
         cfg = self.builder_config.recipe
@@ -160,7 +172,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _config_record(self) -> dict:
         return {"schema": self.schema.name, **self.builder_config.recipe.record(),
-                "max_image_pixels": self._max_image_pixels}
+                "max_image_pixels": self._max_image_pixels, "max_image_bytes": self._max_image_bytes,
+                "follow_symlinks": list(self._follow_symlinks)}
 
     def _process_pipeline_result(self, pipeline_result) -> None:
         ours = beam.metrics.MetricsFilter().with_namespace(bt.NAMESPACE)
@@ -175,7 +188,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         sha256), read back from the summary it wrote. This override stays: TFDS has no public hook that runs after
         the pipeline and before dataset_info.json is written, and the counts must be in dataset_info so that a
         trainer reading only the built dataset gets them."""
-        super()._download_and_prepare(dl_manager, download_config)
+        try:
+            super()._download_and_prepare(dl_manager, download_config)
+            self._manual_data(dl_manager).check_content_unchanged()
+        except BaseException as e:
+            kept = _keep_build_report(str(self.data_dir))
+            if kept and type(e) in (ValueError, ManualDataError, SourceChangedError):
+                raise type(e)(f"{e}; the summary and every skipped row are in {kept}") from None
+            raise
         tf.io.gfile.remove(posixpath.join(str(self.data_dir), ANNOTATIONS_FILE))
         with tf.io.gfile.GFile(posixpath.join(str(self.data_dir), SUMMARY_FILE)) as f:
             summary = json.load(f)
@@ -186,6 +206,21 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "source_sha256": summary["source"]["sha256"],
         })
         _remove_abandoned_builds(str(self.data_dir))
+
+
+def _keep_build_report(building_dir: str) -> str | None:
+    """Copies the summary and skipped rows of a build that stopped to <version>.failed/ beside the dataset (TFDS
+    deletes the folder it was building); returns that folder, or None when the build stopped before writing
+    them. The next successful build of the version removes it."""
+    names = [n for n in (SUMMARY_FILE, SKIPPED_FILE) if tf.io.gfile.exists(posixpath.join(building_dir, n))]
+    if not names:
+        return None
+    parent, own = posixpath.split(building_dir.rstrip("/"))  # incomplete.<random>_<version>
+    kept = posixpath.join(parent, own.rsplit("_", 1)[-1] + FAILED_SUFFIX)
+    tf.io.gfile.makedirs(kept)
+    for n in names:
+        tf.io.gfile.copy(posixpath.join(building_dir, n), posixpath.join(kept, n), overwrite=True)
+    return kept
 
 
 def _write_summary(summary: dict, out_dir: str, source: dict) -> None:
@@ -237,7 +272,8 @@ def _remove_abandoned_builds(building_dir: str) -> None:
     version = own.rsplit("_", 1)[-1]
     for name in tf.io.gfile.listdir(parent):
         name = name.rstrip("/")
-        if name.startswith("incomplete.") and name.endswith("_" + version) and name != own:
+        if (name.startswith("incomplete.") and name.endswith("_" + version) and name != own) or \
+                name == version + FAILED_SUFFIX:
             tf.io.gfile.rmtree(posixpath.join(parent, name))
             logging.info("person_attrs: removed %s, left by an interrupted build", posixpath.join(parent, name))
 
