@@ -89,7 +89,9 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Inspecte
     except Image.DecompressionBombError as e:
         # Over twice the limit _open_within set (or a later frame over PIL's own, in a GIF): the sizes PIL gives.
         pixels = [int(n) for n in re.findall(r"(\d+) pixels", str(e))]  # [the image's, the limit]
-        raise _too_large(pixels[0] if pixels else None, pixels[1] if len(pixels) > 1 else max_pixels) from None
+        size = pixels[0] if pixels else None
+        over_ours = size is None or size > max_pixels or len(pixels) < 2
+        raise _too_large(size, max_pixels if over_ours else pixels[1]) from None
     except UnidentifiedImageError:
         raise BadImageError("unreadable_image", "not an image file PIL can identify (corrupt or not an image)") from None
     except (OSError, SyntaxError, ValueError) as e:
