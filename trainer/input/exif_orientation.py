@@ -26,13 +26,15 @@ def _bytes_at(data: tf.Tensor, pos: tf.Tensor, n: int) -> tf.Tensor:
     start = tf.clip_by_value(tf.cast(pos, tf.int32), 0, size)
     raw = tf.io.decode_raw(tf.strings.substr(data, start, n), tf.uint8)
     raw = tf.cond(pos < 0, lambda: raw[:0], lambda: raw)
-    return tf.cast(tf.pad(raw, [[0, n - tf.shape(raw)[0]]]), tf.int64)
+    return tf.reshape(tf.cast(tf.pad(raw, [[0, n - tf.shape(raw)[0]]]), tf.int64), [n])
 
 
 def _uint(b: tf.Tensor, little: tf.Tensor) -> tf.Tensor:
     """The unsigned integer of the bytes along the last axis, in the given byte order."""
-    weights = tf.constant([256**i for i in range(b.shape[-1])], tf.int64)
-    return tf.where(little, tf.reduce_sum(b * weights, -1), tf.reduce_sum(b * weights[::-1], -1))
+    n = b.shape[-1]
+    low_first = tf.constant([256**i for i in range(n)], tf.int64)
+    high_first = tf.constant([256 ** (n - 1 - i) for i in range(n)], tf.int64)
+    return tf.where(little, tf.reduce_sum(b * low_first, -1), tf.reduce_sum(b * high_first, -1))
 
 
 def jpeg_orientation(jpeg_bytes: tf.Tensor) -> tf.Tensor:
