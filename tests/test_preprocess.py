@@ -6,15 +6,38 @@ since each Beam build costs seconds; CSV-level failures stop before Beam and are
 
 from __future__ import annotations
 
+import io
 import json
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from pipeline import preprocess
+from pipeline.summary import format_summary
 from tests import data_fixtures as fx
 
 N_REAL = 40
+_SIDEWAYS = 6  # EXIF orientation: stored turned 90 degrees counter-clockwise, shown turned clockwise
+
+
+def _phone_photo(upright: bytes) -> bytes:
+    """A real image stored sideways with EXIF orientation 6, as a phone writes a portrait photo."""
+    exif = Image.Exif()
+    exif[0x0112] = _SIDEWAYS
+    out = io.BytesIO()
+    Image.open(io.BytesIO(upright)).transpose(Image.Transpose.ROTATE_90).save(out, "JPEG", quality=95,
+                                                                              exif=exif.tobytes())
+    return out.getvalue()
+
+
+def _png_16bit() -> bytes:
+    """A 16-bit grayscale PNG ramp over the whole range (clipped to 8 bits it would be mostly white)."""
+    y, x = np.mgrid[0:96, 0:64]
+    out = io.BytesIO()
+    Image.fromarray((x * 600 + y * 280).astype(np.uint16)).save(out, "PNG")
+    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +56,8 @@ def messy(tmp_path_factory):
         "planted/png.png": fx.encoded("RGB", "PNG"),
         "planted/gray.jpg": fx.encoded("L"),
         "planted/cmyk.jpg": fx.encoded("CMYK", seed=1),
+        "planted/phone.jpg": _phone_photo(second),
+        "planted/gray16.png": _png_16bit(),
     }
     (src / "planted").mkdir()
     for name, data in planted.items():
@@ -52,8 +77,8 @@ def test_every_row_is_written_or_skipped_with_its_reason(messy):
     assert summary["accounted"] and summary["written"] + summary["skipped"] == n_rows
     assert summary["skipped_by_reason"] == {"bad_label": 1, "duplicate_id": 2, "missing_image": 5,
                                             "unreadable_image": 2}
-    # 40 real + 2 near-duplicates + 3 converted
-    assert summary["written"] == N_REAL + 5
+    # 40 real + 2 near-duplicates + 5 converted
+    assert summary["written"] == N_REAL + 7
     assert sum(summary["splits"].values()) == summary["written"]
     on_disk = json.loads((ds_dir / "build_summary.json").read_text())
     assert on_disk["skipped_by_reason"] == summary["skipped_by_reason"]
@@ -73,15 +98,24 @@ def test_skip_messages_name_the_row_and_file(messy):
     assert "already used by row 4" in dup["message"]
 
 
-def test_png_grayscale_and_cmyk_are_converted_and_reported(messy):
+def test_png_grayscale_cmyk_16bit_and_sideways_are_converted_and_reported(messy):
     summary, ds_dir, _ = messy
-    assert summary["converted"] == {"png": 1, "grayscale": 1, "cmyk": 1}
+    assert summary["converted"] == {"png": 1, "grayscale": 1, "cmyk": 1, "rotated": 1, "png_16bit": 1}
+    assert summary["converted_images"] == 5
+    assert "turned upright by its EXIF orientation: 1" in format_summary(summary)
     builder = tfds.builder_from_directory(str(ds_dir))
     ds = builder.as_dataset("train").concatenate(builder.as_dataset("validation"))
     ds = ds.concatenate(builder.as_dataset("test"))
-    shapes = {ex["id"].numpy().decode(): ex["image"].shape for ex in ds}
-    for name in ("planted/png.png", "planted/gray.jpg", "planted/cmyk.jpg"):
-        assert shapes[name] == (96, 64, 3)
+    images = {ex["id"].numpy().decode(): ex["image"].numpy() for ex in ds}
+    for name in ("planted/png.png", "planted/gray.jpg", "planted/cmyk.jpg", "planted/gray16.png"):
+        assert images[name].shape == (96, 64, 3)
+    # Stored as a viewer shows them: the phone photo upright (as the image it was made from), the 16-bit ramp
+    # scaled to 8 bits; mean errors on 0..255, within one or two JPEG encodes.
+    source = ds_dir.parents[3] / "manual"
+    upright = np.asarray(Image.open(source / "resized" / "10.jpg").convert("RGB"), np.float64)
+    assert np.abs(images["planted/phone.jpg"] - upright).mean() < 3.0
+    ramp = np.asarray(Image.open(io.BytesIO(_png_16bit())), np.float64) / 257.0
+    assert np.abs(images["planted/gray16.png"][..., 0] - ramp).mean() < 3.0
 
 
 def test_valid_jpegs_are_stored_as_read_and_others_as_new_jpegs(messy):
@@ -92,8 +126,8 @@ def test_valid_jpegs_are_stored_as_read_and_others_as_new_jpegs(messy):
     for split in ("train", "validation", "test"):
         for ex in builder.as_dataset(split, decoders={"image": tfds.decode.SkipDecoding()}):
             stored[ex["id"].numpy().decode()] = ex["image"].numpy()
-    assert len(stored) == N_REAL + 5
-    converted = {"planted/png.png", "planted/gray.jpg", "planted/cmyk.jpg"}
+    assert len(stored) == N_REAL + 7
+    converted = {"planted/png.png", "planted/gray.jpg", "planted/cmyk.jpg", "planted/phone.jpg", "planted/gray16.png"}
     for image_id, data in stored.items():
         original = (source / image_id).read_bytes()
         if image_id in converted:

@@ -132,6 +132,7 @@ class ManualData:
         self._zip: zipfile.ZipFile | None = None
         self._real_prefix: str | None = None
         self._parsed: dict | None = None  # what read_csv_bytes read: {"stamp", "sha256", "directory_sha256"}
+        self._fresh = False  # read the zip's directory again rather than take this process's copy
 
     @staticmethod
     def _find(location: str, csv_name: str) -> tuple[str | None, str]:
@@ -177,7 +178,7 @@ class ManualData:
 
     def _open_zip(self) -> zipfile.ZipFile:
         if self._zip is None:
-            z, infos, root, directory_sha256, stamp = _opened_zip(self.zip_path, self.schema.csv_name)
+            z, infos, root, directory_sha256, stamp = _opened_zip(self.zip_path, self.schema.csv_name, self._fresh)
             if self._parsed and directory_sha256 != self._parsed["directory_sha256"]:
                 raise SourceChangedError(self._changed("its directory (the names, sizes and CRC-32s of its members) "
                                                        "is not the one parsed"))
@@ -212,11 +213,14 @@ class ManualData:
         build, so that no dataset records a fingerprint of data it did not read."""
         again = ManualData(self.location, self.schema, follow_symlinks=self.follow_symlinks,
                            max_image_bytes=self.max_image_bytes)
+        again._fresh = True  # a file replaced with its size and time kept (or a store without times) is caught too
         again.read_csv_bytes()
         now, then = again.fingerprint(), self.fingerprint()
         if now != then:
-            what = "its CSV" if now["sha256"] != then["sha256"] else (
-                "its directory" if self.zip_path else "the size or time of an image it names")
+            if again._parsed["sha256"] != self._parsed["sha256"]:
+                what = "its CSV"
+            else:
+                what = "its directory" if self.zip_path else "the size or time of an image it names"
             raise SourceChangedError(self._changed(f"{what} differs from what the build parsed"))
 
     def _changed(self, what: str) -> str:
@@ -336,15 +340,16 @@ _OPENED_ZIPS: dict[tuple, tuple] = {}
 _OPENED_ZIPS_LOCK = threading.Lock()
 
 
-def _opened_zip(path: str, csv_name: str) -> tuple[zipfile.ZipFile, dict, str, str, tuple]:
+def _opened_zip(path: str, csv_name: str, fresh: bool = False) -> tuple[zipfile.ZipFile, dict, str, str, tuple]:
     """The zip opened once per process (and per version of the file), with its members by name, the folder
     that holds the CSV, the sha256 of its directory and the file's `_stamp`. Every step that reads images
     unpickles its own ManualData; reading the directory for each cost ~75 ms of CPU at 28,000 members, several
-    times per build. Concurrent reads of one ZipFile are safe."""
+    times per build. Concurrent reads of one ZipFile are safe. `fresh`: read the directory again, whatever the
+    file's stamp says."""
     stamp = _stamp(path)
     key = (path, csv_name, stamp)
     with _OPENED_ZIPS_LOCK:
-        if key not in _OPENED_ZIPS:
+        if fresh or key not in _OPENED_ZIPS:
             z = zipfile.ZipFile(_open(path))
             infos = z.infolist()
             found = _csv_members([i.filename for i in infos], csv_name)
