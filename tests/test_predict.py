@@ -98,3 +98,19 @@ def test_tensorflows_decode_error_is_given_with_its_cause():
                                       'last):\n  File "p.py", line 6, in f\n\nInvalid PNG. Failed to initialize '
                                       'decoder.\n\t [[{{node x}}]] [Op:__inference_f_162]') == \
         "Invalid PNG. Failed to initialize decoder."
+
+
+def test_csv_cells_that_look_like_formulas_are_written_as_text(exported, folder, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """An image named like a formula is a quoted cell, not a live HYPERLINK, when the CSV opens in a spreadsheet."""
+    _, _, model_dir = exported
+    name = '=HYPERLINK("http:evil.example")-1.jpg'
+    (tmp_path / name).write_bytes(letterboxed_jpeg(1))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "p.csv"
+    assert predict.main(["--model", model_dir, name, "--format", "csv", "--out", str(out)]) == 0
+    capsys.readouterr()
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert rows[0]["path"] == "'" + name
+    from tfds_person_attrs.csv_cells import original
+
+    assert original(rows[0]["path"]) == name
