@@ -142,9 +142,11 @@ def places(tmp_path_factory):
     (root / "notes").mkdir()
     (root / "notes" / "readme.txt").write_text("no images here")
     (root / "one.jpg").write_bytes(fx.encoded("RGB"))
+    (root / "a_file").write_text("a file where a folder is expected")
     manual = fx.write_real_slice(root / "manual", 3)
     return {"missing": str(root / "missing"), "empty": str(root / "empty"), "notes": str(root / "notes"),
-            "image": str(root / "one.jpg"), "manual": str(manual), "tmp": str(root)}
+            "image": str(root / "one.jpg"), "manual": str(manual), "tmp": str(root),
+            "file": str(root / "a_file")}
 
 
 VERTEX = ["--image", "img", "--data_dir", "gs://b/d", "--job_dir", "gs://b/j"]
@@ -158,6 +160,13 @@ USER_ERRORS = [
     ("trainer.task", ["--config", "{missing}.yaml"], "{missing}.yaml"),
     ("trainer.task", ["--config", "smoke", "--job_dir", "{tmp}/j"], "--data_dir"),
     ("trainer.task", ["--config", "smoke", "--data_dir", "{missing}", "--job_dir", "{tmp}/j"], "{missing}"),
+    ("trainer.task", ["--config", "smoke", "--data_dir", "{empty}", "--job_dir", "{file}"],
+     "--job_dir {file} is a file, not a folder"),
+    ("trainer.task", ["--config", "smoke", "--data_dir", "{empty}", "--job_dir", "{file}/run"],
+     "--job_dir {file}/run is under {file}, which is a file"),
+    ("trainer.evaluate", ["--model", "{empty}", "--out", "{file}/eval"], "--out {file}/eval is under {file}"),
+    ("trainer.evaluate", ["--model", "{empty}", "--out", "{file}"], "--out {file} is a file"),
+    ("trainer.export", ["--job_dir", "{empty}", "--export_dir", "{file}/model"], "--export_dir {file}/model is under"),
     ("trainer.evaluate", ["--model", "{missing}"], "{missing}"),
     ("trainer.evaluate", ["--model", "{empty}"], "no model in {empty}"),
     ("trainer.evaluate", ["--model", "{empty}", "--batch_size", "0"], "--batch_size"),

@@ -255,6 +255,21 @@ def _main_prog() -> str | None:
     return f"python -m {spec.name}" if spec is not None and spec.name else None
 
 
+def check_folder_path(path: str, flag: str) -> None:
+    """UserError when the folder `path` (given with `flag`) is a file or lies under one, so that it cannot be
+    created; checked before any work starts. Local paths only: on gs:// a folder is a name prefix, never blocked."""
+    if not path or "://" in path:
+        return
+    here = os.path.abspath(path)
+    while not os.path.exists(here):  # the nearest part of the path that exists decides
+        if os.path.dirname(here) == here:
+            return
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        where = "is a file" if here == os.path.abspath(path) else f"is under {here}, which is a file"
+        raise UserError(f"{flag} {path} {where}, not a folder; pass a folder path (created if missing)")
+
+
 def positive_int(text: str) -> int:
     """argparse type: an int >= 1."""
     try:

@@ -144,6 +144,7 @@ def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | N
              embed: bool = False, flip_tta: bool = False, choose_thresholds: bool = False) -> dict[str, Any]:
     """Loads, checks, predicts, scores, writes metrics.json and the report; returns the metrics dict."""
     t0 = time.time()
+    cli.check_folder_path(out_dir, "--out")
     model = eval_model.load(model_path, data_dir, flip_tta)
     if choose_thresholds:
         _check_can_choose(model, split)

@@ -124,6 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--flip_tta", action="store_true",
                    help="serve the average of each image's and its mirror's probabilities (as evaluate --flip_tta)")
     args = p.parse_args(argv)
+    cli.check_folder_path(args.export_dir, "--export_dir")
     from trainer.evaluation import eval_model
     from trainer.input.data import dataset_dir, dataset_info
     from trainer.jobdir.paths import job_paths

@@ -35,6 +35,7 @@ def main(argv=None) -> int:
         print(__doc__)
         return 0
     config = load_config(argv)
+    cli.check_folder_path(config.train.job_dir, "--job_dir")
     task = cluster.from_env()
     cluster.check_port_free(task)
     # Imported after the checks above so that bad input fails in a second, not after TensorFlow's start-up.
