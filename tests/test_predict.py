@@ -26,6 +26,7 @@ def folder(tmp_path_factory):
     (d / "d_corrupt.jpg").write_bytes(b"this is not an image at all" * 10)
     jpeg = letterboxed_jpeg(3)
     (d / "e_truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])  # PIL opens the header; the scan data is cut
+    (d / "f_empty.jpg").write_bytes(b"")
     (d / "notes.txt").write_text("not an image, ignored with a note")
     return d
 
@@ -41,7 +42,12 @@ def test_folder_with_bad_files(exported, folder, capsys):  # noqa: F811
     # each unreadable file with the reason, not just "could not decode"
     assert "d_corrupt.jpg: unreadable image (not an image: no format Pillow recognises)" in err
     assert "e_truncated.jpg: unreadable image (truncated: the file ends before its image data does" in err
-    assert "predicted 3 image(s); 2 problem(s)" in err
+    from tfds_person_attrs.images import BadImageError, inspect_image
+
+    with pytest.raises(BadImageError) as build:
+        inspect_image(b"")
+    assert f"f_empty.jpg: unreadable image ({build.value})" in err and "the file is empty" in err  # as the build
+    assert "predicted 3 image(s); 3 problem(s)" in err
     r = rows[0]
     assert r["age"] in SCHEMA["age"].classes and 0 <= r["age_prob"] <= 1
     assert set(r["tags_probs"]) == {"hat", "bag", "coat"}

@@ -66,6 +66,10 @@ def read_as_jpeg(path: str) -> bytes:
 
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
+    if not data:
+        from tfds_person_attrs.images import inspect_image
+
+        inspect_image(data)  # the dataset build's own check of an empty file, so both say it the same way
     with Image.open(io.BytesIO(data)) as im:  # raises on a file that is not an image at all
         im.load()  # decodes every pixel: a truncated or corrupt file fails here, with Pillow's reason
         if im.format == "JPEG":
@@ -79,6 +83,10 @@ def unreadable_reason(error: Exception) -> str:
     """Why Pillow could not read a file, in words."""
     from PIL import UnidentifiedImageError
 
+    from tfds_person_attrs.images import BadImageError
+
+    if isinstance(error, BadImageError):  # the build's wording for the same file
+        return str(error)
     if isinstance(error, UnidentifiedImageError):
         return "not an image: no format Pillow recognises"
     text = str(error)
