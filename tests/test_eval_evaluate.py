@@ -328,3 +328,37 @@ def test_evaluate_and_export_refuse_an_out_of_range_threshold_in_one_line(job_di
     assert cli.run(evaluate.main, ["--model", own, "--data_dir", data_dir, "--split", "validation",
                                    "--choose_thresholds", "--max_images", "2", "--no-tensorboard"]) == 0
     assert thresholds.read(own, trainer_fixtures.MULTI_SCHEMA).split == "validation"
+
+
+def test_results_go_to_stdout_diagnostics_to_stderr_for_export_evaluate_and_predict(job_dir, tmp_path, capfd):
+    """What a script reads (export's folder, evaluate's table and files, predict's rows) is stdout; notes, the
+    summary and errors are stderr, with no library chatter ("INFO:tensorflow:Assets written to ...")."""
+    from tests.test_cli import run_command
+    from tests.test_export import letterboxed_jpeg
+    from trainer import cli, evaluate, predict
+
+    job, data_dir, _ = job_dir
+    model = tmp_path / "m"
+    # a process of its own: TensorFlow's logger prints its INFO lines through a handler of its own only there
+    r = run_command("trainer.export", "--job_dir", job, "--export_dir", str(model), "--data_dir", data_dir)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # eval_model.load_job also names the checkpoint it loaded, on stdout: not this command's own line
+    assert [line for line in r.stdout.splitlines() if not line.startswith("loaded ")] == [
+        f"exported to {model} (signature 'serving_default', input 'image_bytes')"]
+    assert r.stderr == ""
+
+    assert cli.run(evaluate.main, ["--model", str(model), "--data_dir", data_dir, "--split", "test", "--out",
+                                   str(tmp_path / "e"), "--max_images", "2", "--no-tensorboard"]) == 0
+    out, err = capfd.readouterr()
+    assert out.splitlines()[0].startswith("head ") and "multi-label thresholds: the default 0.5" in out
+    assert out.splitlines()[-1] == f"wrote {tmp_path / 'e' / 'metrics.json'} and {tmp_path / 'e' / 'index.html'}"
+    assert err == ""
+
+    (tmp_path / "x.jpg").write_bytes(letterboxed_jpeg(1))
+    (tmp_path / "y.jpg").write_bytes(b"")
+    assert cli.run(predict.main, ["--model", str(model), str(tmp_path / "x.jpg"), str(tmp_path / "y.jpg")]) == 1
+    out, err = capfd.readouterr()
+    assert [json.loads(line)["path"] for line in out.splitlines()] == [str(tmp_path / "x.jpg")]
+    assert err.splitlines() == [
+        f"ERROR {tmp_path / 'y.jpg'}: unreadable image (the file is empty (0 bytes)) -- skipped",
+        "predicted 1 image(s); 1 problem(s)"]

@@ -147,6 +147,23 @@ class _Quiet(logging.Filter):
         return own
 
 
+class _DropMessages(logging.Filter):
+    """Drops the records of one logger whose message starts with one of `starts`, and nothing else of it."""
+
+    def __init__(self, *starts: str):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return verbose() or not str(record.msg).startswith(self.starts)
+
+
+# TensorFlow's logger gets a handler of its own ("INFO:tensorflow:...") when it is first used before logging is set
+# up, which bypasses _Quiet; its SavedModel writer then prints one INFO line per export. Only that line is dropped:
+# what else TensorFlow logs there (a warning a user can act on) still shows.
+_TF_CHATTER = _DropMessages("Assets written to")
+
+
 class _PlainFormatter(logging.Formatter):
     """'message' for INFO, 'warning: message' above it: the project's log lines read like its other output."""
 
@@ -193,6 +210,7 @@ def setup_output() -> None:
         warnings.filterwarnings("ignore")
     root.addHandler(_handler)
     root.setLevel(logging.INFO)
+    logging.getLogger("tensorflow").addFilter(_TF_CHATTER)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
