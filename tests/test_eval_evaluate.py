@@ -235,10 +235,16 @@ def test_thresholds_chosen_on_validation_carry_into_evaluation_export_and_predic
     for chosen, default in zip(on_val["heads"]["clothes"]["per_label_mA"],
                                at_default["heads"]["clothes"]["per_label_mA"]):
         assert chosen >= default - 1e-12
-    on_test = evaluate.evaluate(own, data_dir, "test")  # later evaluations of the job use them
+    capsys.readouterr()
+    on_test = evaluate.evaluate(own, data_dir, "test")  # later evaluations of the job use them, and say so
     assert on_test["heads"]["clothes"]["threshold"] == saved["thresholds"]["clothes"]
-    assert on_test["thresholds_from"] == os.path.join(own, thresholds.FILE_NAME)
-    assert "(chance 0.500)" in capsys.readouterr().out
+    said = f"multi-label thresholds: {os.path.join(own, thresholds.FILE_NAME)}, chosen on the validation split"
+    assert on_test["thresholds_from"] == said.split(": ", 1)[1]
+    out = capsys.readouterr().out
+    assert "(chance 0.500)" in out and said in out.splitlines()
+    assert said in open(os.path.join(own, "eval_test", "index.html")).read()  # the report's header
+    assert "multi-label thresholds: the default 0.5 for every label" in open(
+        os.path.join(tmp_path / "default", "index.html")).read()
 
     assert export.main(["--job_dir", own]) == 0  # the export serves them ...
     served = json.load(open(os.path.join(own, "model", "labels.json")))
@@ -254,3 +260,105 @@ def test_thresholds_chosen_on_validation_carry_into_evaluation_export_and_predic
     # and evaluating the export scores at its own thresholds
     from_export = evaluate.evaluate(os.path.join(own, "model"), data_dir, "test", out_dir=str(tmp_path / "e"))
     assert from_export["heads"]["clothes"]["threshold"] == saved["thresholds"]["clothes"]
+
+
+_THREE = [0.5, 0.5, 0.5]
+BAD_THRESHOLDS = [
+    ('{"thresholds": {"clothes": [0.5,', "not JSON"),
+    ([0.5, 0.5, 0.5], 'expected an object with a "thresholds" object, found a JSON list'),
+    ({"clothes": _THREE}, "expected an object with a \"thresholds\" object, found keys ['clothes']"),
+    ({"thresholds": {"clothes": ["high", 0.5, 0.5]}}, 'clothes[0] (bag) is "high"; a threshold is a number'),
+    ({"thresholds": {"clothes": [0.5, 0.5]}}, "clothes: 2 values for its 3 labels"),
+    ({"thresholds": {"clothes": 0.5}}, "clothes: a JSON float for its 3 labels"),
+    ({"thresholds": {"clothes": [0.5, 5.0, 0.5]}}, "clothes[1] (heels) is 5.0"),
+    ({"thresholds": {"clothes": [0.5, 0.5, -1.0]}}, "clothes[2] (back) is -1.0"),
+    ({"thresholds": {"clothes": [float("nan"), 0.5, 0.5]}}, "clothes[0] (bag) is NaN"),
+    ({"thresholds": {"clothes": [True, 0.5, 0.5]}}, "clothes[0] (bag) is true"),
+    ({"thresholds": {}}, "no thresholds for ['clothes'] (the multi-label heads are ['clothes'])"),
+    ({"thresholds": {"clothes": _THREE, "hat": [0.5]}}, "no multi-label head ['hat']"),
+    ({"thresholds": {"clothes": _THREE, "gender": [0.5, 0.5]}}, "no multi-label head ['gender']"),
+    ({"schema": "hvc", "thresholds": {"clothes": _THREE}}, "chosen for schema 'hvc', this model's dataset is "
+                                                             "'multi_demo'"),
+]
+
+
+@pytest.mark.parametrize("content, problem", BAD_THRESHOLDS, ids=[p[:30] for _, p in BAD_THRESHOLDS])
+def test_a_thresholds_file_that_does_not_fit_the_schema_is_refused_naming_the_problem(tmp_path, content, problem):
+    from trainer import cli
+    from trainer.objective import thresholds
+
+    path = tmp_path / thresholds.FILE_NAME
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(cli.UserError) as refused:
+        thresholds.read(str(tmp_path), trainer_fixtures.MULTI_SCHEMA)
+    assert str(refused.value).startswith(f"{path}: {problem}"), str(refused.value)
+    assert "--choose_thresholds" in str(refused.value)
+
+
+def test_a_good_thresholds_file_reads_back_with_its_split(tmp_path):
+    from trainer.objective import thresholds
+
+    schema = trainer_fixtures.MULTI_SCHEMA
+    (tmp_path / thresholds.FILE_NAME).write_text(thresholds.to_json({"clothes": [0, 0.25, 1]}, schema, "validation"))
+    chosen = thresholds.read(str(tmp_path), schema)
+    assert chosen.thresholds == {"clothes": [0.0, 0.25, 1.0]} and chosen.split == "validation"
+    assert thresholds.read(str(tmp_path / "none"), schema) is None
+
+
+def test_evaluate_and_export_refuse_an_out_of_range_threshold_in_one_line(job_dir, tmp_path, capsys):
+    """Nothing is scored, and nothing is exported, at a threshold no probability can reach."""
+    from trainer import cli, evaluate, export
+    from trainer.config import config_from_yaml
+    from trainer.objective import thresholds
+
+    job, data_dir, model = job_dir
+    own = _job_with(tmp_path, config_from_yaml(os.path.join(job, "config.yaml")), model)
+    path = os.path.join(own, thresholds.FILE_NAME)
+    with open(path, "w") as f:
+        json.dump({"schema": "multi_demo", "split": "validation", "thresholds": {"clothes": [0.5, 5.0, 0.5]}}, f)
+    for main, argv in ((evaluate.main, ["--model", own, "--data_dir", data_dir, "--split", "test"]),
+                       (export.main, ["--job_dir", own, "--data_dir", data_dir])):
+        assert cli.run(main, argv) == 2
+        out, err = capsys.readouterr()
+        assert err.splitlines() == [f"error: {path}: clothes[1] (heels) is 5.0; a threshold is a number from 0 to 1; "
+                                    "choose them again with `python -m trainer.evaluate --model JOB_DIR --split "
+                                    "validation --choose_thresholds`, or delete the file to use 0.5 for every label"]
+    assert not os.path.exists(os.path.join(own, "model")) and not os.path.exists(os.path.join(own, "eval_test"))
+    # choosing them again is how to fix it: the broken file does not stand in the way
+    assert cli.run(evaluate.main, ["--model", own, "--data_dir", data_dir, "--split", "validation",
+                                   "--choose_thresholds", "--max_images", "2", "--no-tensorboard"]) == 0
+    assert thresholds.read(own, trainer_fixtures.MULTI_SCHEMA).split == "validation"
+
+
+def test_results_go_to_stdout_diagnostics_to_stderr_for_export_evaluate_and_predict(job_dir, tmp_path, capfd):
+    """What a script reads (export's folder, evaluate's table and files, predict's rows) is stdout; notes, the
+    summary and errors are stderr, with no library chatter ("INFO:tensorflow:Assets written to ...")."""
+    from tests.test_cli import run_command
+    from tests.test_export import letterboxed_jpeg
+    from trainer import cli, evaluate, predict
+
+    job, data_dir, _ = job_dir
+    model = tmp_path / "m"
+    # a process of its own: TensorFlow's logger prints its INFO lines through a handler of its own only there
+    r = run_command("trainer.export", "--job_dir", job, "--export_dir", str(model), "--data_dir", data_dir)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # eval_model.load_job also names the checkpoint it loaded, on stdout: not this command's own line
+    assert [line for line in r.stdout.splitlines() if not line.startswith("loaded ")] == [
+        f"exported to {model} (signature 'serving_default', input 'image_bytes')"]
+    assert r.stderr == ""
+
+    assert cli.run(evaluate.main, ["--model", str(model), "--data_dir", data_dir, "--split", "test", "--out",
+                                   str(tmp_path / "e"), "--max_images", "2", "--no-tensorboard"]) == 0
+    out, err = capfd.readouterr()
+    assert out.splitlines()[0].startswith("head ") and "multi-label thresholds: the default 0.5" in out
+    assert out.splitlines()[-1] == f"wrote {tmp_path / 'e' / 'metrics.json'} and {tmp_path / 'e' / 'index.html'}"
+    assert err == ""
+
+    (tmp_path / "x.jpg").write_bytes(letterboxed_jpeg(1))
+    (tmp_path / "y.jpg").write_bytes(b"")
+    assert cli.run(predict.main, ["--model", str(model), str(tmp_path / "x.jpg"), str(tmp_path / "y.jpg")]) == 1
+    out, err = capfd.readouterr()
+    assert [json.loads(line)["path"] for line in out.splitlines()] == [str(tmp_path / "x.jpg")]
+    assert err.splitlines() == [
+        f"ERROR {tmp_path / 'y.jpg'}: unreadable image (the file is empty (0 bytes)) -- skipped",
+        "predicted 1 image(s); 1 problem(s)"]

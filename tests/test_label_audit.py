@@ -193,3 +193,30 @@ def test_a_bad_exclude_file_is_one_clear_error(tmp_path, content, says):
     cfg = fx.smoke_config(fx.fixture_data_dir("hvc"), **{"data.exclude_ids": str(path)})
     with pytest.raises(ConfigError, match=says):
         data_lib.train_examples(cfg.data)
+
+
+# Ids as a hostile or unlucky annotations CSV may hold them: formulas, signs, a quote, a tab.
+FORMULA_IDS = ['=HYPERLINK("http://evil.example", "x").jpg', "+1.jpg", "-2.jpg", "@SUM(A1).jpg", "\tt.jpg",
+               "'=already quoted.jpg", "'plain quote.jpg", "resized/1.jpg"]
+
+
+def test_label_issues_csv_shows_formulas_as_text_and_exclude_ids_reads_the_ids_back(tmp_path):
+    from trainer.evaluation.label_issues import write_csv
+
+    path = tmp_path / "label_issues.csv"
+    write_csv(str(path), [{"id": i, "head": "gender", "rank": 1, "given": "=cmd|' /C calc'!A0", "predicted": "-x",
+                           "quality": 0.5} for i in FORMULA_IDS])
+    rows = list(csv.reader(open(path, newline="")))[1:]
+    cells = [c for row in rows for c in row]
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t"))]  # no cell a spreadsheet would run
+    assert [r[0] for r in rows][:2] == ["'" + FORMULA_IDS[0], "'+1.jpg"] and rows[0][3] == "'=cmd|' /C calc'!A0"
+    assert data_lib.read_excluded_ids(str(path)) == frozenset(FORMULA_IDS)  # the ids exactly as written
+
+
+def test_the_builds_skipped_rows_csv_shows_formulas_as_text():
+    from tfds_person_attrs.annotations import Skipped
+    from tfds_person_attrs.beam_transforms import skipped_rows_csv
+
+    text = skipped_rows_csv([Skipped(2, '=HYPERLINK("http://x")', "missing_image", "-no such file")], [])
+    assert list(csv.reader(text.splitlines()))[1] == ["2", "'=HYPERLINK(\"http://x\")", "missing_image",
+                                                      "'-no such file"]

@@ -26,6 +26,7 @@ def folder(tmp_path_factory):
     (d / "d_corrupt.jpg").write_bytes(b"this is not an image at all" * 10)
     jpeg = letterboxed_jpeg(3)
     (d / "e_truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])  # PIL opens the header; the scan data is cut
+    (d / "f_empty.jpg").write_bytes(b"")
     (d / "notes.txt").write_text("not an image, ignored with a note")
     return d
 
@@ -41,7 +42,12 @@ def test_folder_with_bad_files(exported, folder, capsys):  # noqa: F811
     # each unreadable file with the reason, not just "could not decode"
     assert "d_corrupt.jpg: unreadable image (not an image: no format Pillow recognises)" in err
     assert "e_truncated.jpg: unreadable image (truncated: the file ends before its image data does" in err
-    assert "predicted 3 image(s); 2 problem(s)" in err
+    from tfds_person_attrs.images import BadImageError, inspect_image
+
+    with pytest.raises(BadImageError) as build:
+        inspect_image(b"")
+    assert f"f_empty.jpg: unreadable image ({build.value})" in err and "the file is empty" in err  # as the build
+    assert "predicted 3 image(s); 3 problem(s)" in err
     r = rows[0]
     assert r["age"] in SCHEMA["age"].classes and 0 <= r["age_prob"] <= 1
     assert set(r["tags_probs"]) == {"hat", "bag", "coat"}
@@ -98,3 +104,19 @@ def test_tensorflows_decode_error_is_given_with_its_cause():
                                       'last):\n  File "p.py", line 6, in f\n\nInvalid PNG. Failed to initialize '
                                       'decoder.\n\t [[{{node x}}]] [Op:__inference_f_162]') == \
         "Invalid PNG. Failed to initialize decoder."
+
+
+def test_csv_cells_that_look_like_formulas_are_written_as_text(exported, folder, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """An image named like a formula is a quoted cell, not a live HYPERLINK, when the CSV opens in a spreadsheet."""
+    _, _, model_dir = exported
+    name = '=HYPERLINK("http:evil.example")-1.jpg'
+    (tmp_path / name).write_bytes(letterboxed_jpeg(1))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "p.csv"
+    assert predict.main(["--model", model_dir, name, "--format", "csv", "--out", str(out)]) == 0
+    capsys.readouterr()
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert rows[0]["path"] == "'" + name
+    from tfds_person_attrs.csv_cells import original
+
+    assert original(rows[0]["path"]) == name

@@ -155,3 +155,30 @@ def test_names_from_user_data_show_as_text_in_chromium(tmp_path):
     assert injected == 0  # no script or handler from the names ran
     assert table and loaded == total == 2 + 4  # confusion matrix, per-label chart and the four samples
     assert "a&amp;b/&lt;script&gt;window.injected" in shown  # the file name is on the page, as text
+
+
+# Class names as users write them: a currency, TeX-like marks; two `$` in one name is what matplotlib reads as math.
+ODD_NAMES = ("$_$", "$^$", "US$ 5", r"$\foo$", "x_1^2")
+
+
+def test_class_names_with_dollars_and_carets_are_drawn_as_written_and_the_report_is_written(tmp_path):
+    odd = Schema("t", (Attribute("price", ODD_NAMES, column="p"),
+                       Attribute("marks", ODD_NAMES, kind="multi", column="m")))
+    rng = np.random.default_rng(1)
+    n = 10
+    labels = {"price": rng.integers(0, len(ODD_NAMES), n), "marks": rng.integers(0, 2, (n, len(ODD_NAMES)))}
+    probs = {"price": rng.dirichlet([1] * len(ODD_NAMES), n), "marks": rng.random((n, len(ODD_NAMES)))}
+    metrics = eval_metrics.evaluate_arrays(odd, labels, probs)
+    figures = list(report_figures.confusion_figures(odd, metrics)) + list(report_figures.multi_label_figures(odd,
+                                                                                                            metrics))
+    for _, fig in figures:
+        ax = fig.axes[0]
+        shown = [t._preprocess_math(t.get_text()) for t in ax.get_xticklabels()]
+        assert shown == [(name, False) for name in ODD_NAMES]  # as written, none of it parsed as mathtext
+        report_figures.fig_to_png(fig)
+    samples = report.Samples(rng.integers(0, 255, (n, 32, 16, 3), dtype=np.uint8), labels, probs,
+                             eval_metrics.sample_losses(odd, labels, probs))
+    page = report.write_report(str(tmp_path / "r"), odd, metrics, None, samples, max_images=3)
+    for name in ("index.html", "confusion_price.png", "labels_marks.png"):
+        assert os.path.getsize(tmp_path / "r" / name) > 100, name
+    assert "US$ 5" in open(page).read()

@@ -30,7 +30,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from tfds_person_attrs import grouping
+from tfds_person_attrs import csv_cells, grouping
 from tfds_person_attrs.near_duplicates import NearDuplicateGroups
 from tfds_person_attrs.annotations import (
     OUTSIDE_REASON,
@@ -260,7 +260,7 @@ def skipped_rows_csv(csv_skipped: list[Skipped], image_skipped: list[Skipped]) -
     w = csv.writer(out)
     w.writerow(["row", "image_id", "reason", "message"])
     for s in sorted(csv_skipped + image_skipped, key=lambda s: s.row):
-        w.writerow([s.row, s.image_id, s.reason, s.message])
+        w.writerow([s.row, csv_cells.as_text(s.image_id), s.reason, csv_cells.as_text(s.message)])
     return out.getvalue()
 
 

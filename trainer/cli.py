@@ -147,6 +147,23 @@ class _Quiet(logging.Filter):
         return own
 
 
+class _DropMessages(logging.Filter):
+    """Drops the records of one logger whose message starts with one of `starts`, and nothing else of it."""
+
+    def __init__(self, *starts: str):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return verbose() or not str(record.msg).startswith(self.starts)
+
+
+# TensorFlow's logger gets a handler of its own ("INFO:tensorflow:...") when it is first used before logging is set
+# up, which bypasses _Quiet; its SavedModel writer then prints one INFO line per export. Only that line is dropped:
+# what else TensorFlow logs there (a warning a user can act on) still shows.
+_TF_CHATTER = _DropMessages("Assets written to")
+
+
 class _PlainFormatter(logging.Formatter):
     """'message' for INFO, 'warning: message' above it: the project's log lines read like its other output."""
 
@@ -193,6 +210,7 @@ def setup_output() -> None:
         warnings.filterwarnings("ignore")
     root.addHandler(_handler)
     root.setLevel(logging.INFO)
+    logging.getLogger("tensorflow").addFilter(_TF_CHATTER)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -253,6 +271,21 @@ class ArgumentParser(argparse.ArgumentParser):
 def _main_prog() -> str | None:
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     return f"python -m {spec.name}" if spec is not None and spec.name else None
+
+
+def check_folder_path(path: str, flag: str) -> None:
+    """UserError when the folder `path` (given with `flag`) is a file or lies under one, so that it cannot be
+    created; checked before any work starts. Local paths only: on gs:// a folder is a name prefix, never blocked."""
+    if not path or "://" in path:
+        return
+    here = os.path.abspath(path)
+    while not os.path.exists(here):  # the nearest part of the path that exists decides
+        if os.path.dirname(here) == here:
+            return
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        where = "is a file" if here == os.path.abspath(path) else f"is under {here}, which is a file"
+        raise UserError(f"{flag} {path} {where}, not a folder; pass a folder path (created if missing)")
 
 
 def positive_int(text: str) -> int:

@@ -16,7 +16,9 @@ probabilities (default --out JOB_DIR/eval_<split>_flip); metrics.json records wh
 Multi-label heads are scored at their decision thresholds: the default 0.5, or per-label thresholds chosen on
 validation. `--choose_thresholds` (on a job dir, with --split validation) picks per label the threshold that
 maximises its balanced accuracy (TPR + TNR) / 2, writes JOB_DIR/thresholds.json and scores the split with
-them; later evaluations of the job and `trainer.export` (hence `trainer.predict`) use them:
+them; later evaluations of the job and `trainer.export` (hence `trainer.predict`) use them, and say so (the table's
+`multi-label thresholds:` line and the report's header name the file and the split it was chosen on). A
+thresholds file that does not fit the dataset's schema (see trainer.objective.thresholds) is refused:
 
     python -m trainer.evaluate --model JOB_DIR --split validation --choose_thresholds
     python -m trainer.evaluate --model JOB_DIR --split test          # at the chosen thresholds
@@ -54,7 +56,8 @@ def predict_split(model: eval_model.EvalModel, schema, split: str, batch: int = 
     probs: dict[str, list] = {a.name: [] for a in schema.attributes}
     ids, worst = [], None
     if model.flip_tta and not config.augment.flip:
-        print("warning: --flip_tta on a model trained without augment.flip: mirrored images are new to it")
+        print("warning: --flip_tta on a model trained without augment.flip: mirrored images are new to it",
+              file=sys.stderr)
     # The JPEG bytes for an exported model, which decodes them itself; the image for a Keras model and the report.
     examples = data_lib.eval_examples(config, split, schema).batch(batch).prefetch(1)
     for step, ex in enumerate(examples):
@@ -116,6 +119,8 @@ def format_table(metrics: dict[str, Any]) -> str:
     if s.get("mean_mA") is not None:
         lines.append(f"{'mean mA':<16} {s['mean_mA']:.3f} (chance {eval_metrics.MA_CHANCE:.3f}) over the multi-label "
                      f"heads, mAP {s['mean_mAP']:.3f}, {s['labels_at_chance']} label(s) at chance")
+    if any(h["kind"] == "multi" for h in metrics["heads"].values()) and metrics.get("thresholds_from"):
+        lines.append(f"multi-label thresholds: {metrics['thresholds_from']}")
     lines.append("('<': not better than always answering the training split's most frequent class, or for "
                  "multi-label heads an mA not above chance (0.5); prior: the log loss of always answering the "
                  "training class frequencies)")
@@ -139,6 +144,7 @@ def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | N
              embed: bool = False, flip_tta: bool = False, choose_thresholds: bool = False) -> dict[str, Any]:
     """Loads, checks, predicts, scores, writes metrics.json and the report; returns the metrics dict."""
     t0 = time.time()
+    cli.check_folder_path(out_dir, "--out")
     model = eval_model.load(model_path, data_dir, flip_tta)
     if choose_thresholds:
         _check_can_choose(model, split)
@@ -151,18 +157,20 @@ def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | N
     eval_model.check_heads(model, schema, where)
     if out_dir is None and job_dir is None:
         raise cli.UserError(f"{model_path} is not inside a job dir: pass --out FOLDER for the report")
+    # read and checked before the split is run: a broken thresholds file fails in seconds
+    thresholds, origin = (None, "") if choose_thresholds else _thresholds_and_origin(model, schema)
     pred = predict_split(model, schema, split, batch, max_steps, keep_worst=max_images)
     train_counts = info.class_counts.get(config.data.train_split)
-    thresholds = model.thresholds
     if choose_thresholds:
         thresholds = threshold_lib.choose(schema, pred["labels"], pred["probs"])
         path = os.path.join(job_dir, threshold_lib.FILE_NAME)
         with tf.io.gfile.GFile(path, "w") as f:
             f.write(threshold_lib.to_json(thresholds, schema, split))
+        origin = threshold_lib.Chosen(thresholds, path, split).describe() + ", just now"
         print(f"wrote {path}: per-label thresholds ({threshold_lib.CHOSEN_BY}); evaluate other splits with them, "
               f"and serve them: python -m trainer.export --job_dir {job_dir}")
     metrics = eval_metrics.evaluate_arrays(schema, pred["labels"], pred["probs"], train_counts, thresholds)
-    metrics.update({"thresholds_from": _thresholds_origin(model, thresholds, choose_thresholds, split),
+    metrics.update({"thresholds_from": origin,
                     "model": model_path, "job_dir": job_dir, "data_dir": config.data.data_dir, "split": split,
                     "num_examples": len(pred["ids"]), "baseline_from": config.data.train_split,
                     "flip_tta": model.flip_tta, "schema": schema.to_dict(), "seconds": round(time.time() - t0, 1)})
@@ -171,12 +179,14 @@ def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | N
     with tf.io.gfile.GFile(os.path.join(out_dir, "metrics.json"), "w") as f:
         f.write(json.dumps(metrics, indent=2))
     title = os.path.basename((job_dir or model_path).rstrip("/"))
+    schema_has_multi = any(a.is_multi_label for a in schema.attributes)
     page = report.write_report(out_dir, schema, metrics, os.path.join(job_dir, "history.csv") if job_dir else None,
                                pred["worst"], title=f"{title}: {split} split", max_images=max_images, embed=embed,
                                notes=[f"model {model_path}", f"data {config.data.data_dir}",
                                       f"{len(pred['ids'])} examples of split {split!r}"
                                       + (", each averaged with its mirror image (flip TTA)" if model.flip_tta
-                                         else "")])
+                                         else "")]
+                               + ([f"multi-label thresholds: {origin}"] if schema_has_multi else []))
     if tensorboard and job_dir:
         from trainer.jobdir.paths import job_paths
 
@@ -196,14 +206,15 @@ def _check_can_choose(model: eval_model.EvalModel, split: str) -> None:
                             "thresholds chosen on the test split overstate the test figures")
 
 
-def _thresholds_origin(model: eval_model.EvalModel, thresholds, chosen_now: bool, split: str) -> str:
-    if chosen_now:
-        return f"chosen on this split ({split}): {threshold_lib.CHOSEN_BY}"
-    if thresholds is None:
-        return f"default {threshold_lib.DEFAULT_THRESHOLD} for every label"
+def _thresholds_and_origin(model: eval_model.EvalModel, schema) -> tuple[dict | None, str]:
+    """The multi-label thresholds this evaluation scores at (an export's own, else JOB_DIR/thresholds.json checked
+    against the schema, else the default), and where they come from in words."""
+    default = f"the default {threshold_lib.DEFAULT_THRESHOLD} for every label"
     if model.kind == "saved_model":
-        return f"the export's labels.json ({model.path})"
-    return os.path.join(model.job_dir, threshold_lib.FILE_NAME)
+        return model.thresholds, (f"the export's own ({os.path.join(model.path, eval_model.LABELS_FILE)})"
+                                  if model.thresholds else default)
+    chosen = threshold_lib.read(model.job_dir, schema)
+    return (chosen.thresholds, chosen.describe()) if chosen else (None, default)
 
 
 def main(argv=None) -> int:

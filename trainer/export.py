@@ -124,6 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--flip_tta", action="store_true",
                    help="serve the average of each image's and its mirror's probabilities (as evaluate --flip_tta)")
     args = p.parse_args(argv)
+    cli.check_folder_path(args.export_dir, "--export_dir")
     from trainer.evaluation import eval_model
     from trainer.input.data import dataset_dir, dataset_info
     from trainer.jobdir.paths import job_paths
@@ -133,11 +134,11 @@ def main(argv=None) -> int:
     # labels.json takes the class names from this schema: a model of another schema would get wrong ones
     eval_model.check_heads(eval_model.from_keras(model, config), schema, dataset_dir(config.data))
     out = args.export_dir or job_paths(job_dir).model_dir
-    thresholds = threshold_lib.read(job_dir)
-    export_model(model, config, schema, out, args.flip_tta, thresholds)
+    chosen = threshold_lib.read(job_dir, schema)
+    export_model(model, config, schema, out, args.flip_tta, chosen.thresholds if chosen else None)
     print(f"exported to {out} (signature {SIGNATURE!r}, input {INPUT_KEY!r}"
           + (", flip test-time augmentation" if args.flip_tta else "")
-          + (f", multi-label thresholds of {os.path.join(job_dir, threshold_lib.FILE_NAME)})" if thresholds else ")"))
+          + (f", multi-label thresholds of {chosen.describe()})" if chosen else ")"))
     return 0
 
 

@@ -8,7 +8,8 @@ line or CSV row per image: `path`, then per attribute its label and `<attr>_prob
 label); multi-label attributes give the names the export decides present (probability >= the label's
 threshold: chosen on validation when the job had `trainer.evaluate --choose_thresholds` before export, listed
 in the export's labels.json, else 0.5) joined by the schema's delimiter, and one `<attr>_prob_<class>` per
-class (a `<attr>_probs` object in JSON). Non-JPEG images (PNG, ...) are converted
+class (a `<attr>_probs` object in JSON); a CSV cell that a spreadsheet would run as a formula (a path or class
+name starting with `=`, `+`, `-`, `@`) starts with `'`, so it shows as text. Non-JPEG images (PNG, ...) are converted
 to JPEG first, since the model's signature takes JPEG bytes. Unreadable files are named on stderr with the
 reason (truncated, not an image, ...) and skipped, and the exit code is 1 if there were any (2 if nothing could
 be predicted at all, or if the inputs hold no image file).
@@ -28,6 +29,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
+from tfds_person_attrs import csv_cells
 from trainer import cli
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -64,6 +66,10 @@ def read_as_jpeg(path: str) -> bytes:
 
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
+    if not data:
+        from tfds_person_attrs.images import inspect_image
+
+        inspect_image(data)  # the dataset build's own check of an empty file, so both say it the same way
     with Image.open(io.BytesIO(data)) as im:  # raises on a file that is not an image at all
         im.load()  # decodes every pixel: a truncated or corrupt file fails here, with Pillow's reason
         if im.format == "JPEG":
@@ -77,6 +83,10 @@ def unreadable_reason(error: Exception) -> str:
     """Why Pillow could not read a file, in words."""
     from PIL import UnidentifiedImageError
 
+    from tfds_person_attrs.images import BadImageError
+
+    if isinstance(error, BadImageError):  # the build's wording for the same file
+        return str(error)
     if isinstance(error, UnidentifiedImageError):
         return "not an image: no format Pillow recognises"
     text = str(error)
@@ -196,7 +206,7 @@ def main(argv=None) -> int:
                 if writer is None:
                     writer = csv.DictWriter(f, fieldnames=list(row), lineterminator="\n")
                     writer.writeheader()
-                writer.writerow(row)
+                writer.writerow(csv_cells.text_row(row))
     finally:
         if args.out:
             f.close()

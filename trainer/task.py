@@ -13,20 +13,18 @@ Restarting the same command(s) after a crash resumes from JOB_DIR/backup.
 
 Exit status: 0 done; 2 bad input (config, TF_CONFIG, port in use, job dir in use, config changed since the
 backup); 1 the run failed (non-finite loss or weights, a lost worker). Each error is one line on stderr;
-`--verbose` shows every library log line and tracebacks. The run's numbers are in JOB_DIR/metrics.json and
+`--verbose` shows every library log line and tracebacks. Progress (the epoch lines) goes to stderr; stdout gets
+the result alone, one `done: ...` line (from the chief). The run's numbers are in JOB_DIR/metrics.json and
 history.csv.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from trainer import cli
 from trainer.config import load_config
 from trainer.training import cluster
-
-log = logging.getLogger(__name__)
 
 
 def main(argv=None) -> int:
@@ -35,6 +33,7 @@ def main(argv=None) -> int:
         print(__doc__)
         return 0
     config = load_config(argv)
+    cli.check_folder_path(config.train.job_dir, "--job_dir")
     task = cluster.from_env()
     cluster.check_port_free(task)
     # Imported after the checks above so that bad input fails in a second, not after TensorFlow's start-up.
@@ -49,8 +48,9 @@ def main(argv=None) -> int:
         return 1
     if task.is_chief:
         best = result["metrics"].get("best_val_mean_balanced_accuracy")
-        log.info("done: model, metrics.json and history.csv in %s%s", result["job_dir"],
-                 f" (best val mean balanced accuracy / mA {best:.3f})" if best is not None else "")
+        # the run's result on stdout; its progress (the epoch lines) and diagnostics were logged to stderr
+        print(f"done: model, metrics.json and history.csv in {result['job_dir']}"
+              + (f" (best val mean balanced accuracy / mA {best:.3f})" if best is not None else ""))
     return 0
 
 

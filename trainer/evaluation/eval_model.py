@@ -45,8 +45,8 @@ class EvalModel:
     heads: dict[str, Head]
     probs: Callable[[tf.Tensor, tf.Tensor], Mapping[str, tf.Tensor]]
     flip_tta: bool  # the probabilities average each image and its mirror
-    # per-label decision thresholds of multi-label heads (trainer.objective.thresholds): the export's own, or
-    # JOB_DIR/thresholds.json for a Keras model; None = the default threshold
+    # per-label decision thresholds of multi-label heads (trainer.objective.thresholds): the export's own;
+    # None = the default threshold (a Keras model's JOB_DIR/thresholds.json is read against the dataset's schema)
     thresholds: dict[str, list[float]] | None = None
 
 
@@ -66,13 +66,10 @@ def load(path: str, data_dir: str | None = None, flip_tta: bool = False) -> Eval
 
 
 def _load_keras(path: str, data_dir: str | None, flip_tta: bool) -> EvalModel:
-    from trainer.objective import thresholds
-
     model, config, job_dir = load_job(path, data_dir)
     labels = os.path.join(job_dir, "model", LABELS_FILE)  # the same run's export names the classes
     heads = _heads_from_labels(labels) if tf.io.gfile.exists(labels) else None
-    loaded = from_keras(model, config, job_dir, flip_tta, heads, path)
-    return dataclasses.replace(loaded, thresholds=thresholds.read(job_dir))
+    return from_keras(model, config, job_dir, flip_tta, heads, path)
 
 
 def from_keras(model, config, job_dir: str | None = None, flip_tta: bool = False,

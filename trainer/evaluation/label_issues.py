@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from tfds_person_attrs import csv_cells
 from trainer.jobdir import atomic
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,13 @@ def find_issues(schema, ids: Sequence[str], labels: Mapping[str, np.ndarray],
 
 
 def write_csv(path: str, rows: Sequence[Mapping], fields: Sequence[str] = CSV_FIELDS) -> None:
-    """label_issues.csv: CSV_FIELDS, one row per flagged (example, head); `id` is the image path of the CSV."""
+    """label_issues.csv: CSV_FIELDS, one row per flagged (example, head); `id` is the image path of the CSV.
+    Cells a spreadsheet would run as a formula are quoted (tfds_person_attrs.csv_cells; the trainer reads them back
+    as written)."""
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     w.writeheader()
-    w.writerows(rows)
+    w.writerows(csv_cells.text_row(r) for r in rows)  # ids and class names as text, never a spreadsheet formula
     atomic.write_text(path, out.getvalue())
 
 

@@ -6,7 +6,8 @@ print(len(fig_to_png(confusion_figure([[3, 1], [0, 4]], ['a', 'b'], 'demo'))))"
 
 Every function returns figures (or PNG bytes) and writes nothing: trainer.report places them on the page. The
 history columns plotted are the names the trainer logs them under (trainer.objective.metrics,
-trainer.training.callbacks).
+trainer.training.callbacks). Class and head names are user data and pass through `plain` before matplotlib sees
+them: two `$` in a name would otherwise be read as mathtext (`$_$` fails the whole figure, `a$b$c` prints in italics).
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from trainer.evaluation.eval_metrics import MA_CHANCE  # noqa: E402
 Named = tuple[str, Any, str]
 
 
+def plain(text: str) -> str:
+    """`text` as matplotlib shows it literally: every `$` escaped, so nothing in it is parsed as mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 def fig_to_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -39,13 +45,14 @@ def confusion_figure(cm, classes: Sequence[str], title: str):
     cm = np.asarray(cm)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     n = len(classes)
+    classes = [plain(c) for c in classes]
     fig, ax = plt.subplots(figsize=(1.2 + 0.75 * n, 1.0 + 0.65 * n))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), classes, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(plain(title), fontsize=10)
     for i in range(n):
         for j in range(n):
             ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=7,
@@ -74,9 +81,9 @@ def multi_label_figures(schema, metrics: Mapping[str, Any]) -> Iterator[tuple[st
         ax.bar(x - 0.2, [v or 0 for v in h["per_label_mA"]], 0.4, label="mA")
         ax.bar(x + 0.2, [v or 0 for v in h["per_label_ap"]], 0.4, label="AP")
         ax.axhline(h.get("mA_chance", MA_CHANCE), color="k", ls="--", lw=1, label="mA chance")
-        ax.set_xticks(x, a.classes, rotation=45, ha="right", fontsize=8)
+        ax.set_xticks(x, [plain(c) for c in a.classes], rotation=45, ha="right", fontsize=8)
         ax.set_ylim(0, 1)
-        ax.set_title(f"{a.name}  mA {h['mA']:.3f}  mAP {h['mAP']:.3f}", fontsize=10)
+        ax.set_title(plain(f"{a.name}  mA {h['mA']:.3f}  mAP {h['mAP']:.3f}"), fontsize=10)
         ax.legend(fontsize=7)
         yield a.name, fig
 
@@ -156,7 +163,7 @@ def _curve_grid(hist, epochs, panels):
                 ax.plot(epochs, hist[k], style, marker="o", ms=2, label=label)
         if chance is not None:
             ax.axhline(chance, color="k", ls=":", lw=1, label="chance")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(plain(title), fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

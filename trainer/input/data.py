@@ -26,6 +26,7 @@ from typing import Mapping
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tfds_person_attrs import csv_cells
 from tfds_person_attrs.schema import BUILTIN_SCHEMAS, Schema, schema_from_dict
 from trainer.config import ConfigError
 from trainer.input.preprocess_ops import image_decoder
@@ -160,7 +161,7 @@ def read_excluded_ids(path: str) -> frozenset[str]:
         for line, row in enumerate(reader, start=2):
             if not (row["id"] or "").strip():
                 raise ConfigError(f"data.exclude_ids: {path} line {line}: the id is empty; remove the line")
-            ids.add(row["id"].strip())
+            ids.add(csv_cells.original(row["id"].strip()))  # the id as written before its spreadsheet quote
     return frozenset(ids)
 
 

@@ -10,16 +10,24 @@ validation split and writes JOB_DIR/thresholds.json; evaluation of that job, `tr
     python -c "import numpy as np; from trainer.objective.thresholds import best_threshold; \
 print(best_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.3, 0.35, 0.8])))"
 
+`read` checks the file against the dataset's schema before anything uses it (valid JSON, this schema's name, a
+list of finite numbers in [0, 1] for every multi-label head and no other key): a broken or foreign file stops
+evaluate and export with one line naming the file and the problem, instead of being served.
+
 numpy and json only (the file is read through tf.io.gfile when TensorFlow is loaded, for gs:// job dirs).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from trainer.cli import UserError
 
 DEFAULT_THRESHOLD = 0.5
 FILE_NAME = "thresholds.json"
@@ -73,8 +81,24 @@ def to_json(thresholds: Mapping[str, Sequence[float]], schema, split: str) -> st
                        "thresholds": {name: [float(t) for t in ts] for name, ts in thresholds.items()}}, indent=2)
 
 
-def read(job_dir: str | None) -> dict[str, list[float]] | None:
-    """JOB_DIR/thresholds.json's thresholds, or None when there is no such file (or no job dir)."""
+@dataclasses.dataclass(frozen=True)
+class Chosen:
+    """JOB_DIR/thresholds.json as read and checked: the thresholds, the file, and the split they were chosen on."""
+
+    thresholds: dict[str, list[float]]
+    path: str
+    split: str
+
+    def describe(self) -> str:
+        return f"{self.path}, chosen on the {self.split} split"
+
+
+class ThresholdsError(UserError):
+    """A thresholds file that cannot be used; the message names the file and the problem."""
+
+
+def read(job_dir: str | None, schema) -> Chosen | None:
+    """JOB_DIR/thresholds.json checked against `schema`, or None when there is no such file (or no job dir)."""
     if not job_dir:
         return None
     import tensorflow as tf  # gfile reads gs:// job dirs
@@ -83,4 +107,43 @@ def read(job_dir: str | None) -> dict[str, list[float]] | None:
     if not tf.io.gfile.exists(path):
         return None
     with tf.io.gfile.GFile(path) as f:
-        return {k: [float(t) for t in v] for k, v in json.load(f)["thresholds"].items()}
+        text = f.read()
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise _bad(path, f"not JSON ({e})") from None
+    return Chosen(check(data, schema, path), path, str(data.get("split", "?")))
+
+
+def check(data: Any, schema, path: str) -> dict[str, list[float]]:
+    """The thresholds of a parsed thresholds file (see `to_json`), or ThresholdsError naming what is wrong."""
+    if not isinstance(data, dict) or not isinstance(data.get("thresholds"), dict):
+        found = f"keys {sorted(data)}" if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+        raise _bad(path, f'expected an object with a "thresholds" object, found {found}')
+    if data.get("schema", schema.name) != schema.name:
+        raise _bad(path, f"chosen for schema {data['schema']!r}, this model's dataset is {schema.name!r}")
+    given = data["thresholds"]
+    multi = {a.name: a for a in schema.attributes if a.is_multi_label}
+    unknown, missing = sorted(set(given) - set(multi)), sorted(set(multi) - set(given))
+    if unknown or missing:
+        raise _bad(path, (f"no multi-label head {unknown}" if unknown else "")
+                   + ("; " if unknown and missing else "") + (f"no thresholds for {missing}" if missing else "")
+                   + f" (the multi-label heads are {sorted(multi)})")
+    out = {}
+    for name, values in given.items():
+        n = multi[name].num_classes
+        if not isinstance(values, list) or len(values) != n:
+            count = f"{len(values)} values" if isinstance(values, list) else f"a JSON {type(values).__name__}"
+            raise _bad(path, f"{name}: {count} for its {n} labels")
+        for j, t in enumerate(values):
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 <= t <= 1:
+                raise _bad(path, f"{name}[{j}] ({multi[name].classes[j]}) is {json.dumps(t)}; a threshold is a "
+                                 "number from 0 to 1")
+        out[name] = [float(t) for t in values]
+    return out
+
+
+def _bad(path: str, problem: str) -> ThresholdsError:
+    return ThresholdsError(f"{path}: {problem}; choose them again with `python -m trainer.evaluate --model JOB_DIR "
+                           "--split validation --choose_thresholds`, or delete the file to use "
+                           f"{DEFAULT_THRESHOLD} for every label")
