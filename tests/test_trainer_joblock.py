@@ -3,7 +3,9 @@
     python -m pytest -q tests/test_trainer_joblock.py
 
 The refusal through the command line (one line, exit 2) and the take-over after a real kill -9 are tested in
-test_trainer_multiworker.py and test_trainer_train.py; here the rules, with short timings.
+test_trainer_multiworker.py and test_trainer_train.py; here the rules, with short timings. A gs:// job dir's lock
+goes through the Cloud Storage API: tested against gcp-storage-emulator (tests/gcs_emulator.py, which adds
+Cloud Storage's generation preconditions to it) with runs racing for the lock.
 """
 
 import json
@@ -16,8 +18,9 @@ import time
 
 import pytest
 
+from tests import gcs_emulator
 from trainer.jobdir import joblock
-from trainer.jobdir.joblock import JobDirInUse, JobLock
+from trainer.jobdir.joblock import JobDirInUse, JobDirTakenOver, JobLock
 
 
 @pytest.fixture
@@ -88,3 +91,82 @@ def test_the_heartbeat_moves_while_the_run_lives(tmp_path, quick):
         first = json.load(open(lock.path))["heartbeat"]
         time.sleep(0.6)
         assert json.load(open(lock.path))["heartbeat"] > first
+
+
+@pytest.fixture(scope="module")
+def gcs_bucket():
+    """A bucket in a fresh emulator; google-cloud-storage reaches it through STORAGE_EMULATOR_HOST."""
+    with gcs_emulator.running() as endpoint:
+        before = os.environ.get("STORAGE_EMULATOR_HOST")
+        os.environ["STORAGE_EMULATOR_HOST"] = endpoint
+        try:
+            from google.cloud import storage
+
+            yield storage.Client().create_bucket("locks")
+        finally:
+            if before is None:
+                del os.environ["STORAGE_EMULATOR_HOST"]
+            else:
+                os.environ["STORAGE_EMULATOR_HOST"] = before
+
+
+def lock_record(job: str) -> dict:
+    if job.startswith("gs://"):
+        bucket, _, name = job[len("gs://"):].partition("/")
+        from google.cloud import storage
+
+        blob = storage.Client().bucket(bucket).get_blob(f"{name}/.lock")
+        return json.loads(blob.download_as_text()) if blob is not None else {}
+    path = os.path.join(job, ".lock")
+    return json.load(open(path)) if os.path.exists(path) else {}
+
+
+def test_runs_racing_for_a_gcs_lock_exactly_one_wins(gcs_bucket):
+    job = "gs://locks/race"
+    start = threading.Barrier(6)
+    won, refused = [], []
+
+    def run():
+        lock = JobLock(job)
+        start.wait()
+        try:
+            lock.acquire()
+            won.append(lock)
+        except JobDirInUse as e:
+            refused.append(str(e))
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(won) == 1 and len(refused) == 5, (won, refused)
+    assert all(r.startswith(f"job dir {job} is in use by another run: host {socket.gethostname()} pid {os.getpid()}")
+               for r in refused), refused
+    assert lock_record(job)["owner"] == won[0]._record["owner"]
+    won[0].release()
+    assert lock_record(job) == {}
+    with JobLock(job):  # free again
+        assert lock_record(job)["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_after_a_takeover_the_old_run_stops_at_its_next_heartbeat(tmp_path, quick, request, where):
+    job = str(tmp_path / "job") if where == "local" else f"gs://{request.getfixturevalue('gcs_bucket').name}/takeover"
+    old = JobLock(job)
+    new = JobLock(job)
+    new._stale_reason = lambda holder: "its heartbeat looks old from here"  # as from a machine that lost touch
+    with pytest.raises(JobDirTakenOver) as stopped:
+        with old:
+            new.acquire()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # the old run goes on until its heartbeat finds the lock is not its own
+                time.sleep(0.05)
+    assert str(stopped.value) == (
+        f"job dir {job} was taken over by host {socket.gethostname()} pid {os.getpid()} (started "
+        f"{new._record['started']}) while this run held it; this run stops here, writing nothing more. Let that "
+        "run go on, or stop it and start this command again")
+    time.sleep(0.5)  # a few more of the new owner's heartbeats: nobody overwrites them
+    assert lock_record(job)["owner"] == new._record["owner"]
+    new.release()
+    assert lock_record(job) == {}

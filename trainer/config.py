@@ -180,6 +180,8 @@ class DistributeConfig:
     mixed_precision: str = "float32"
     jit_compile: str = "auto"  # auto | true | false (Keras turns XLA off under a strategy unless true)
     cpu_devices: int = 0  # >0: mirror over this many logical CPU devices in one process (CPU-only machines)
+    # Multi-worker: seconds a task waits for every other task of TF_CONFIG to start (trainer.training.cluster)
+    startup_timeout: float = 1200.0
 
     def __post_init__(self):
         _lower(self, "jit_compile")
@@ -312,6 +314,7 @@ def validate(c: Config) -> None:
     need(ds.mixed_precision in PRECISIONS, "distribute.mixed_precision", f"must be one of {PRECISIONS}")
     need(ds.jit_compile in ("auto", "true", "false"), "distribute.jit_compile", "must be auto, true or false")
     need(ds.cpu_devices >= 0, "distribute.cpu_devices", f"must be >= 0, got {ds.cpu_devices}")
+    need(ds.startup_timeout > 0, "distribute.startup_timeout", f"must be > 0 seconds, got {ds.startup_timeout}")
 
 
 def check_against_schema(c: Config, schema) -> None:

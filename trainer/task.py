@@ -12,7 +12,8 @@ task) it uses MultiWorkerMirroredStrategy, every task running this same command 
 Restarting the same command(s) after a crash resumes from JOB_DIR/backup.
 
 Exit status: 0 done; 2 bad input (config, TF_CONFIG, port in use, job dir in use, config changed since the
-backup); 1 the run failed (non-finite loss or weights, a lost worker). Each error is one line on stderr;
+backup, a task of TF_CONFIG that never started); 1 the run failed (non-finite loss or weights, a lost worker);
+143 stopped by SIGTERM (after a backup: the same command again resumes). Each error is one line on stderr;
 `--verbose` shows every library log line and tracebacks. Progress (the epoch lines) goes to stderr; stdout gets
 the result alone, one `done: ...` line (from the chief). The run's numbers are in JOB_DIR/metrics.json and
 history.csv.
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
     cluster.check_port_free(task)
     # Imported after the checks above so that bad input fails in a second, not after TensorFlow's start-up.
     from trainer.jobdir.backup import NonFiniteWeightsError
+    from trainer.training import shutdown
     from trainer.training.callbacks import NonFiniteLossError
     from trainer.training.train import PeerLostError, run
 
@@ -46,6 +48,9 @@ def main(argv=None) -> int:
     except (NonFiniteLossError, NonFiniteWeightsError, PeerLostError) as e:  # the run failed, not its input
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except shutdown.Stopped as e:  # SIGTERM: Vertex AI preempted or cancelled the job
+        print(f"error: {e}", file=sys.stderr)
+        return shutdown.EXIT_CODE
     if task.is_chief:
         best = result["metrics"].get("best_val_mean_balanced_accuracy")
         # the run's result on stdout; its progress (the epoch lines) and diagnostics were logged to stderr

@@ -10,6 +10,11 @@ print(make_strategy(load_config('smoke')))"
 - `mirrored` forces MirroredStrategy over every visible GPU or, without GPUs, every logical CPU device;
   `distribute.cpu_devices=K` first splits the CPU into K logical devices, so a CPU-only machine can try
   data-parallel training in one process (that is also how the tests run two replicas on one CPU).
+- Multi-worker: a task first waits (`distribute.startup_timeout` seconds) for every task of TF_CONFIG to start,
+  in Python, where the wait can end with one line naming the absent tasks or at SIGTERM (trainer.training.cluster);
+  the default, 20 minutes, is long enough for Vertex AI to bring up a replica minutes after the others (each
+  VM is provisioned, pulls the container image, and with accelerators loads drivers, on its own), and short
+  enough that a job whose replica never comes ends within the hour rather than holding the others' accelerators.
 - The strategy is made before anything touches TensorFlow's devices: collective ops (multi-worker) and
   logical devices can only be configured while the runtime is not yet initialised.
 - Global batch = per-replica batch x replicas (or train.global_batch_size, which must divide evenly).
@@ -25,6 +30,7 @@ import tensorflow as tf
 
 from trainer.config import ConfigError
 from trainer.training import cluster as cluster_lib
+from trainer.training import shutdown
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +50,10 @@ def make_strategy(config, task: cluster_lib.Task | None = None) -> tf.distribute
         if not task.is_multi_worker:
             raise ConfigError("distribute.strategy=multi_worker needs TF_CONFIG describing a cluster of 2 or more "
                               "tasks (python -m trainer.launch --workers N -- ... sets it)")
+        with shutdown.stop_at_once():  # TensorFlow's own wait below can neither time out nor be stopped
+            cluster_lib.wait_for_peers(task, config.distribute.startup_timeout)
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        shutdown.watch()  # SIGTERM back from TensorFlow's preemption notifier, which took it at start-up
     elif kind == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         strategy = tf.distribute.MirroredStrategy([d.name for d in (gpus or tf.config.list_logical_devices("CPU"))])

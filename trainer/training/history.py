@@ -52,9 +52,14 @@ class Recorder(keras.callbacks.Callback):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.every_steps and self._step() % self.every_steps == 0:
+            self.save_step()
+
+    def save_step(self) -> int:
+        """Commits a mid-epoch backup at the current step (also on SIGTERM, trainer.training.shutdown)."""
         step = self._step()
-        if self.every_steps and step % self.every_steps == 0:
-            self.state = backup.save(self.model, self.paths.backup_dir, dataclasses.replace(self.state, step=step))
+        self.state = backup.save(self.model, self.paths.backup_dir, dataclasses.replace(self.state, step=step))
+        return step
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}}

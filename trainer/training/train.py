@@ -41,7 +41,7 @@ from trainer.objective.losses import make_losses
 from trainer.objective.metrics import MEAN_ACCURACY, VAL, accuracy_keys, balanced_keys, head_metrics
 from trainer.optim.ema import keep_ema_weights
 from trainer.optim.schedules import make_optimizer, make_schedule
-from trainer.training import cluster, distribute, hypertune
+from trainer.training import cluster, distribute, hypertune, shutdown
 from trainer.training.callbacks import MONITOR, make_callbacks
 from trainer.training.history import Recorder, best
 from trainer.training.loop import Loop, Schedule, gather_steps
@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 # Fields that may change between a run and its resumption: where things are, how much is printed, and how the
 # replicas are laid out (the global batch and steps per epoch they lead to are compared instead).
 RESUME_MAY_CHANGE = ("data.data_dir", "train.job_dir", "train.verbose", "train.allow_config_change",
-                     "distribute.strategy", "distribute.cpu_devices", "distribute.jit_compile")
+                     "distribute.strategy", "distribute.cpu_devices", "distribute.jit_compile",
+                     "distribute.startup_timeout")
 
 
 class PeerLostError(RuntimeError):
@@ -84,6 +85,7 @@ def run(config, strategy: tf.distribute.Strategy | None = None, extra_callbacks=
                 f"continue without every task. Start every task's command again: they resume from "
                 f"{paths.backup_dir}") from None
         finally:
+            shutdown.release()
             if not task.is_chief:
                 _remove_scratch(out.job_dir)
 
@@ -164,7 +166,8 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
             config, ctx, global_batch, schema))
         verbose, progress = fit_verbosity(config.train.verbose) if task.is_chief else (0, [])
         callbacks = [*make_callbacks(out, schema, best(state.history, MONITOR), task.is_chief, config),
-                     *progress, *extra_callbacks, recorder]  # the recorder last: it commits what the others logged
+                     *progress, *extra_callbacks, recorder,  # the recorder last: it commits what the others logged
+                     shutdown.StopOnSigterm(recorder, strategy, task.is_multi_worker)]
         callback_list = keras.callbacks.CallbackList(callbacks, add_progbar=verbose != 0, model=model,
                                                      verbose=verbose, epochs=config.train.epochs,
                                                      steps=steps_per_epoch)
