@@ -228,6 +228,9 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head`: the reader left; Python's own advice, so nothing more is printed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as e:  # noqa: BLE001 - sorted into user errors (one line) and bugs (re-raised)
         if not isinstance(e, _user_error_types()):
             raise

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import inspect
 import os
 import pathlib
 import typing
@@ -282,6 +283,61 @@ def preset_names() -> list[str]:
 def preset_path(name: str) -> str:
     """trainer/configs/NAME.yaml: a preset is a config file that ships with the package."""
     return os.path.join(PRESETS_DIR, f"{name}.yaml")
+
+
+def help_or_printed_config(argv: Sequence[str], usage: str) -> str | None:
+    """What a command taking a config prints instead of running: for `--help`, its usage, the presets and every
+    field with its default; for `--print_config`, the config the other flags resolve to (as config.yaml holds
+    it). None when neither flag is given."""
+    if any(a in ("-h", "--help") for a in argv):
+        return (f"{usage.rstrip()}\n\nThe config: --config PRESET or a YAML file (presets: {', '.join(preset_names())}:"
+                f" {PRESETS_DIR}), then any field as --section.field=VALUE (a YAML value); --print_config prints "
+                f"the result. Fields and their defaults:\n{fields_help()}")
+    if "--print_config" in argv:
+        return load_config([a for a in argv if a != "--print_config"]).to_yaml()
+    return None
+
+
+def fields_help(config: Config | None = None) -> str:
+    """Every field as `--section.field=VALUE  comment`, VALUE the default (or `config`'s), for `--help`."""
+    config = config or Config()
+    lines = []
+    for section in dataclasses.fields(Config):
+        owner, values = _field_type(section.name), getattr(config, section.name)
+        comments, hints = _field_comments(owner), typing.get_type_hints(owner)
+        lines.append(f"{section.name}:")
+        for f in dataclasses.fields(owner):
+            value, hint = getattr(values, f.name), hints[f.name]
+            shown = yaml.safe_dump(_plain(value), default_flow_style=True, width=1000).strip().removesuffix("...")
+            choices = f" (one of {', '.join(hint.names())})" if isinstance(hint, type) and issubclass(
+                hint, Choice) else ""
+            lines.append(f"  --{section.name}.{f.name}={shown.strip()}{choices}"
+                         + (f"  # {comments[f.name]}" if comments.get(f.name) else ""))
+    return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Choice):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return dict(value) if isinstance(value, dict) else value
+
+
+def _field_comments(owner: type) -> dict[str, str]:
+    """A dataclass's field comments from its source: the comment on the field's line, else the lines above it."""
+    out, above = {}, []
+    for line in inspect.getsource(owner).splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# "))
+            continue
+        name, colon, rest = text.partition(":")
+        if colon and name.isidentifier():
+            inline = rest.partition("  # ")[2]
+            out[name] = " ".join([*above, inline]).strip() if not inline else inline
+        above = []
+    return out
 
 
 def validate(c: Config) -> None:

@@ -23,7 +23,7 @@ import logging
 import sys
 
 from trainer import cli
-from trainer.config import load_config
+from trainer.config import help_or_printed_config, load_config
 from trainer.training import cluster
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
+    answer = help_or_printed_config(argv, __doc__)
+    if answer is not None:
+        print(answer)
         return 0
     config = load_config(argv)
     task = cluster.from_env()
