@@ -30,6 +30,7 @@ demo: setup
 
 test: setup browser
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests tfds_person_attrs
 
 clean:

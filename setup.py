@@ -24,7 +24,7 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["pipeline*", "tfds_person_attrs*", "trainer*"]),
     package_data={"tfds_person_attrs": ["person_attrs/*.md", "person_attrs/*.tsv", "person_attrs/dummy_data/**/*"],
-                  "trainer.evaluation": ["templates/*.html"]},
+                  "trainer.evaluation": ["templates/*.html"], "trainer": ["configs/*.yaml"]},
     include_package_data=True,
     install_requires=_requirements("requirements.txt"),
     extras_require={

@@ -4,7 +4,7 @@ labels in a generated demo set, scores the audit's flags against them, and train
     python benchmarks/label_audit.py --out /tmp/label_audit --images 1200 --flip 0.1 --head footwear --folds 3 \
         --compare_seeds 1,2,3 -- --config demo --train.epochs=12
 
-Generates the demo set (tfds_person_attrs.demo_data) and builds it once as drawn, which fixes the split (a
+Generates the demo set (tfds_person_attrs.demo.generate) and builds it once as drawn, which fixes the split (a
 function of the images' groups, not of their labels). It then gives --flip of the train rows another class of
 --head at random (seeded) and builds again: validation and test keep their true labels. `python -m
 trainer.label_audit` runs on that build with the arguments after `--`, as a user runs it. The flipped rows are
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train_config", default="demo", help="preset of the with/without runs")
     a = p.parse_args(own)
     from pipeline import preprocess
-    from tfds_person_attrs.demo_data import write_demo_data
+    from tfds_person_attrs.demo.generate import write_demo_data
     from tfds_person_attrs.schema import HVC
     from trainer.config import load_config
     from trainer.input.data import split_ids

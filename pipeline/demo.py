@@ -115,7 +115,7 @@ def run_demo(args) -> None:
     manual = args.data
     if not manual:
         manual = os.path.join(args.out, "demo_data")
-        step("generate a demo set", chain.Step("tfds_person_attrs.demo_data", [
+        step("generate a demo set", chain.Step("tfds_person_attrs.demo.generate", [
             "--out", manual, "--num_images", str(args.num_images), "--seed", str(args.seed)]))
     outputs = chain.create_pipeline(LocalSteps(args.out), manual, dataset_config=None, train_config=args.preset,
                                     train_overrides=args.overrides, eval_split="test")

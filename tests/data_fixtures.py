@@ -3,7 +3,7 @@
     python -c "from tests.data_fixtures import write_real_slice; print(write_real_slice('/tmp/s', 50, 10))"
 
 The real data sits in ../shared beside the checkout (as in CI). A clone without it gets a generated stand-in
-instead (`tfds_person_attrs.demo_data`, in a temporary folder): the same zip layout, CSV columns and row
+instead (`tfds_person_attrs.demo.generate`, in a temporary folder): the same zip layout, CSV columns and row
 numbering (images for the first rows, rows 7001+ without an image), so that every test written against a slice
 of the real data also runs on a bare clone. Tests that need the real data itself use `needs_real_data`, which
 skips them naming the missing file.
@@ -36,7 +36,7 @@ def hvc_zip() -> pathlib.Path:
     """The real hvc_data.zip, or (once per process) a generated stand-in in the same layout."""
     if REAL_ZIP.exists():
         return REAL_ZIP
-    from tfds_person_attrs.demo_data import write_demo_data
+    from tfds_person_attrs.demo.generate import write_demo_data
 
     out = tempfile.mkdtemp(prefix="hvc_stand_in_")
     return pathlib.Path(write_demo_data(out, num_images=STAND_IN_IMAGES, seed=3, zip=True,

@@ -21,7 +21,7 @@ from PIL import Image
 
 from pipeline import preprocess
 from tfds_person_attrs.annotations import ImageRefusedError, ManualData, ManualDataError, parse_annotations
-from tfds_person_attrs.demo_data import write_demo_data
+from tfds_person_attrs.demo.generate import write_demo_data
 from tfds_person_attrs.images import BadImageError, inspect_image
 from tfds_person_attrs.schema import HVC
 

@@ -25,7 +25,7 @@ from PIL import Image
 from pipeline import preprocess
 from tfds_person_attrs.annotations import ManualData, parse_annotations
 from tfds_person_attrs.beam_transforms import BuildSplits
-from tfds_person_attrs.demo_data import write_demo_data
+from tfds_person_attrs.demo.generate import write_demo_data
 from tfds_person_attrs.grouping import DEFAULT_FRACTIONS
 from tfds_person_attrs.schema import HVC
 

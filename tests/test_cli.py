@@ -129,6 +129,21 @@ def test_library_records_below_error_show_only_with_verbose(capsys):
     cli.run(main, [])  # back to quiet for the tests after this one
 
 
+def test_only_the_known_library_warnings_are_silenced():
+    """Known noise is dropped by its message; any other warning (a deprecation announcing a break) still shows."""
+    import warnings
+
+    def main(argv):
+        for line, (category, message) in enumerate([(DeprecationWarning, "label() is deprecated. Use is_required()"),
+                                                    (DeprecationWarning, "a new deprecation: f() goes in 3.0")]):
+            warnings.warn_explicit(message, category, "library.py", line)
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        cli.run(main, [])
+    assert [str(w.message) for w in seen] == ["a new deprecation: f() goes in 3.0"]
+
+
 def test_verbose_is_taken_off_before_a_double_dash_only():
     seen = []
     cli.run(lambda argv: seen.append(argv), ["--image", "x", "--", "--verbose"])

@@ -67,12 +67,12 @@ def test_real_slice_build_train_evaluate_predict(tmp_path, capfd):
 
 
 def test_the_demo_generates_the_set_of_its_seed(tmp_path, monkeypatch):
-    from tfds_person_attrs.demo_data import write_demo_data
+    from tfds_person_attrs.demo.generate import write_demo_data
 
     run_step = demo.step
 
     def generate_only(title, command):  # the real generate step; every later step stops the demo
-        if command.module != "tfds_person_attrs.demo_data":
+        if command.module != "tfds_person_attrs.demo.generate":
             raise demo.StepFailed(title, 3)
         run_step(title, command)
 

@@ -4,12 +4,26 @@
 """
 
 import dataclasses
+import os
+import pathlib
+import re
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 from tests.trainer_fixtures import MULTI_SCHEMA
 from tfds_person_attrs.schema import HVC
-from trainer.config import ConfigError, check_against_schema, config_from_yaml, load_config
+from trainer.config import (
+    Config,
+    ConfigError,
+    check_against_schema,
+    config_from_yaml,
+    load_config,
+    preset_names,
+    preset_path,
+)
 from trainer.jobdir.paths import job_paths
 
 
@@ -148,3 +162,39 @@ def test_demo_preset_weights_every_head_of_the_demo_set():
     c = load_config("demo")
     check_against_schema(c, HVC)
     assert set(c.loss.weights) == set(HVC.names)
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_is_a_file_opening_with_its_command_and_result(preset):
+    """big_vision's convention: a config file says how to run it and what it gave, before any field."""
+    text = pathlib.Path(preset_path(preset)).read_text()
+    header = text[:text.index("\n", text.index("\n" + next(s for s in ("data:", "model:") if "\n" + s in text)))]
+    assert header.startswith(f"# {preset}:")
+    assert re.search(r"#\s+(python -m trainer\.task --config " + preset + r"\b|make demo)", header), header
+    assert "# Result" in header
+
+
+@pytest.mark.parametrize("module", ["trainer.task", "trainer.lr_find", "trainer.label_audit"])
+def test_help_lists_every_config_field_with_its_default_and_print_config_resolves(module):
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1])}
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(getattr(Config(), section.name)):
+            assert f"--{section.name}.{f.name}=" in out.stdout, f"{section.name}.{f.name} missing from {module} --help"
+    assert "--optim.schedule=one_cycle (one of one_cycle, cosine" in out.stdout
+    printed = subprocess.run([sys.executable, "-m", module, "--config", "smoke", "--model.width=3", "--print_config"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    assert yaml.safe_load(printed.stdout) == load_config(["--config", "smoke", "--model.width=3"]).to_dict()
+
+
+def test_choice_fields_name_their_values_when_wrong_and_read_back_as_plain_strings(tmp_path):
+    with pytest.raises(ConfigError, match=r"optim.schedule: must be one of \['one_cycle', 'cosine'.*got 'cosin'"):
+        load_config(["--optim.schedule=cosin"])
+    c = load_config(["--optim.schedule=cosine"])
+    assert c.optim.schedule == "cosine" and f"{c.optim.schedule}" == "cosine"
+    assert "schedule: cosine" in c.to_yaml()
+    (tmp_path / "c.yaml").write_text(c.to_yaml())
+    assert config_from_yaml(str(tmp_path / "c.yaml")) == c

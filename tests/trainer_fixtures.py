@@ -43,7 +43,7 @@ def fixture_data_dir(schema_name: str = "hvc") -> str:
     import yaml
 
     from pipeline import preprocess
-    from tfds_person_attrs.demo_data import write_demo_data
+    from tfds_person_attrs.demo.generate import write_demo_data
 
     root = tempfile.mkdtemp(prefix=f"fixture_{schema_name}_")
     manual = write_demo_data(os.path.join(root, "manual"), num_images=NUM_IMAGES, num_missing=2, seed=1)

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
+import inspect
+import os
+import pathlib
 import typing
 from typing import Any, Iterable, Sequence
 
@@ -22,15 +26,71 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-SCHEDULES = ("one_cycle", "cosine", "step", "triangular", "triangular2", "constant")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-CLASS_BALANCE = ("none", "inverse", "effective")
-# trainer.model.backbones.REGISTRY's names (this module imports no Keras; a test keeps the two equal)
-BACKBONES = ("wrn", "resnet20v1", "sepconv", "densenet121", "resnet50v2", "efficientnetv2b0", "mobilenetv3small",
-             "mobilenetv3large", "vgg16", "inceptionv3")
+
+class Choice(str, enum.Enum):
+    """A field with a fixed set of values: OmegaConf checks it by name and the message lists the names. The
+    value is the name, and it compares, hashes, prints and serialises as that string."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(m.value for m in cls)
+
+
+class Schedule(Choice):
+    one_cycle = "one_cycle"
+    cosine = "cosine"
+    step = "step"
+    triangular = "triangular"
+    triangular2 = "triangular2"
+    constant = "constant"
+
+
+class Precision(Choice):
+    float32 = "float32"
+    mixed_float16 = "mixed_float16"
+    mixed_bfloat16 = "mixed_bfloat16"
+
+
+class Strategy(Choice):
+    auto = "auto"
+    default = "default"
+    mirrored = "mirrored"
+    multi_worker = "multi_worker"
+
+
+class ClassBalance(Choice):
+    none = "none"
+    inverse = "inverse"
+    effective = "effective"
+
+
+class MultiLabelLoss(Choice):
+    bce = "bce"
+    weighted_bce = "weighted_bce"
+
+
+class BackboneName(Choice):
+    """The backbones trainer.model.backbones.REGISTRY builds (this module imports no Keras)."""
+
+    wrn = "wrn"
+    resnet20v1 = "resnet20v1"
+    sepconv = "sepconv"
+    densenet121 = "densenet121"
+    resnet50v2 = "resnet50v2"
+    efficientnetv2b0 = "efficientnetv2b0"
+    mobilenetv3small = "mobilenetv3small"
+    mobilenetv3large = "mobilenetv3large"
+    vgg16 = "vgg16"
+    inceptionv3 = "inceptionv3"
+
+
 WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".hdf5")
-MULTI_LABEL_LOSSES = ("bce", "weighted_bce")
 
 
 class ConfigError(ValueError):
@@ -82,7 +142,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "wrn"  # one of BACKBONES; depth, width, dropout and stem_stride apply to the scratch nets
+    backbone: BackboneName = BackboneName.wrn  # depth, width, dropout and stem_stride apply to the scratch nets
     # none | imagenet (keras.applications backbones; downloaded once) | PATH or gs:// URI of a .weights.h5/.h5 file
     weights: str = "none"
     # auto | true | false: BatchNorm layers of the backbone stay in inference mode (moving statistics, not
@@ -121,7 +181,7 @@ class AugmentConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    schedule: str = "one_cycle"
+    schedule: Schedule = Schedule.one_cycle
     max_lr: float = 0.1
     min_lr: float = 0.0  # floor of cosine/cyclic schedules
     warmup_frac: float = 0.25
@@ -146,10 +206,11 @@ class LossConfig:
     weights: dict[str, float] = dataclasses.field(default_factory=dict)  # by attribute; missing = 1.0
     normalize_weights: bool = True  # divide the weights by their mean: the LR then does not depend on their sum
     label_smoothing: float = 0.0
-    class_balance: str = "none"  # single-label heads: "inverse" frequency or "effective" number (Cui et al. 2019)
+    # single-label heads: "inverse" frequency or "effective" number (Cui et al. 2019)
+    class_balance: ClassBalance = ClassBalance.none
     class_balance_beta: float = 0.999
     # multi-label heads: "bce", or "weighted_bce" (positives vs negatives per label, trainer/objective/losses.py)
-    multi_label_loss: str = "bce"
+    multi_label_loss: MultiLabelLoss = MultiLabelLoss.bce
 
     def __post_init__(self):
         # Frozen all the way down: the weights mapping is read-only too.
@@ -176,8 +237,9 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DistributeConfig:
-    strategy: str = "auto"  # auto: multi_worker if TF_CONFIG has a cluster, mirrored if >1 GPU, else default
-    mixed_precision: str = "float32"
+    # auto: multi_worker if TF_CONFIG has a cluster, mirrored if >1 GPU, else default
+    strategy: Strategy = Strategy.auto
+    mixed_precision: Precision = Precision.float32
     jit_compile: str = "auto"  # auto | true | false (Keras turns XLA off under a strategy unless true)
     cpu_devices: int = 0  # >0: mirror over this many logical CPU devices in one process (CPU-only machines)
     # Multi-worker: seconds a task waits for every other task of TF_CONFIG to start (trainer.training.cluster)
@@ -212,61 +274,72 @@ class Config:
         return _resolve(OmegaConf.structured(self), overrides.items(), "replace")
 
 
-# Attribute data of any schema (single- or multi-label heads) on a CPU: the hvc recipe at 64x32 for ~2x the epochs
-# per hour, positive/negative-balanced BCE on multi-label heads. docs/results.md measures it on the hvc data read
-# as 27 binary labels (docs/examples/hvc_multi_label.yaml).
-_PAR: dict[str, Any] = {
-    "data": {"height": 64, "width": 32, "cache": True},
-    "model": {"depth": 16, "width": 2, "dropout": 0.1},
-    "augment": {"translate": 0.1, "erasing": 0.25},
-    "optim": {"schedule": "one_cycle", "max_lr": 0.05},
-    "loss": {"multi_label_loss": "weighted_bce"},
-    "train": {"epochs": 20, "batch_size": 64},
-}
+# The presets: trainer/configs/<name>.yaml, each opening with the command that runs it and the result it gave.
+PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # Seconds on a CPU: tiny input and net, a few steps.
-    "smoke": {
-        "data": {"height": 64, "width": 32, "shuffle_buffer": 256, "dct_scaling": True},
-        "model": {"depth": 10, "width": 1, "dropout": 0.0},
-        "augment": {"erasing": 0.25, "translate": 0.05},
-        "optim": {"max_lr": 0.05},
-        "train": {"epochs": 2, "batch_size": 8, "steps_per_epoch": 4, "validation_steps": 2},
-    },
-    # `make demo` on the generated demo set (tfds_person_attrs/demo_data.py, hvc heads): the whole chain takes 90-120
-    # CPU seconds. Full-size input (224x112: the noise and blur of image quality and the face marks of emotion
-    # survive) with a stride-4 stem, so the trunk runs at 56x28; batch 16 for more updates per second. No random
-    # shift: the generator already places and sizes each figure at random, and the shift took a third of each CPU
-    # step, which buys 18 epochs instead of 12. Loss weights on the heads that learn last (age, weight, emotion);
-    # the preset names every head, so the hvc schema's own weights do not apply to the demo set.
-    # benchmarks/demo_learns.py checks that every head beats its majority baseline (docs/performance.md, section 8).
-    "demo": {
-        "data": {"height": 224, "width": 112, "shuffle_buffer": 1024, "cache": True},
-        "model": {"depth": 10, "width": 1, "dropout": 0.0, "stem_stride": 4},
-        "augment": {"erasing": 0.0, "translate": 0.0},
-        "optim": {"max_lr": 0.1},
-        "loss": {"weights": {"gender": 1, "image_quality": 1, "age": 3, "weight": 4, "bag": 1, "footwear": 1,
-                             "emotion": 3, "pose": 1}},
-        "train": {"epochs": 18, "batch_size": 16},
-    },
-    # The real run on the HVC data, sized for a 2-core CPU (docs/results.md): letterboxed 224x224 images, the
-    # person band resized to 96x48, WRN-16-2, max LR from the LR range test, light regularisation, 42 epochs
-    # (~2 h 20 min there); evaluate with --flip_tta for the headline row. The per-head loss weights of that
-    # recipe belong to the data and live in its schema (tfds_person_attrs.schema.HVC.loss_weights).
-    "hvc": {
-        "data": {"height": 96, "width": 48, "cache": True},
-        "model": {"depth": 16, "width": 2, "dropout": 0.1},
-        "augment": {"translate": 0.1, "erasing": 0.25, "color_jitter": 0.0},
-        "optim": {"schedule": "one_cycle", "max_lr": 0.05},
-        "train": {"epochs": 42, "batch_size": 64},
-    },
-    "par": _PAR,
-    # The same for a GPU: pedestrian-attribute benchmarks' 256x128 input, WRN-16-4, more epochs, bfloat16; no
-    # decoded-image cache (98 KB per image at this size: 10 GB for a 100,000-image set).
-    "par_gpu": {**_PAR, "data": {**_PAR["data"], "height": 256, "width": 128, "cache": False},
-                "model": {**_PAR["model"], "width": 4}, "train": {**_PAR["train"], "epochs": 40},
-                "distribute": {"mixed_precision": "mixed_bfloat16"}},
-}
+
+def preset_names() -> list[str]:
+    return sorted(f[:-len(".yaml")] for f in os.listdir(PRESETS_DIR) if f.endswith(".yaml"))
+
+
+def preset_path(name: str) -> str:
+    """trainer/configs/NAME.yaml: a preset is a config file that ships with the package."""
+    return os.path.join(PRESETS_DIR, f"{name}.yaml")
+
+
+def help_or_printed_config(argv: Sequence[str], usage: str) -> str | None:
+    """What a command taking a config prints instead of running: for `--help`, its usage, the presets and every
+    field with its default; for `--print_config`, the config the other flags resolve to (as config.yaml holds
+    it). None when neither flag is given."""
+    if any(a in ("-h", "--help") for a in argv):
+        return (f"{usage.rstrip()}\n\nThe config: --config PRESET or a YAML file (presets: {', '.join(preset_names())}:"
+                f" {PRESETS_DIR}), then any field as --section.field=VALUE (a YAML value); --print_config prints "
+                f"the result. Fields and their defaults:\n{fields_help()}")
+    if "--print_config" in argv:
+        return load_config([a for a in argv if a != "--print_config"]).to_yaml()
+    return None
+
+
+def fields_help(config: Config | None = None) -> str:
+    """Every field as `--section.field=VALUE  comment`, VALUE the default (or `config`'s), for `--help`."""
+    config = config or Config()
+    lines = []
+    for section in dataclasses.fields(Config):
+        owner, values = _field_type(section.name), getattr(config, section.name)
+        comments, hints = _field_comments(owner), typing.get_type_hints(owner)
+        lines.append(f"{section.name}:")
+        for f in dataclasses.fields(owner):
+            value, hint = getattr(values, f.name), hints[f.name]
+            shown = yaml.safe_dump(_plain(value), default_flow_style=True, width=1000).strip().removesuffix("...")
+            choices = f" (one of {', '.join(hint.names())})" if isinstance(hint, type) and issubclass(
+                hint, Choice) else ""
+            lines.append(f"  --{section.name}.{f.name}={shown.strip()}{choices}"
+                         + (f"  # {comments[f.name]}" if comments.get(f.name) else ""))
+    return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Choice):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return dict(value) if isinstance(value, dict) else value
+
+
+def _field_comments(owner: type) -> dict[str, str]:
+    """A dataclass's field comments from its source: the comment on the field's line, else the lines above it."""
+    out, above = {}, []
+    for line in inspect.getsource(owner).splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# "))
+            continue
+        name, colon, rest = text.partition(":")
+        if colon and name.isidentifier():
+            inline = rest.partition("  # ")[2]
+            out[name] = " ".join([*above, inline]).strip() if not inline else inline
+        above = []
+    return out
 
 
 def validate(c: Config) -> None:
@@ -280,7 +353,6 @@ def validate(c: Config) -> None:
         v = getattr(d, f)
         need(v >= 16 and v % 4 == 0, f"data.{f}", f"must be a multiple of 4 and >= 16, got {v}")
     need(d.shuffle_buffer >= 0 and d.cycle_length >= 1, "data.shuffle_buffer/cycle_length", "must be >= 0 / >= 1")
-    need(m.backbone in BACKBONES, "model.backbone", f"must be one of {BACKBONES}, got {m.backbone!r}")
     need(m.weights in ("none", "imagenet") or m.weights.endswith(WEIGHTS_SUFFIXES), "model.weights",
          f"must be none, imagenet or a weights file ending in {' or '.join(WEIGHTS_SUFFIXES)}, got {m.weights!r}")
     need(m.freeze_batchnorm in ("auto", "true", "false"), "model.freeze_batchnorm", "must be auto, true or false")
@@ -292,7 +364,6 @@ def validate(c: Config) -> None:
          "erasing in [0, 1], translate and zoom in [0, 1)")
     need(a.mixup >= 0 and 0 <= a.cutmix <= 1, "augment.mixup/cutmix",
          f"MixUp's alpha must be >= 0 and CutMix's in [0, 1] (0 = off), got {a.mixup} / {a.cutmix}")
-    need(o.schedule in SCHEDULES, "optim.schedule", f"must be one of {SCHEDULES}, got {o.schedule!r}")
     need(o.max_lr > 0 and 0 <= o.min_lr <= o.max_lr, "optim.max_lr/min_lr", "need max_lr > 0 and 0 <= min_lr <= max_lr")
     need(0 <= o.warmup_frac < 1, "optim.warmup_frac", f"must be in [0, 1), got {o.warmup_frac}")
     need(0 <= o.momentum < 1 and 0 <= o.momentum_min <= o.momentum_max < 1, "optim.momentum*",
@@ -301,17 +372,13 @@ def validate(c: Config) -> None:
     need(o.cycle_epochs > 0 and o.decay_every_epochs > 0, "optim.cycle_epochs/decay_every_epochs", "must be > 0")
     need(all(w >= 0 for w in lo.weights.values()), "loss.weights", f"must be >= 0, got {dict(lo.weights)}")
     need(0 <= lo.label_smoothing < 1, "loss.label_smoothing", f"must be in [0, 1), got {lo.label_smoothing}")
-    need(lo.class_balance in CLASS_BALANCE, "loss.class_balance", f"must be one of {CLASS_BALANCE}")
     need(0 < lo.class_balance_beta < 1, "loss.class_balance_beta", "must be in (0, 1)")
-    need(lo.multi_label_loss in MULTI_LABEL_LOSSES, "loss.multi_label_loss", f"must be one of {MULTI_LABEL_LOSSES}")
     need(t.epochs >= 1 and t.batch_size >= 1, "train.epochs/batch_size", "must be >= 1")
     need(min(t.global_batch_size, t.steps_per_epoch, t.validation_steps, t.backup_every_steps) >= 0, "train",
          "global_batch_size, steps_per_epoch, validation_steps, backup_every_steps must be >= 0")
     need(t.freeze_backbone_epochs >= 0 and t.backbone_lr_multiplier > 0,
          "train.freeze_backbone_epochs/backbone_lr_multiplier", "must be >= 0 / > 0")
     need(t.verbose in ("auto", "0", "1", "2"), "train.verbose", "must be auto, 0, 1 or 2")
-    need(ds.strategy in STRATEGIES, "distribute.strategy", f"must be one of {STRATEGIES}")
-    need(ds.mixed_precision in PRECISIONS, "distribute.mixed_precision", f"must be one of {PRECISIONS}")
     need(ds.jit_compile in ("auto", "true", "false"), "distribute.jit_compile", "must be auto, true or false")
     need(ds.cpu_devices >= 0, "distribute.cpu_devices", f"must be >= 0, got {ds.cpu_devices}")
     need(ds.startup_timeout > 0, "distribute.startup_timeout", f"must be > 0 seconds, got {ds.startup_timeout}")
@@ -351,8 +418,8 @@ def load_config(argv: Sequence[str] | str | None = None) -> Config:
     args = _parse_argv(list(argv or []))
     base = dict(args).get("config")
     cfg = OmegaConf.structured(Config)
-    if base in PRESETS:
-        cfg = _merge(cfg, PRESETS[base], f"preset {base}")
+    if base in preset_names():
+        cfg = _merge(cfg, _read_yaml(preset_path(base)), f"preset {base}")
     elif base:
         cfg = _merge(cfg, _read_yaml(base), base)
     overrides = [(_SHORT_FLAGS.get(key, key), val) for key, val in args if key != "config"]
@@ -386,12 +453,15 @@ def _parse_argv(argv: list[str]) -> list[tuple[str, Any]]:
 
 
 def _read_yaml(path: str) -> DictConfig:
-    import tensorflow as tf  # gfile reads gs://; imported only when a file is read
+    if "://" in path:
+        import tensorflow as tf  # heavy, optional here: only a remote (gs://) config file needs its gfile
 
-    if not tf.io.gfile.exists(path):
-        raise ConfigError(f"--config {path!r} is neither a preset {sorted(PRESETS)} nor an existing YAML file")
-    with tf.io.gfile.GFile(path, "r") as f:
-        text = f.read()
+        exists, read = tf.io.gfile.exists, lambda: tf.io.gfile.GFile(path, "r").read()
+    else:
+        exists, read = os.path.isfile, lambda: pathlib.Path(path).read_text(encoding="utf-8")
+    if not exists(path):
+        raise ConfigError(f"--config {path!r} is neither a preset {preset_names()} nor an existing YAML file")
+    text = read()
     try:
         d = OmegaConf.create(text)
     except yaml.YAMLError as e:
@@ -437,6 +507,9 @@ def _user_errors(source: str):
         expected = _field_type(e.full_key) if isinstance(e, ValidationError) and e.full_key else None
         if expected is None:
             raise ConfigError(f"{source}: {e.full_key or 'config'}: {str(e).splitlines()[0]}") from None
+        if isinstance(expected, type) and issubclass(expected, Choice):
+            raise ConfigError(f"{source}: {e.full_key}: must be one of {list(expected.names())}, got "
+                              f"{e.value!r}") from None
         name = expected.__name__ if isinstance(expected, type) else str(expected)
         raise ConfigError(f"{source}: {e.full_key}: expected {name}, got {e.value!r}") from None
 

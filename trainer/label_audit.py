@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from trainer import cli
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError, help_or_printed_config, load_config
 
 log = logging.getLogger(__name__)
 PROBS_FILE = "held_out_probs.npz"
@@ -148,8 +148,9 @@ def audit(config, num_folds: int = 5, show: int = 12) -> dict:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
+    answer = help_or_printed_config(argv, __doc__)
+    if answer is not None:
+        print(answer)
         return 0
     parser = cli.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--folds", type=cli.positive_int, default=5)

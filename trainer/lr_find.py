@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from trainer import cli
+from trainer.config import help_or_printed_config, load_config
 
 # The rule behind suggested_max_lr, by whether the loss diverged within the sweep.
 RULES = {True: "min-loss LR / 10",
@@ -167,11 +168,14 @@ def main(argv=None) -> int:
     p.add_argument("--start_lr", type=float, default=1e-5)
     p.add_argument("--end_lr", type=float, default=10.0)
     p.add_argument("--out", help="output folder (default JOB_DIR/lr_find with --job_dir, else ./lr_find)")
-    args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    answer = help_or_printed_config(argv, p.format_help())
+    if answer is not None:
+        print(answer)
+        return 0
+    args, rest = p.parse_known_args(argv)
     if not 0 < args.start_lr < args.end_lr:
         p.error(f"need 0 < --start_lr < --end_lr, got {args.start_lr:g} and {args.end_lr:g}")
-    from trainer.config import load_config
-
     config = load_config(rest)
     out = args.out or (os.path.join(config.train.job_dir, "lr_find") if config.train.job_dir else "lr_find")
     r = run_lr_find(config, args.steps, args.start_lr, args.end_lr, out)

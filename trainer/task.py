@@ -24,14 +24,15 @@ from __future__ import annotations
 import sys
 
 from trainer import cli
-from trainer.config import load_config
+from trainer.config import help_or_printed_config, load_config
 from trainer.training import cluster
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
+    answer = help_or_printed_config(argv, __doc__)
+    if answer is not None:
+        print(answer)
         return 0
     config = load_config(argv)
     cli.check_folder_path(config.train.job_dir, "--job_dir")

@@ -2,7 +2,7 @@
 
 The fixture has the real data's layout (hvc_annotations.csv + resized/N.jpg, unzipped) with 24 small
 synthetic images and 3 CSV rows whose image is missing, so the builder test covers skipped rows too.
-It is checked in; rerun this after changing demo_data/demo_draw or the schema, then commit the result:
+It is checked in; rerun this after changing tfds_person_attrs/demo/ or the schema, then commit the result:
 
     python -m tfds_person_attrs.person_attrs.make_dummy_data
     python -m tfds_person_attrs.person_attrs.make_dummy_data --out /tmp/dummy_data   # somewhere else
@@ -14,7 +14,7 @@ import argparse
 import os
 import shutil
 
-from tfds_person_attrs.demo_data import write_demo_data
+from tfds_person_attrs.demo.generate import write_demo_data
 
 DUMMY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dummy_data")
 NUM_IMAGES = 24

@@ -62,7 +62,7 @@ def _scratch(builder) -> Callable:
 
 
 _APPS = keras.applications
-REGISTRY: dict[str, Backbone] = {
+REGISTRY: dict[str, Backbone] = {  # by trainer.config.BackboneName
     "wrn": Backbone(_scratch(scratch_nets.wrn), "tf"),
     "resnet20v1": Backbone(_scratch(scratch_nets.resnet20v1), "tf"),
     "sepconv": Backbone(_scratch(scratch_nets.sepconv), "tf"),

@@ -39,5 +39,5 @@ def build_model(schema, config) -> keras.Model:
         # float32 activation: softmax/sigmoid and the loss stay stable under mixed_float16/bfloat16.
         outputs[a.name] = keras.layers.Activation("sigmoid" if a.is_multi_label else "softmax", dtype="float32",
                                                   name=a.name)(logits)
-    name = f"wrn_{m.depth}_{m.width}" if m.backbone == "wrn" else m.backbone
+    name = f"wrn_{m.depth}_{m.width}" if m.backbone == "wrn" else str(m.backbone)
     return keras.Model(inputs, outputs, name=f"{name}_{schema.name}")

@@ -17,7 +17,7 @@ import math
 import keras
 from keras import ops
 
-from trainer.config import SCHEDULES, OptimConfig
+from trainer.config import OptimConfig, Schedule
 
 _DEFAULT = OptimConfig()  # the defaults below are the config's
 
@@ -80,14 +80,16 @@ def cyclic_lr(step, min_lr, max_lr, half_cycle_steps, mode="triangular"):
 
 @keras.saving.register_keras_serializable(package="person_attrs")
 class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """One of SCHEDULES, as a function of the global step; `momentum(step)` gives the matching SGD momentum."""
+    """One of trainer.config.Schedule, as a function of the global step; `momentum(step)` gives the matching SGD
+    momentum."""
 
     def __init__(self, kind, total_steps, max_lr, min_lr=_DEFAULT.min_lr, warmup_frac=_DEFAULT.warmup_frac,
                  div_factor=_DEFAULT.div_factor, final_div=_DEFAULT.final_div, momentum=_DEFAULT.momentum,
                  momentum_max=_DEFAULT.momentum_max, momentum_min=_DEFAULT.momentum_min, decay_steps=1,
                  decay_rate=_DEFAULT.decay_rate, half_cycle_steps=1):
-        if kind not in SCHEDULES:
-            raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
+        if kind not in Schedule.names():
+            raise ValueError(f"unknown schedule {kind!r}; choose one of {Schedule.names()}")
+        kind = str(kind)  # the model's saved config holds the plain name
         self.kind, self.total_steps, self.max_lr, self.min_lr = kind, int(total_steps), float(max_lr), float(min_lr)
         self.warmup_frac, self.div_factor, self.final_div = float(warmup_frac), float(div_factor), float(final_div)
         self.momentum_value, self.momentum_max, self.momentum_min = float(momentum), float(momentum_max), float(

@@ -98,7 +98,7 @@ def jit_compile(config):
 def set_precision(config) -> str:
     """Sets the global Keras dtype policy; returns the previous one so that callers (tests) can restore it."""
     previous = keras.config.dtype_policy().name
-    policy = config.distribute.mixed_precision
+    policy = str(config.distribute.mixed_precision)
     if policy == "mixed_bfloat16" and not tf.config.list_physical_devices("GPU") and not cpu_has_bf16():
         # Measured (docs/performance.md): 1.3x faster steps on a CPU with AVX-512 BF16, ~10x slower on AVX2 only.
         print("warning: distribute.mixed_precision=mixed_bfloat16 on a CPU without bf16 instructions "

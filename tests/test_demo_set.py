@@ -1,6 +1,6 @@
-"""Tests for the synthetic demo data (tfds_person_attrs/demo_data.py, demo_draw.py, make_dummy_data.py).
+"""Tests for the synthetic demo data (tfds_person_attrs/demo/: generate.py, draw.py, make_dummy_data.py).
 
-    python -m pytest -q -x tests/test_demo_data.py
+    python -m pytest -q -x tests/test_demo_set.py
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfds_person_attrs import demo_data
+from tfds_person_attrs.demo import generate as demo_data
 from tfds_person_attrs.person_attrs import make_dummy_data
 from tfds_person_attrs.schema import HVC
 

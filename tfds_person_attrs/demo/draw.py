@@ -1,16 +1,15 @@
-"""Drawing of the synthetic demo people (used by `demo_data.py`).
+"""Drawing of the synthetic demo people (used by `generate.py`).
 
 Each HVC attribute maps to a visible cue, so a model trained on the demo set learns something real
 and its metrics move off the majority baseline. Tables below are indexed by HVC class order
 (schema.py); `_check_tables` fails at import if the schema changes shape.
 
-    python -c "from tfds_person_attrs.demo_draw import preview; preview('/tmp/demo_preview.png')"
+    python -c "from tfds_person_attrs.demo.generate import preview; preview('/tmp/demo_preview.png')"
 """
 
 from __future__ import annotations
 
 import colorsys
-import io
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -35,7 +34,7 @@ LONG_HAIR = (True, False)                          # gender: female, male
 def _check_tables():
     for attr, table in (("age", HAIR_GREY), ("weight", TORSO_WIDTH), ("bag", BAG_KIND), ("footwear", SHOE_KIND),
                         ("emotion", MOUTH), ("pose", VIEW), ("gender", LONG_HAIR)):
-        assert len(table) == HVC[attr].num_classes, f"demo_draw table for {attr!r} does not match the schema"
+        assert len(table) == HVC[attr].num_classes, f"demo draw table for {attr!r} does not match the schema"
 
 
 _check_tables()
@@ -243,15 +242,3 @@ def degrade(img: Image.Image, rng: np.random.Generator, blur: float, noise: floa
     out = Image.new("RGB", (SIZE, SIZE), (0, 0, 0))
     out.paste(Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB"), (band[0], 0))
     return out
-
-
-def preview(path: str, n: int = 16, seed: int = 0) -> None:
-    """Writes a grid of n demo images (with their labels sampled as in demo_data) for eyeballing."""
-    from tfds_person_attrs import demo_data
-
-    labels = demo_data.sample_labels(np.random.default_rng(seed), n)
-    grid = Image.new("RGB", (SIZE * 8, SIZE * ((n + 7) // 8)))
-    for i, lab in enumerate(labels):
-        im = Image.open(io.BytesIO(demo_data.render_image(lab, seed, i + 1)))
-        grid.paste(im, (SIZE * (i % 8), SIZE * (i // 8)))
-    grid.save(path)

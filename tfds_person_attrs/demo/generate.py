@@ -5,15 +5,15 @@ The layout matches the real data: `hvc_annotations.csv` (columns `filename,<attr
 plus `resized/N.jpg`, 224x224 RGB JPEGs letterboxed into a vertical band with black bars left and
 right; `num_missing` extra CSV rows point at images that do not exist, as in the real CSV.
 
-Every attribute is drawn visibly so that a small CNN can learn it (see demo_draw's `_draw_person`): gender ->
+Every attribute is drawn visibly so that a small CNN can learn it (see draw.py's `_draw_person`): gender ->
 hair length and clothing colour family, age -> hair grey level, weight -> body width (torso, and less so
 arms and legs) and a belly over the belt when overweight, pose -> face / back of head / narrow profile, bag ->
 dark hip rectangle or light bag with handles, footwear -> shoe shape and colour (CantSee: feet below the
 frame), emotion -> face marks (a red face with angry brows, a white grin, blue tears, or a thin neutral mouth;
 on front and profile views, not from the back), image quality -> blur, noise and JPEG quality.
 
-    python -m tfds_person_attrs.demo_data --out /tmp/hvc_demo --num_images 600
-    python -m tfds_person_attrs.demo_data --out /tmp/hvc_demo --num_images 600 --zip   # /tmp/hvc_demo/hvc_data.zip
+    python -m tfds_person_attrs.demo.generate --out /tmp/hvc_demo --num_images 600
+    python -m tfds_person_attrs.demo.generate --out /tmp/hvc_demo --num_images 600 --zip   # /tmp/hvc_demo/hvc_data.zip
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import zipfile
 import numpy as np
 from PIL import Image
 
-from tfds_person_attrs import demo_draw
+from tfds_person_attrs.demo import draw as demo_draw
 from tfds_person_attrs.schema import HVC
 
 SIZE = demo_draw.SIZE
@@ -153,6 +153,16 @@ def load_demo_arrays(root: str) -> tuple[list[dict[str, str]], list[np.ndarray]]
         rows = [r for r in csv.DictReader(f) if os.path.exists(os.path.join(root, r[HVC.image_column]))]
     imgs = [np.asarray(Image.open(os.path.join(root, r[HVC.image_column])).convert("RGB")) for r in rows]
     return rows, imgs
+
+
+def preview(path: str, n: int = 16, seed: int = 0) -> None:
+    """Writes a grid of n demo images (their labels sampled as in the demo set) for eyeballing."""
+    labels = sample_labels(np.random.default_rng(seed), n)
+    grid = Image.new("RGB", (SIZE * 8, SIZE * ((n + 7) // 8)))
+    for i, lab in enumerate(labels):
+        im = Image.open(io.BytesIO(render_image(lab, seed, i + 1)))
+        grid.paste(im, (SIZE * (i % 8), SIZE * (i // 8)))
+    grid.save(path)
 
 
 def main(argv: list[str] | None = None) -> None:
