@@ -1,4 +1,5 @@
-"""trainer.vertex: CustomJob / HyperparameterTuningJob specs; trainer.training.hypertune: the tuning-metric file format.
+"""trainer.vertex: CustomJob / HyperparameterTuningJob specs and the environment `--local` gives their replicas;
+trainer.jobdir.paths under Vertex AI's AIP_* variables; trainer.training.hypertune: the tuning-metric file format.
 
     python -m pytest -q tests/test_cloud_vertex.py
 """
@@ -8,9 +9,10 @@ import json
 
 import pytest
 
-from trainer import vertex
+from trainer import vertex, vertex_local
+from trainer.jobdir import paths
 from trainer.jobdir.paths import job_paths
-from trainer.training import hypertune
+from trainer.training import cluster, hypertune
 from trainer.training.callbacks import MONITOR
 
 IMAGE = "us-central1-docker.pkg.dev/p/person-attrs/person-attrs:v1"
@@ -104,6 +106,100 @@ def test_hypertune_metric_file(tmp_path, monkeypatch):
     assert set(lines[-1]) == {"timestamp", "trial", "val_mean_accuracy", "global_step"}
     assert (lines[-1]["trial"], lines[-1]["val_mean_accuracy"], lines[-1]["global_step"]) == ("7", "0.604", "104")
     assert lines[0]["global_step"] == "5" and isinstance(lines[0]["timestamp"], float)
-    assert job_paths("gs://b/jobs/hp/").config_yaml == "gs://b/jobs/hp/trial_7/config.yaml"
+    assert job_paths("gs://b/jobs/hp/").config_yaml == "gs://b/jobs/hp/7/config.yaml"  # the service's trial dir
     monkeypatch.delenv("CLOUD_ML_TRIAL_ID")
     assert job_paths("gs://b/jobs/r1").job_dir == "gs://b/jobs/r1"
+
+
+# ---- the job-dir layout under Vertex AI's AIP_* variables ----
+
+def test_service_dirs_are_derived_as_the_api_reference_gives_them():
+    # CustomJobSpec.baseOutputDirectory: <base>/model/, <base>/checkpoints/, <base>/logs/; a trial's under <base>/<id>/
+    assert paths.service_dirs("gs://b/j") == {"AIP_MODEL_DIR": "gs://b/j/model/",
+                                              "AIP_CHECKPOINT_DIR": "gs://b/j/checkpoints/",
+                                              "AIP_TENSORBOARD_LOG_DIR": "gs://b/j/logs/"}
+    assert paths.service_dirs("gs://b/j/", "3")["AIP_CHECKPOINT_DIR"] == "gs://b/j/3/checkpoints/"
+
+
+def test_service_dirs_of_the_job_dir_are_its_own_folders():
+    """trainer.vertex makes --job_dir the base output directory: the best checkpoint lands where it does locally
+    (JOB/checkpoints/best.keras, not JOB/checkpoints/checkpoints/best.keras)."""
+    on_vertex, local = job_paths("gs://b/j", paths.service_dirs("gs://b/j")), job_paths("gs://b/j", {})
+    assert on_vertex == local and on_vertex.best_keras == "gs://b/j/checkpoints/best.keras"
+    # A tuning trial: our trial dir is the folder the service makes the trial's base output directory.
+    env = {**paths.service_dirs("gs://b/j", "3"), "CLOUD_ML_TRIAL_ID": "3"}
+    assert job_paths("gs://b/j", env) == job_paths("gs://b/j/3", {})
+
+
+def test_service_dirs_elsewhere_win_but_not_for_a_job_dir_nested_in_the_base():
+    env = paths.service_dirs("gs://b/pipeline-root/task1")
+    elsewhere = job_paths("gs://b/artifacts/model", env)
+    assert (elsewhere.best_keras, elsewhere.model_dir, elsewhere.logs_dir) == (
+        "gs://b/pipeline-root/task1/checkpoints/best.keras", "gs://b/pipeline-root/task1/model",
+        "gs://b/pipeline-root/task1/logs")
+    assert elsewhere.backup_dir == "gs://b/artifacts/model/backup"  # beside the job dir's lock
+    record = json.loads(paths.layout_record(elsewhere))
+    assert record["checkpoints_dir"] == "gs://b/pipeline-root/task1/checkpoints"
+    assert json.loads(paths.layout_record(job_paths("gs://b/j", {}))) == {
+        "model_dir": "model", "checkpoints_dir": "checkpoints", "logs_dir": "logs"}  # relative: the dir can move
+    # The label audit's folds inside a Vertex job's base would otherwise all share the service's folders.
+    fold = job_paths("gs://b/j/folds/0", paths.service_dirs("gs://b/j"))
+    assert fold == job_paths("gs://b/j/folds/0", {})
+
+
+# ---- trainer.vertex --local: the replicas and their environment ----
+
+def test_local_replicas_get_the_environment_the_service_gives(capsys):
+    spec = dry_run(capsys, "--replica_count", "3", "--env", "A=1")
+    tasks = vertex_local.replica_tasks(spec["jobSpec"], ports=[5000, 5001, 5002])
+    # The same commands the spec submits, in the order Vertex AI numbers the replicas.
+    assert [(t["name"], t["argv"]) for t in tasks] == [(t["name"], t["argv"])
+                                                       for t in vertex.cluster_tasks(spec["jobSpec"])]
+    specs = [json.loads(t["env"]["CLUSTER_SPEC"]) for t in tasks]
+    assert specs[0]["cluster"] == {"workerpool0": ["localhost:5000"],
+                                   "workerpool1": ["localhost:5001", "localhost:5002"]}
+    assert [s["task"] for s in specs] == [{"type": "workerpool0", "index": 0}, {"type": "workerpool1", "index": 0},
+                                          {"type": "workerpool1", "index": 1}]
+    assert all(s["environment"] == "cloud" and s["job"] == spec["jobSpec"] for s in specs)
+    tf_configs = [cluster.parse(t["env"]["TF_CONFIG"]) for t in tasks]  # the trainer's own reader
+    assert [c.name for c in tf_configs] == ["chief:0", "worker:0", "worker:1"] and tf_configs[0].is_chief
+    for t in tasks:
+        assert {k: t["env"][k] for k in paths.service_dirs("gs://b/jobs/r1")} == paths.service_dirs("gs://b/jobs/r1")
+        assert t["env"]["A"] == "1" and t["env"]["PYTHONUNBUFFERED"] == "1"  # the container's env
+        assert "CLOUD_ML_TRIAL_ID" not in t["env"]
+    single = vertex_local.replica_tasks(dry_run(capsys)["jobSpec"], ports=[5000])
+    assert "TF_CONFIG" not in single[0]["env"] and "CLUSTER_SPEC" in single[0]["env"]  # distributed jobs only
+
+
+def test_local_trials_get_their_id_dirs_and_parameters(capsys):
+    spec = dry_run(capsys, "--tuning", "--param", "optim.max_lr=double:0.01:1:log", "--param",
+                   "model.width=discrete:4,8", "--param", "train.optimizer=categorical:sgd,adam",
+                   "--max_trials", "2")
+    trials = vertex_local.sample_trials(spec["studySpec"], 2, seed=0)
+    # Two strata per parameter: both discrete values and both categories are tried.
+    assert sorted(t["model.width"] for t in trials) == ["4", "8"]
+    assert sorted(t["train.optimizer"] for t in trials) == ["adam", "sgd"]
+    assert all(0.01 <= float(t["optim.max_lr"]) <= 1 for t in trials)
+    args = [f"--{k}={v}" for k, v in trials[1].items()]
+    tasks = vertex_local.replica_tasks(spec["trialJobSpec"], "2", args, ports=[5000], metric_file="/tmp/m")
+    env = tasks[0]["env"]
+    assert (env["CLOUD_ML_TRIAL_ID"], env["CLOUD_ML_HP_METRIC_FILE"]) == ("2", "/tmp/m")
+    assert env["AIP_MODEL_DIR"] == "gs://b/jobs/r1/2/model/"
+    assert json.loads(env["CLUSTER_SPEC"])["task"]["trial"] == "2"
+    assert tasks[0]["argv"][-3:] == args and tasks[0]["name"] == "trial 2 chief:0"
+    # ... and the trainer, under that environment, writes the trial's outputs where the service's dirs are.
+    assert job_paths("gs://b/jobs/r1", env).model_dir == env["AIP_MODEL_DIR"].rstrip("/")
+
+
+def test_the_best_trial_is_read_back_from_the_metric_files(tmp_path, monkeypatch):
+    results = []
+    for trial, value in (("1", 0.4), ("2", 0.7), ("3", 0.5)):
+        path = str(tmp_path / trial / "output.metrics")
+        monkeypatch.setenv("CLOUD_ML_TRIAL_ID", trial)
+        hypertune.report_hyperparameter_tuning_metric(MONITOR, value - 0.1, step=1, path=path)
+        hypertune.report_hyperparameter_tuning_metric(MONITOR, value, step=2, path=path)  # the last counts
+        results.append(vertex_local.TrialResult(trial, {}, 0, hypertune.read_reported_metric(path, MONITOR), None))
+    assert [r.metric for r in results] == [0.4, 0.7, 0.5]
+    assert vertex_local.best_trial(results, "MAXIMIZE").trial_id == "2"
+    assert vertex_local.best_trial(results, "MINIMIZE").trial_id == "1"
+    assert hypertune.read_reported_metric(str(tmp_path / "none"), MONITOR) is None

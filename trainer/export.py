@@ -127,13 +127,13 @@ def main(argv=None) -> int:
     cli.check_folder_path(args.export_dir, "--export_dir")
     from trainer.evaluation import eval_model
     from trainer.input.data import dataset_dir, dataset_info
-    from trainer.jobdir.paths import job_paths
+    from trainer.jobdir.paths import recorded_paths
 
     model, config, job_dir = eval_model.load_job(args.job_dir, args.data_dir)
     schema = dataset_info(config.data).schema
     # labels.json takes the class names from this schema: a model of another schema would get wrong ones
     eval_model.check_heads(eval_model.from_keras(model, config), schema, dataset_dir(config.data))
-    out = args.export_dir or job_paths(job_dir).model_dir
+    out = args.export_dir or recorded_paths(job_dir)[0].model_dir  # where training exported it
     chosen = threshold_lib.read(job_dir, schema)
     export_model(model, config, schema, out, args.flip_tta, chosen.thresholds if chosen else None)
     print(f"exported to {out} (signature {SIGNATURE!r}, input {INPUT_KEY!r}"
