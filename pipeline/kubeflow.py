@@ -226,6 +226,8 @@ def run_here(args) -> str:
     with importable_by_subprocesses(), warnings.catch_warnings():
         # kfp.local warns that the project image is not a Python image: its steps run in this Python instead.
         warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
+        # and that it has no CPU, memory or GPU limits to set.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
         components.load_component_from_file(path)(**params)
     [run_dir] = sorted(set(glob.glob(os.path.join(out, f"{PIPELINE_NAME}-*"))) - before)
     return run_dir
