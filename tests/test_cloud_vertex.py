@@ -104,6 +104,6 @@ def test_hypertune_metric_file(tmp_path, monkeypatch):
     assert set(lines[-1]) == {"timestamp", "trial", "val_mean_accuracy", "global_step"}
     assert (lines[-1]["trial"], lines[-1]["val_mean_accuracy"], lines[-1]["global_step"]) == ("7", "0.604", "104")
     assert lines[0]["global_step"] == "5" and isinstance(lines[0]["timestamp"], float)
-    assert job_paths("gs://b/jobs/hp/").config_yaml == "gs://b/jobs/hp/trial_7/config.yaml"
+    assert job_paths("gs://b/jobs/hp/").config_yaml == "gs://b/jobs/hp/7/config.yaml"  # the service's trial dir
     monkeypatch.delenv("CLOUD_ML_TRIAL_ID")
     assert job_paths("gs://b/jobs/r1").job_dir == "gs://b/jobs/r1"

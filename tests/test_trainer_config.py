@@ -137,7 +137,7 @@ def test_vertex_env_wins():
            "AIP_TENSORBOARD_LOG_DIR": "gs://b/tb"}
     p = job_paths("/job", env)
     assert (p.model_dir, p.logs_dir, p.backup_dir, p.best_keras) == (
-        "gs://b/model", "gs://b/tb", "gs://b/ckpt/backup", "gs://b/ckpt/checkpoints/best.keras")
+        "gs://b/model", "gs://b/tb", "/job/backup", "gs://b/ckpt/best.keras")  # the backup stays by the lock
     d = job_paths("/job", {})
     assert (d.model_dir, d.logs_dir, d.config_yaml) == ("/job/model", "/job/logs", "/job/config.yaml")
 

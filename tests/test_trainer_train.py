@@ -197,7 +197,7 @@ def test_vertex_tuning_trial_gets_its_own_dir_and_reports_its_metric(tmp_path, m
     monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(metric_file))
     job = tmp_path / "tune"
     result = run(fx.smoke_config(fx.fixture_data_dir(), str(job), **{"train.epochs": 1}))
-    assert (job / "trial_3" / "metrics.json").is_file() and not (job / "metrics.json").exists()
+    assert (job / "3" / "metrics.json").is_file() and not (job / "metrics.json").exists()
     reported = json.loads(metric_file.read_text().splitlines()[-1])
     assert reported["trial"] == "3" and reported["global_step"] == str(result["steps"])
     assert float(reported["val_mean_balanced_accuracy"]) == pytest.approx(

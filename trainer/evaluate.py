@@ -178,9 +178,9 @@ def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | N
                                       + (", each averaged with its mirror image (flip TTA)" if model.flip_tta
                                          else "")])
     if tensorboard and job_dir:
-        from trainer.jobdir.paths import job_paths
+        from trainer.jobdir.paths import recorded_paths
 
-        report_figures.log_confusion_to_tensorboard(os.path.join(job_paths(job_dir).logs_dir, f"eval_{split}"),
+        report_figures.log_confusion_to_tensorboard(os.path.join(recorded_paths(job_dir)[0].logs_dir, f"eval_{split}"),
                                                     schema, metrics)
     print(format_table(metrics))
     print(f"wrote {os.path.join(out_dir, 'metrics.json')} and {page}")

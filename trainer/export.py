@@ -126,13 +126,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from trainer.evaluation import eval_model
     from trainer.input.data import dataset_dir, dataset_info
-    from trainer.jobdir.paths import job_paths
+    from trainer.jobdir.paths import recorded_paths
 
     model, config, job_dir = eval_model.load_job(args.job_dir, args.data_dir)
     schema = dataset_info(config.data).schema
     # labels.json takes the class names from this schema: a model of another schema would get wrong ones
     eval_model.check_heads(eval_model.from_keras(model, config), schema, dataset_dir(config.data))
-    out = args.export_dir or job_paths(job_dir).model_dir
+    out = args.export_dir or recorded_paths(job_dir)[0].model_dir  # where training exported it
     thresholds = threshold_lib.read(job_dir)
     export_model(model, config, schema, out, args.flip_tta, thresholds)
     print(f"exported to {out} (signature {SIGNATURE!r}, input {INPUT_KEY!r}"

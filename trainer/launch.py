@@ -74,14 +74,28 @@ def _pump(proc: subprocess.Popen, prefix: str, lock: threading.Lock) -> None:
 
 
 def launch(workers: int, args: list[str], module: str = DEFAULT_MODULE, grace: float = 10.0) -> int:
+    return run_tasks([{"name": t["name"], "argv": t["argv"], "env": {"TF_CONFIG": t["tf_config"]}}
+                      for t in plan(workers, args, module)], grace)
+
+
+def run_tasks(tasks: list[dict], grace: float = 10.0, base_env: dict | None = None, label: str = "launch") -> int:
+    """Runs every task ({'name', 'argv', 'env'}) as a process, its lines prefixed `[name] `; when one fails, stops the
+    others and returns its status; 0 once all succeeded. A leading "python" in argv is this interpreter.
+    `env` is laid over `base_env` (default: this process's environment, less TF_CONFIG and CLUSTER_SPEC, which
+    describe a cluster this process may itself belong to)."""
     lock = threading.Lock()
     procs: dict[str, subprocess.Popen] = {}
     before_exec = _die_with_parent_fn()
-    for task in plan(workers, args, module):  # every process is forked before any thread starts
-        env = {**os.environ, "TF_CONFIG": task["tf_config"], "PYTHONUNBUFFERED": "1"}
+    if base_env is None:
+        base_env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "CLUSTER_SPEC")}
+    for task in tasks:  # every process is forked before any thread starts
+        argv = list(task["argv"])
+        if argv and argv[0] == "python":
+            argv[0] = sys.executable
+        env = {**base_env, **task.get("env", {}), "PYTHONUNBUFFERED": "1"}
         procs[task["name"]] = subprocess.Popen(
-            [sys.executable, *task["argv"][1:]], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1, preexec_fn=before_exec)
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            preexec_fn=before_exec)
     pumps = [threading.Thread(target=_pump, args=(proc, f"[{name}]", lock), daemon=True)
              for name, proc in procs.items()]
     for t in pumps:
@@ -96,13 +110,14 @@ def launch(workers: int, args: list[str], module: str = DEFAULT_MODULE, grace: f
                 del procs[name]
                 if code != 0:
                     status = code
-                    _say(lock, f"{name} exited with status {code}; stopping {', '.join(procs) or 'nothing else'}")
+                    _say(lock, f"{name} exited with status {code}; stopping {', '.join(procs) or 'nothing else'}",
+                         label)
                     _stop(procs.values(), grace)
                     procs.clear()
                     break
             time.sleep(0.2)
     except KeyboardInterrupt:
-        _say(lock, "interrupted; stopping every task")
+        _say(lock, "interrupted; stopping every task", label)
         _stop(procs.values(), grace)
         status = 130
     for t in pumps:
@@ -123,9 +138,9 @@ def _stop(procs, grace: float) -> None:
             p.wait()
 
 
-def _say(lock: threading.Lock, message: str) -> None:
+def _say(lock: threading.Lock, message: str, label: str = "launch") -> None:
     with lock:
-        print(f"[launch] {message}", flush=True)
+        print(f"[{label}] {message}", flush=True)
 
 
 def main(argv=None) -> int:

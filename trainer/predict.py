@@ -101,11 +101,19 @@ class Predictor:
     """The exported model's serving signature and its vocabulary (labels.json beside it)."""
 
     def __init__(self, model_dir: str):
+        why = "an exported SavedModel"
+        if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")) and \
+                tf.io.gfile.exists(os.path.join(model_dir, "config.yaml")):  # a job dir: its export
+            from trainer.jobdir.paths import recorded_paths
+
+            paths, how = recorded_paths(model_dir)
+            model_dir, why = paths.model_dir, f"the job dir's export, {how}"
         for needed in ("saved_model.pb", "labels.json"):
             if not tf.io.gfile.exists(os.path.join(model_dir, needed)):
                 raise cli.UserError(f"--model {model_dir}: no {needed} there; pass the folder trainer.export wrote "
                                     "(JOB_DIR/model)")
         self.serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+        print(f"loaded {model_dir} ({why})", file=sys.stderr, flush=True)  # stdout carries the predictions
         with tf.io.gfile.GFile(os.path.join(model_dir, "labels.json")) as f:
             self.labels = json.load(f)
         self.input_key = self.labels.get("input", "image_bytes")
@@ -165,7 +173,8 @@ def _flat(row: dict) -> dict:
 
 def main(argv=None) -> int:
     p = cli.ArgumentParser(description="Predict person attributes with an exported model.")
-    p.add_argument("--model", required=True, help="the exported SavedModel folder (JOB_DIR/model)")
+    p.add_argument("--model", required=True,
+                   help="the exported SavedModel folder (JOB_DIR/model), or a job dir (its export)")
     p.add_argument("inputs", nargs="+", help="image files, folders or globs")
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     p.add_argument("--out", help="output file (default stdout)")

@@ -11,6 +11,12 @@ Everything after `--` goes to `python -m trainer.task` unchanged. `--replica_cou
 pool 0 is the chief, pool 1 holds the other N-1 workers, and Vertex AI writes TF_CONFIG on each so the trainer
 picks MultiWorkerMirroredStrategy. `--tuning --param train.max_lr=double:0.05:1:log ...` wraps the same job in
 a tuning study whose trials report through `trainer.training.hypertune`.
+
+`--local` runs the same spec on this machine instead of submitting it (`trainer.vertex_local`: every replica a
+process with the environment the service gives it; `--tuning` runs the trials and reports the best):
+
+    python -m trainer.vertex --local --data_dir out/data --job_dir file://$PWD/out/vjob --replica_count 2 \
+        -- --config smoke
 """
 
 from __future__ import annotations
@@ -151,6 +157,14 @@ def tuning_job_spec(custom_job, metric, goal, params, max_trials=8, parallel_tri
     }
 
 
+def run_local(job: dict, grace: float = 10.0, seed: int = 0) -> int:
+    """Runs a spec made here (CustomJob, HyperparameterTuningJob, or a bare CustomJobSpec) on this machine as the
+    service would: see trainer.vertex_local. Returns the job's exit status (0: every replica succeeded)."""
+    from trainer import vertex_local
+
+    return vertex_local.run_local(job, grace, seed)
+
+
 def to_proto(spec: dict, kind: str = "custom"):
     """The SDK message for a spec; parsing rejects any field name or enum value the API does not have."""
     try:
@@ -188,8 +202,8 @@ def main(argv=None) -> int:
     trainer_args = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     p = cli.ArgumentParser(prog="python -m trainer.vertex", description=__doc__.split("\n\n")[0])
-    p.add_argument("--image", required=True,
-                   help="the project image, e.g. REGION-docker.pkg.dev/P/REPO/person-attrs:TAG")
+    p.add_argument("--image", help="the project image, e.g. REGION-docker.pkg.dev/P/REPO/person-attrs:TAG "
+                   "(required unless --local)")
     p.add_argument("--data_dir", required=True)
     p.add_argument("--job_dir", required=True, help="gs:// base output directory of the job")
     p.add_argument("--project")
@@ -205,6 +219,9 @@ def main(argv=None) -> int:
     p.add_argument("--timeout_hours", type=float)
     p.add_argument("--dry_run", action="store_true", help="print the job resource as JSON, submit nothing")
     p.add_argument("--wait", action="store_true", help="block until the job ends; non-zero exit unless it succeeded")
+    p.add_argument("--local", action="store_true",
+                   help="run the job spec on this machine: every replica a process of this checkout, with the "
+                   "environment Vertex AI gives it (trainer.vertex_local)")
     t = p.add_argument_group("hyperparameter tuning")
     t.add_argument("--tuning", action="store_true", help="submit (or print) a HyperparameterTuningJob")
     # trainer.training.callbacks.MONITOR, spelled out so that submitting a job imports no Keras;
@@ -216,12 +233,14 @@ def main(argv=None) -> int:
     t.add_argument("--max_trials", type=cli.positive_int, default=8)
     t.add_argument("--parallel_trials", type=cli.positive_int, default=2)
     a = p.parse_args(argv)
+    if not a.image and not a.local:
+        p.error("--image is required (or pass --local to run the job on this machine)")
     bad_env = [e for e in a.env if "=" not in e or e.startswith("=")]
     if bad_env:
         p.error(f"--env {bad_env[0]!r}: expected NAME=VALUE")
     env = dict(e.split("=", 1) for e in a.env)
     try:
-        spec = custom_job_spec(a.image, a.data_dir, a.job_dir, trainer_args, a.display_name, a.machine_type,
+        spec = custom_job_spec(a.image or "local", a.data_dir, a.job_dir, trainer_args, a.display_name, a.machine_type,
                                a.accelerator_type, a.accelerator_count, a.replica_count, env, a.service_account,
                                a.spot, a.timeout_hours)
         kind = "tuning" if a.tuning else "custom"
@@ -232,6 +251,8 @@ def main(argv=None) -> int:
     if a.dry_run:
         print(json.dumps(spec, indent=2))
         return 0
+    if a.local:
+        return run_local(spec)
     if not a.project:
         p.error("--project is required to submit (or pass --dry_run)")
     submit(spec, kind, a.project, a.region, wait=a.wait)

@@ -66,10 +66,11 @@ def load(path: str, data_dir: str | None = None, flip_tta: bool = False) -> Eval
 
 
 def _load_keras(path: str, data_dir: str | None, flip_tta: bool) -> EvalModel:
+    from trainer.jobdir.paths import recorded_paths
     from trainer.objective import thresholds
 
     model, config, job_dir = load_job(path, data_dir)
-    labels = os.path.join(job_dir, "model", LABELS_FILE)  # the same run's export names the classes
+    labels = os.path.join(recorded_paths(job_dir)[0].model_dir, LABELS_FILE)  # the same run's export names them
     heads = _heads_from_labels(labels) if tf.io.gfile.exists(labels) else None
     loaded = from_keras(model, config, job_dir, flip_tta, heads, path)
     return dataclasses.replace(loaded, thresholds=thresholds.read(job_dir))
@@ -108,6 +109,7 @@ def _load_saved_model(path: str, data_dir: str | None, flip_tta: bool) -> EvalMo
     if data_dir:
         config = config.replace(**{"data.data_dir": data_dir})
     serve = tf.saved_model.load(path).signatures[SIGNATURE]
+    print(f"loaded {path} (an exported SavedModel)", flush=True)
     heads = _heads_from_labels(labels)
 
     def probs(_images, image_bytes):
@@ -150,7 +152,8 @@ def check_heads(model: EvalModel, schema, where: str) -> None:
 
 
 def load_job(job_dir_or_model: str, data_dir: str | None = None):
-    """(model, config, job_dir) from a job dir, or from a .keras file in it or in its checkpoints/.
+    """(model, config, job_dir) from a job dir (its best checkpoint wherever the run wrote it, else model.keras:
+    `trainer.jobdir.paths.find_keras_model`), or from a .keras file in it or in its checkpoints/.
 
     The config is JOB_DIR/config.yaml, so preprocessing is the one the model was trained with; `data_dir`
     replaces its data.data_dir (the dataset moved, or is read from another machine).
@@ -158,19 +161,14 @@ def load_job(job_dir_or_model: str, data_dir: str | None = None):
     import keras
 
     from trainer.config import config_from_yaml
+    from trainer.jobdir.paths import find_keras_model
 
     path = job_dir_or_model.rstrip("/")
-    if path.endswith(".keras"):
-        model_path, job_dir = path, os.path.dirname(path)
-        if os.path.basename(job_dir) == "checkpoints":
-            job_dir = os.path.dirname(job_dir)
-    else:
-        job_dir = path
-        candidates = [os.path.join(path, "checkpoints", "best.keras"), os.path.join(path, "model.keras")]
-        model_path = next((c for c in candidates if tf.io.gfile.exists(c)), None)
-        if model_path is None:
-            raise UserError(f"no model in {path}: a job dir holds checkpoints/best.keras or model.keras (did its "
-                            "training finish?); an exported model folder holds saved_model.pb")
+    choice = find_keras_model(path)
+    if choice is None:
+        raise UserError(f"no model in {path}: a job dir holds checkpoints/best.keras or model.keras (did its "
+                        "training finish?); an exported model folder holds saved_model.pb")
+    model_path, job_dir = choice.path, choice.job_dir
     if not tf.io.gfile.exists(model_path):
         raise UserError(f"{model_path}: no such file; pass a job dir or a .keras file inside one")
     config_yaml = os.path.join(job_dir, "config.yaml")
@@ -182,7 +180,7 @@ def load_job(job_dir_or_model: str, data_dir: str | None = None):
         config = config.replace(**{"data.data_dir": data_dir})
     _register_custom_objects()
     model = keras.saving.load_model(model_path, compile=False)
-    print(f"loaded {model_path}")
+    print(choice, flush=True)
     return model, config, job_dir
 
 

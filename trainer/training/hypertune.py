@@ -1,10 +1,11 @@
 """What a training run tells a Vertex AI hyperparameter tuning study: its metric, at the end of the run.
 
-    CLOUD_ML_HP_METRIC_FILE=/tmp/hp.metrics python -c "from trainer import hypertune; \
+    CLOUD_ML_HP_METRIC_FILE=/tmp/hp.metrics python -c "from trainer.training import hypertune; \
 hypertune.report_hyperparameter_tuning_metric('val_mean_balanced_accuracy', 0.7)"
 
 The trainer calls it at the end of a run when it is a tuning trial (`trainer.jobdir.paths.tuning_trial()`); the study
-itself is submitted by `trainer.vertex --tuning`.
+itself is submitted by `trainer.vertex --tuning`, or run here by `trainer.vertex --local --tuning`, which reads
+each trial's file back with `read_reported_metric`.
 """
 
 from __future__ import annotations
@@ -35,3 +36,14 @@ def report_hyperparameter_tuning_metric(tag: str, value: float, step: int | None
     entries.append(json.dumps(body, sort_keys=True))
     with open(path, "w") as f:
         f.write("".join(line + "\n" for line in entries))
+
+
+def read_reported_metric(path: str, tag: str) -> float | None:
+    """What a trial reported last under `tag` in a metric file written by `report_hyperparameter_tuning_metric`
+    (the value the tuning service takes as the trial's final measurement); None if it reported nothing."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        reports = [json.loads(line) for line in f.read().splitlines() if line.strip()]
+    values = [float(r[tag]) for r in reports if tag in r]
+    return values[-1] if values else None

@@ -34,7 +34,7 @@ from trainer.config import ConfigError, check_against_schema
 from trainer.input.data import dataset_info, make_eval_dataset, make_train_dataset, train_examples, with_dataset
 from trainer.jobdir import atomic, backup
 from trainer.jobdir.joblock import JobLock
-from trainer.jobdir.paths import job_paths, tuning_trial
+from trainer.jobdir.paths import job_paths, layout_record, tuning_trial
 from trainer.model.augment import build_label_mixing
 from trainer.model.network import build_model
 from trainer.objective.losses import make_losses
@@ -135,6 +135,7 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
     for folder in (out.job_dir, out.checkpoints_dir, out.backup_dir):
         atomic.sweep(folder)  # temporary files of a killed run (this task alone writes these folders)
     atomic.write_text(out.config_yaml, config.to_yaml())
+    atomic.write_text(out.layout_json, layout_record(out))  # where readers find best.keras and the export
     log.info("%s: %d train examples, global batch %d on %d replica(s), %d steps/epoch, %d steps%s",
              schema.name, n_train, global_batch, replicas, steps_per_epoch, total_steps,
              f" (resuming after epoch {state.epoch}, step {state.step})" if state.step else "")
