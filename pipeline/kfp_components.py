@@ -19,6 +19,7 @@ uses the local `.path`, which KFP uploads.
 # No `from __future__ import annotations`: KFP reads the components' annotations as types.
 import csv
 import math
+import sys
 import types
 
 from kfp import dsl
@@ -29,6 +30,9 @@ from pipeline import chain
 # The image's WORKDIR (see Dockerfile): Dataflow builds the workers' package from this setup.py.
 SETUP_FILE = "/app/setup.py"
 EXECUTORS = ("vertex", "local")  # where the train step's custom job runs
+# trainer.training.callbacks.MONITOR (what picks the best checkpoint), spelled out so that the train step, which
+# only submits a job, imports no Keras; tests/test_cloud_kfp.py checks that they agree.
+MONITOR = "val_mean_balanced_accuracy"
 
 
 # ----------------------------------------------------------------- what the steps do (imported by their bodies)
@@ -54,25 +58,19 @@ def train_job_spec(image: str, data_dir: str, job_dir: str, config: str, overrid
         accelerator_count=accelerator_count if accelerator_type else 0, replica_count=replica_count)
 
 
-def run_job_here(spec: dict) -> None:
-    """Runs a CustomJob spec's command on this machine, as its one replica would on Vertex AI."""
+def run_training(executor: str, spec: dict, project: str, region: str) -> None:
+    """Runs the training job on Vertex AI (submits it and waits; a failed job fails the step) or here, every
+    replica a process with the environment the service gives it (trainer.vertex.run_local)."""
     from trainer import vertex
 
-    tasks = vertex.cluster_tasks(spec["jobSpec"])
-    if len(tasks) > 1:
-        raise SystemExit("error: replica_count > 1 does not run locally yet; use replica_count=1")
-    _python, _m, module, *args = tasks[0]["argv"]
-    chain.Step(module, args).run()
-
-
-def run_training(executor: str, spec: dict, project: str, region: str) -> None:
-    """Runs the training job on Vertex AI (submits it and waits) or here."""
     if executor == "vertex":
-        from trainer import vertex
-
         vertex.submit(spec, "custom", project, region, wait=True)
     elif executor == "local":
-        run_job_here(spec)
+        status = vertex.run_local(spec)
+        if status:
+            print(f"error: the training job failed (exit status {status}); its replicas' output is above",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(status)
     else:
         raise ValueError(f"executor {executor!r}: expected one of {EXECUTORS}")
 
@@ -111,7 +109,6 @@ def best_epoch_metrics(rows, monitor: str) -> dict[str, float]:
 def trained_job_metrics(job_dir: str) -> dict[str, float]:
     """The best epoch's validation metrics of a trained job dir (its history.csv)."""
     from trainer.jobdir.paths import job_paths
-    from trainer.training.callbacks import MONITOR
 
     return best_epoch_metrics(read_rows(job_paths(job_dir, environ={}).history_csv), MONITOR)
 

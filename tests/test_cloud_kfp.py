@@ -138,19 +138,30 @@ def test_train_job_is_trainer_vertex_s_custom_job():
     assert cpu["jobSpec"]["workerPoolSpecs"][0]["machineSpec"] == {"machineType": "n1-standard-8"}
 
 
-def test_vertex_executor_submits_the_spec_and_waits(monkeypatch):
-    sent = []
+def test_executors_submit_or_run_here_the_same_spec(monkeypatch, capsys):
+    """`vertex` submits the spec and waits; `local` runs that spec here, every replica (trainer.vertex.run_local,
+    tested with 2 replicas in tests/test_cloud_vertex.py), and fails the step with the job's status."""
+    sent, ran = [], []
     monkeypatch.setattr(vertex, "submit", lambda *args, **kwargs: sent.append((args, kwargs)))
-    spec = kfp_components.train_job_spec(IMAGE, "gs://b/data", "gs://b/job", "hvc", OVERRIDES)
+    monkeypatch.setattr(vertex, "run_local", lambda job: ran.append(job) or (3 if len(ran) > 1 else 0))
+    spec = kfp_components.train_job_spec(IMAGE, "gs://b/data", "gs://b/job", "hvc", OVERRIDES, replica_count=2)
     kfp_components.run_training("vertex", spec, "p", "europe-west4")
     assert sent == [((spec, "custom", "p", "europe-west4"), {"wait": True})]
+    kfp_components.run_training("local", spec, "", "us-central1")
+    assert ran == [spec]
+    with pytest.raises(SystemExit) as e:
+        kfp_components.run_training("local", spec, "", "us-central1")
+    assert e.value.code == 3 and "exit status 3" in capsys.readouterr().err
     with pytest.raises(ValueError, match="executor 'gke'"):
         kfp_components.run_training("gke", spec, "p", "r")
 
 
 def test_best_epoch_metrics_are_the_best_checkpoint_s():
     """The epoch BestCheckpoint keeps: the highest monitored value, the first of equals, non-finite ones never."""
-    monitor = "val_mean_balanced_accuracy"
+    from trainer.training.callbacks import MONITOR
+
+    monitor = kfp_components.MONITOR
+    assert monitor == MONITOR
     rows = [{"epoch": "0", monitor: "0.4", "val_gender_accuracy": "0.6", "gender_accuracy": "0.5"},
             {"epoch": "1", monitor: "0.7", "val_gender_accuracy": "0.8", "gender_accuracy": "0.6"},
             {"epoch": "2", monitor: "nan", "val_gender_accuracy": "0.9", "gender_accuracy": "0.7"},
@@ -269,7 +280,7 @@ def test_local_runs_every_step_of_the_compiled_pipeline(tmp_path, capsys):
 
     manual = write_demo_data(str(tmp_path / "manual"), num_images=48, num_missing=0, max_jpeg_quality=60)
     out = tmp_path / "out"
-    overrides = ["--loss.weights={age: 4}", "--augment.erasing_scale=[0.1, 0.3]", "--train.epochs=3"]
+    overrides = ["--loss.weights={age: 4}", "--augment.erasing_scale=[0.1, 0.3]", "--train.epochs=2"]
     assert kubeflow.main(["local", "--manual_dir", manual, "--out", str(out), "--image", IMAGE,
                           "--param", "train_config=smoke", "--param", "train_overrides=" + json.dumps(overrides),
                           "--param", "confusion_head=pose"]) == 0
@@ -291,12 +302,12 @@ def test_local_runs_every_step_of_the_compiled_pipeline(tmp_path, capsys):
     config = yaml.safe_load((job / "config.yaml").read_text())
     assert config["data"]["data_dir"] == data and config["train"]["job_dir"] == str(job)
     assert config["loss"]["weights"] == {"age": 4.0}  # one argument with its space and braces
-    assert config["augment"]["erasing_scale"] == [0.1, 0.3] and config["train"]["epochs"] == 3
+    assert config["augment"]["erasing_scale"] == [0.1, 0.3] and config["train"]["epochs"] == 2
     assert (job / "checkpoints" / "best.keras").is_file() and (job / "model" / "saved_model.pb").is_file()
 
     with open(job / "history.csv") as f:
         history = list(csv.DictReader(f))
-    monitor = "val_mean_balanced_accuracy"
+    monitor = kfp_components.MONITOR
     top = max(float(r[monitor]) for r in history)
     best = next(r for r in history if float(r[monitor]) == top)
     train_metrics = executor_outputs["train"]["metrics"]["artifacts"][0]["metadata"]
