@@ -17,7 +17,6 @@ uses the local `.path`, which KFP uploads.
 """
 
 # No `from __future__ import annotations`: KFP reads the components' annotations as types.
-import csv
 import math
 import sys
 import types
@@ -75,42 +74,24 @@ def run_training(executor: str, spec: dict, project: str, region: str) -> None:
         raise ValueError(f"executor {executor!r}: expected one of {EXECUTORS}")
 
 
-def read_rows(path: str) -> list[dict]:
-    """A CSV's rows; gs:// (any scheme) through TensorFlow's filesystem."""
-    if "://" in path:
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path) as f:
-            return list(csv.DictReader(f))
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def best_epoch_metrics(rows, monitor: str) -> dict[str, float]:
+def best_epoch_metrics(history: dict, monitor: str) -> dict[str, float]:
     """The validation columns (`val_*`: per-head accuracy and balanced accuracy, losses, means) of the epoch whose
-    `monitor` is highest, the first such as the trainer's best checkpoint is, with its `epoch` (history.csv's)."""
-    def value(row, key):
-        try:
-            v = float(row.get(key))
-        except (TypeError, ValueError):
-            return math.nan
-        return v
-
-    scored = [(value(r, monitor), i) for i, r in enumerate(rows) if math.isfinite(value(r, monitor))]
-    if not scored:
+    `monitor` is highest, the first of equals as for the trainer's best checkpoint, with its `epoch`.
+    `history`: history.csv as trainer.report.read_history gives it, {column: array over epochs}."""
+    scores = [v if math.isfinite(v) else -math.inf for v in map(float, history.get(monitor, ()))]
+    if not scores or max(scores) == -math.inf:
         raise ValueError(f"history.csv has no epoch with a finite {monitor}")
-    best = max(scored, key=lambda s: (s[0], -s[1]))[1]
-    row = rows[best]
-    out = {"epoch": value(row, "epoch")}
-    out.update({k: value(row, k) for k in row if k.startswith("val_") and math.isfinite(value(row, k))})
-    return out
+    best = scores.index(max(scores))
+    row = {k: float(v[best]) for k, v in history.items() if k == "epoch" or k.startswith("val_")}
+    return {k: v for k, v in row.items() if math.isfinite(v)}
 
 
 def trained_job_metrics(job_dir: str) -> dict[str, float]:
     """The best epoch's validation metrics of a trained job dir (its history.csv)."""
     from trainer.jobdir.paths import job_paths
+    from trainer.report import read_history
 
-    return best_epoch_metrics(read_rows(job_paths(job_dir, environ={}).history_csv), MONITOR)
+    return best_epoch_metrics(read_history(job_paths(job_dir, environ={}).history_csv), MONITOR)
 
 
 def summarize_eval_metrics(metrics: dict) -> tuple:

@@ -162,14 +162,12 @@ def test_best_epoch_metrics_are_the_best_checkpoint_s():
 
     monitor = kfp_components.MONITOR
     assert monitor == MONITOR
-    rows = [{"epoch": "0", monitor: "0.4", "val_gender_accuracy": "0.6", "gender_accuracy": "0.5"},
-            {"epoch": "1", monitor: "0.7", "val_gender_accuracy": "0.8", "gender_accuracy": "0.6"},
-            {"epoch": "2", monitor: "nan", "val_gender_accuracy": "0.9", "gender_accuracy": "0.7"},
-            {"epoch": "3", monitor: "0.7", "val_gender_accuracy": "0.5", "gender_accuracy": "0.8"}]
-    assert kfp_components.best_epoch_metrics(rows, monitor) == {
+    history = {"epoch": [0, 1, 2, 3], monitor: [0.4, 0.7, float("nan"), 0.7],
+               "val_gender_accuracy": [0.6, 0.8, 0.9, 0.5], "gender_accuracy": [0.5, 0.6, 0.7, 0.8]}
+    assert kfp_components.best_epoch_metrics(history, monitor) == {
         "epoch": 1.0, monitor: 0.7, "val_gender_accuracy": 0.8}
     with pytest.raises(ValueError, match="no epoch with a finite"):
-        kfp_components.best_epoch_metrics(rows[2:3], monitor)
+        kfp_components.best_epoch_metrics({"epoch": [0], monitor: [float("nan")]}, monitor)
 
 
 def test_list_parameter_takes_every_form_the_readme_shows(spec):
