@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import subprocess
+import sys
 from typing import Any, Protocol
 
 
@@ -31,6 +33,15 @@ class Step:
     def command(self) -> str:
         """As a user types it (for plain-string arguments)."""
         return shlex.join(["python", *map(str, self.argv)])
+
+    def run(self) -> None:
+        """Runs the command with this interpreter (a step's only job inside a Kubeflow task); a failure exits
+        with the command's own exit code, after one line naming the command."""
+        code = subprocess.run([sys.executable, *map(str, self.argv)]).returncode
+        if code:
+            print(f"error: `{self.command}` failed with exit code {code}; its output is above", file=sys.stderr,
+                  flush=True)
+            raise SystemExit(code)
 
 
 def preprocess(manual_dir, data_dir, dataset_config=None, beam_args=()) -> Step:
