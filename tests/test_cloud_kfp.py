@@ -274,7 +274,7 @@ def test_local_runs_every_step_of_the_compiled_pipeline(tmp_path, capsys):
     """`pipeline.kubeflow local` on 48 generated images: kfp.local runs each step of the compiled spec, handing
     artifacts over as KFP does; the overrides reach the trainer's config whole; the train step's metrics are
     its best epoch's."""
-    from tfds_person_attrs.demo_data import write_demo_data
+    from tfds_person_attrs.demo.generate import write_demo_data
 
     manual = write_demo_data(str(tmp_path / "manual"), num_images=48, num_missing=0, max_jpeg_quality=60)
     out = tmp_path / "out"
