@@ -130,3 +130,11 @@ def test_absent_peers_end_the_command_with_one_line_and_sigterm_ends_a_waiting_t
         "error: stopped by SIGTERM while waiting for the cluster's other tasks (nothing trained yet); start the "
         "same command again to run"), stopped_err
     assert not (tmp_path / "a" / ".lock").exists() and not (tmp_path / "c" / ".lock").exists()  # released
+
+
+def test_startup_timeout_must_be_positive():
+    from trainer.config import ConfigError, load_config
+
+    assert load_config([]).distribute.startup_timeout == 1200
+    with pytest.raises(ConfigError, match="distribute.startup_timeout: must be > 0 seconds, got 0"):
+        load_config(["--distribute.startup_timeout=0"])

@@ -105,4 +105,4 @@ class StopOnSigterm(keras.callbacks.Callback):
         if not self.multi_worker:
             return requested()
         flag = self.strategy.run(lambda: tf.constant(int(requested()), tf.int32))
-        return int(self.strategy.reduce("MAX", flag, axis=None)) > 0
+        return int(self.strategy.reduce("SUM", flag, axis=None)) > 0  # tf.distribute reduces by SUM or MEAN only
