@@ -72,18 +72,24 @@ def test_a_lone_task_names_the_absent_one_and_listens_only_on_its_host():
 
 
 def listeners(port: int):
-    """The local addresses listening on `port` (from /proc/net/tcp), None where that file does not exist."""
-    try:
-        with open("/proc/net/tcp") as f:
-            lines = f.read().splitlines()[1:]
-    except OSError:
-        return None
+    """The local addresses listening on `port` ('::' = every interface over IPv6 and IPv4), from /proc/net/tcp
+    and tcp6; None where those files do not exist."""
     found = []
-    for line in lines:
-        local, state = line.split()[1], line.split()[3]
-        host, port_hex = local.split(":")
-        if state == "0A" and int(port_hex, 16) == port:
-            found.append(".".join(str(int(host[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            return None
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            host, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:
+                continue
+            if len(host) == 8:  # IPv4, little-endian
+                found.append(".".join(str(int(host[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+            else:
+                found.append("::" if int(host, 16) == 0 else host)
     return found
 
 
