@@ -72,18 +72,24 @@ def test_a_lone_task_names_the_absent_one_and_listens_only_on_its_host():
 
 
 def listeners(port: int):
-    """The local addresses listening on `port` (from /proc/net/tcp), None where that file does not exist."""
-    try:
-        with open("/proc/net/tcp") as f:
-            lines = f.read().splitlines()[1:]
-    except OSError:
-        return None
+    """The local addresses listening on `port` ('::' = every interface over IPv6 and IPv4), from /proc/net/tcp
+    and tcp6; None where those files do not exist."""
     found = []
-    for line in lines:
-        local, state = line.split()[1], line.split()[3]
-        host, port_hex = local.split(":")
-        if state == "0A" and int(port_hex, 16) == port:
-            found.append(".".join(str(int(host[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            return None
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            host, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:
+                continue
+            if len(host) == 8:  # IPv4, little-endian
+                found.append(".".join(str(int(host[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+            else:
+                found.append("::" if int(host, 16) == 0 else host)
     return found
 
 
@@ -130,3 +136,11 @@ def test_absent_peers_end_the_command_with_one_line_and_sigterm_ends_a_waiting_t
         "error: stopped by SIGTERM while waiting for the cluster's other tasks (nothing trained yet); start the "
         "same command again to run"), stopped_err
     assert not (tmp_path / "a" / ".lock").exists() and not (tmp_path / "c" / ".lock").exists()  # released
+
+
+def test_startup_timeout_must_be_positive():
+    from trainer.config import ConfigError, load_config
+
+    assert load_config([]).distribute.startup_timeout == 1200
+    with pytest.raises(ConfigError, match="distribute.startup_timeout: must be > 0 seconds, got 0"):
+        load_config(["--distribute.startup_timeout=0"])

@@ -81,11 +81,12 @@ def stop_at_once():
 
 class StopOnSigterm(keras.callbacks.Callback):
     """After a step during which SIGTERM came (to any task): commits a backup through `recorder` and raises
-    Stopped. Place it after the recorder, whose own commit at that step then comes first."""
+    Stopped naming `backup_dir` (the chief's, which a restart resumes from). Place it after the recorder."""
 
-    def __init__(self, recorder, strategy: tf.distribute.Strategy, multi_worker: bool):
+    def __init__(self, recorder, strategy: tf.distribute.Strategy, multi_worker: bool, backup_dir: str):
         super().__init__()
         self.recorder, self.strategy, self.multi_worker = recorder, strategy, multi_worker
+        self.backup_dir = backup_dir
 
     def on_train_begin(self, logs=None):
         watch()
@@ -98,11 +99,11 @@ class StopOnSigterm(keras.callbacks.Callback):
             return
         step = self.recorder.save_step()
         release()
-        raise Stopped(f"stopped by SIGTERM after step {step}: backup written to {self.recorder.paths.backup_dir}; "
+        raise Stopped(f"stopped by SIGTERM after step {step}: backup written to {self.backup_dir}; "
                       "start the same command again to resume from it")
 
     def _anyone_asked(self) -> bool:
         if not self.multi_worker:
             return requested()
         flag = self.strategy.run(lambda: tf.constant(int(requested()), tf.int32))
-        return int(self.strategy.reduce("MAX", flag, axis=None)) > 0
+        return int(self.strategy.reduce("SUM", flag, axis=None)) > 0  # tf.distribute reduces by SUM or MEAN only

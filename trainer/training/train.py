@@ -168,7 +168,7 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
         verbose, progress = fit_verbosity(config.train.verbose) if task.is_chief else (0, [])
         callbacks = [*make_callbacks(out, schema, best(state.history, MONITOR), task.is_chief, config),
                      *progress, *extra_callbacks, recorder,  # the recorder last: it commits what the others logged
-                     shutdown.StopOnSigterm(recorder, strategy, task.is_multi_worker)]
+                     shutdown.StopOnSigterm(recorder, strategy, task.is_multi_worker, paths.backup_dir)]
         callback_list = keras.callbacks.CallbackList(callbacks, add_progbar=verbose != 0, model=model,
                                                      verbose=verbose, epochs=config.train.epochs,
                                                      steps=steps_per_epoch)
