@@ -215,6 +215,9 @@ def test_reads_the_real_zip_directly(tmp_path):
     data = ManualData(str(fx.REAL_ZIP.parent), HVC)
     kept, skipped = parse_annotations(data.read_csv_bytes(), HVC)
     assert len(kept) + len(skipped) == 13573
+    # The fingerprint the README's example summary shows: the zip's directory and CSV, as parsed.
+    readme = (fx.REPO / "README.md").read_text()
+    assert f"source       ../shared/data/hvc_data.zip (sha256 {data.fingerprint()['sha256']})" in readme
     assert data.read_image("resized/7000.jpg")[:2] == b"\xff\xd8"
     assert data.read_image("resized/7001.jpg") is None
 

@@ -212,11 +212,13 @@ def _keep_build_report(building_dir: str) -> str | None:
     """Copies the summary and skipped rows of a build that stopped to <version>.failed/ beside the dataset (TFDS
     deletes the folder it was building); returns that folder, or None when the build stopped before writing
     them. The next successful build of the version removes it."""
+    parent, own = posixpath.split(building_dir.rstrip("/"))  # incomplete.<random>_<version>
+    kept = posixpath.join(parent, own.rsplit("_", 1)[-1] + FAILED_SUFFIX)
+    if tf.io.gfile.exists(kept):
+        tf.io.gfile.rmtree(kept)  # an earlier failed build's report would speak of other rows
     names = [n for n in (SUMMARY_FILE, SKIPPED_FILE) if tf.io.gfile.exists(posixpath.join(building_dir, n))]
     if not names:
         return None
-    parent, own = posixpath.split(building_dir.rstrip("/"))  # incomplete.<random>_<version>
-    kept = posixpath.join(parent, own.rsplit("_", 1)[-1] + FAILED_SUFFIX)
     tf.io.gfile.makedirs(kept)
     for n in names:
         tf.io.gfile.copy(posixpath.join(building_dir, n), posixpath.join(kept, n), overwrite=True)
@@ -267,7 +269,8 @@ def _provisional_split_counts(annotations: list[Annotation], cfg: grouping.Split
 
 
 def _remove_abandoned_builds(building_dir: str) -> None:
-    """Deletes the `incomplete.*` folders that killed builds of this version left beside the one being finished."""
+    """Deletes the `incomplete.*` folders that killed builds of this version left beside the one being finished,
+    and the `<version>.failed` report of a build that stopped."""
     parent, own = posixpath.split(building_dir.rstrip("/"))
     version = own.rsplit("_", 1)[-1]
     for name in tf.io.gfile.listdir(parent):
