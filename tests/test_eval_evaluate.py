@@ -284,12 +284,11 @@ BAD_THRESHOLDS = [
 
 @pytest.mark.parametrize("content, problem", BAD_THRESHOLDS, ids=[p[:30] for _, p in BAD_THRESHOLDS])
 def test_a_thresholds_file_that_does_not_fit_the_schema_is_refused_naming_the_problem(tmp_path, content, problem):
-    from trainer import cli
     from trainer.objective import thresholds
 
     path = tmp_path / thresholds.FILE_NAME
     path.write_text(content if isinstance(content, str) else json.dumps(content))
-    with pytest.raises(cli.UserError) as refused:
+    with pytest.raises(thresholds.ThresholdsError) as refused:
         thresholds.read(str(tmp_path), trainer_fixtures.MULTI_SCHEMA)
     assert str(refused.value).startswith(f"{path}: {problem}"), str(refused.value)
     assert "--choose_thresholds" in str(refused.value)

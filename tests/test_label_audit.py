@@ -11,6 +11,7 @@ here cleanlab's ranking is checked on probabilities that know the true labels.
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -80,13 +81,18 @@ def test_folds_split_the_train_split_by_group_and_each_trained_without_its_part(
         assert (job / "folds" / str(k) / "model.keras").exists()
 
 
-def test_a_rerun_reuses_the_finished_folds_of_the_same_config(audited):
+def test_a_rerun_reuses_the_finished_folds_of_the_same_config(audited, capsys):
     data_dir, job = audited
     model = job / "folds" / "0" / "model.keras"
     before = model.stat().st_mtime_ns
+    capsys.readouterr()
     assert cli.run(label_audit.main, [*TINY, "--data_dir", data_dir, "--job_dir", str(job), "--folds", "2",
                                                 "--show", "3"]) == 0
     assert model.stat().st_mtime_ns == before
+    out, err = capsys.readouterr()  # the result on stdout, one line; progress on stderr
+    assert re.fullmatch(rf"{fx.num_examples('hvc', 'train')} examples audited; issues per head: gender \d+, .*; "
+                        rf"see {re.escape(str(job / 'label_issues.html'))}\n", out), out
+    assert "examples audited" not in err
     assert cli.run(label_audit.main, [*TINY, "--data_dir", data_dir, "--job_dir", str(job), "--folds", "2",
                                       "--show", "3", "--optim.max_lr=0.02"]) == 0
     assert model.stat().st_mtime_ns != before  # another config: the folds train again

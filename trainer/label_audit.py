@@ -160,8 +160,9 @@ def main(argv=None) -> int:
     summary = audit(config, args.folds, args.show)
     found = ", ".join(f"{name} {h['issues_found']}" + (" (skipped)" if "skipped" in h else "")
                       for name, h in summary["heads"].items())
-    log.info("%d examples audited; issues per head: %s; see %s", summary["examples_audited"], found,
-             os.path.join(config.train.job_dir, "label_issues.html"))
+    # the result on stdout; the fold lines above are progress, on stderr
+    print(f"{summary['examples_audited']} examples audited; issues per head: {found}; see "
+          f"{os.path.join(config.train.job_dir, 'label_issues.html')}")
     return 0
 
 

@@ -9,10 +9,11 @@ label); multi-label attributes give the names the export decides present (probab
 threshold: chosen on validation when the job had `trainer.evaluate --choose_thresholds` before export, listed
 in the export's labels.json, else 0.5) joined by the schema's delimiter, and one `<attr>_prob_<class>` per
 class (a `<attr>_probs` object in JSON); a CSV cell that a spreadsheet would run as a formula (a path or class
-name starting with `=`, `+`, `-`, `@`) starts with `'`, so it shows as text. Non-JPEG images (PNG, ...) are converted
-to JPEG first, since the model's signature takes JPEG bytes. Unreadable files are named on stderr with the
-reason (truncated, not an image, ...) and skipped, and the exit code is 1 if there were any (2 if nothing could
-be predicted at all, or if the inputs hold no image file).
+name starting with `=`, `+`, `-`, `@`) starts with `'`, so it shows as text. Non-JPEG images (PNG, ...) are
+converted to JPEG first, since the model's signature takes JPEG bytes. The rows go to stdout (or --out);
+unreadable files are named on stderr with the reason (truncated, not an image, empty: worded as the dataset
+build words it, ...) and skipped, and the exit code is 1 if there were any (2 if nothing could be predicted at
+all, or if the inputs hold no image file); the `predicted N image(s)` summary is on stderr too.
 Needs only TensorFlow and Pillow at run time: the model does its own preprocessing.
 """
 

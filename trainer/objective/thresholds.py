@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from trainer.cli import UserError
+from trainer.config import ConfigError
 
 DEFAULT_THRESHOLD = 0.5
 FILE_NAME = "thresholds.json"
@@ -93,8 +93,9 @@ class Chosen:
         return f"{self.path}, chosen on the {self.split} split"
 
 
-class ThresholdsError(UserError):
-    """A thresholds file that cannot be used; the message names the file and the problem."""
+class ThresholdsError(ConfigError):
+    """A thresholds file that cannot be used (a user error: one line, exit 2); the message names the file and the
+    problem."""
 
 
 def read(job_dir: str | None, schema) -> Chosen | None:
