@@ -42,52 +42,18 @@ class Choice(str, enum.Enum):
         return tuple(m.value for m in cls)
 
 
-class Schedule(Choice):
-    one_cycle = "one_cycle"
-    cosine = "cosine"
-    step = "step"
-    triangular = "triangular"
-    triangular2 = "triangular2"
-    constant = "constant"
+def _choice(name: str, values: str) -> type[Choice]:
+    return Choice(name, [(v, v) for v in values.split()], module=__name__, qualname=name)
 
 
-class Precision(Choice):
-    float32 = "float32"
-    mixed_float16 = "mixed_float16"
-    mixed_bfloat16 = "mixed_bfloat16"
-
-
-class Strategy(Choice):
-    auto = "auto"
-    default = "default"
-    mirrored = "mirrored"
-    multi_worker = "multi_worker"
-
-
-class ClassBalance(Choice):
-    none = "none"
-    inverse = "inverse"
-    effective = "effective"
-
-
-class MultiLabelLoss(Choice):
-    bce = "bce"
-    weighted_bce = "weighted_bce"
-
-
-class BackboneName(Choice):
-    """The backbones trainer.model.backbones.REGISTRY builds (this module imports no Keras)."""
-
-    wrn = "wrn"
-    resnet20v1 = "resnet20v1"
-    sepconv = "sepconv"
-    densenet121 = "densenet121"
-    resnet50v2 = "resnet50v2"
-    efficientnetv2b0 = "efficientnetv2b0"
-    mobilenetv3small = "mobilenetv3small"
-    mobilenetv3large = "mobilenetv3large"
-    vgg16 = "vgg16"
-    inceptionv3 = "inceptionv3"
+Schedule = _choice("Schedule", "one_cycle cosine step triangular triangular2 constant")
+Precision = _choice("Precision", "float32 mixed_float16 mixed_bfloat16")
+Strategy = _choice("Strategy", "auto default mirrored multi_worker")
+ClassBalance = _choice("ClassBalance", "none inverse effective")
+MultiLabelLoss = _choice("MultiLabelLoss", "bce weighted_bce")
+# The backbones trainer.model.backbones.REGISTRY builds (this module imports no Keras).
+BackboneName = _choice("BackboneName", "wrn resnet20v1 sepconv densenet121 resnet50v2 efficientnetv2b0 "
+                                       "mobilenetv3small mobilenetv3large vgg16 inceptionv3")
 
 
 WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".hdf5")
