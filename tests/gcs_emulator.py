@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
 import sys
 import threading
-import time
 from http import HTTPStatus
+
+from tests.local_server import serving
 
 _request = threading.local()  # the query of the request being served
 
@@ -73,33 +72,13 @@ def _add_generation_preconditions() -> None:
     objects.insert = wrapped.get(objects.insert, objects.insert)  # the router's fallback for bare upload paths
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running():
     """Starts the emulator in a subprocess; yields its endpoint (for STORAGE_EMULATOR_HOST); stops it after."""
-    port = free_port()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen([sys.executable, "-m", "tests.gcs_emulator", str(port)], cwd=repo,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gcp-storage-emulator did not start on port {port}") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait()
+    with serving([sys.executable, "-m", "tests.gcs_emulator", "{port}"], "gcp-storage-emulator", cwd=repo) as (
+            host, port):
+        yield f"http://{host}:{port}"
 
 
 def main(port: int) -> None:

@@ -11,10 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import pathlib
-import socket
-import subprocess
 import sys
-import time
 
 import apache_beam as beam
 import pytest
@@ -23,6 +20,7 @@ from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from PIL import Image
 
 from pipeline import preprocess
+from tests.local_server import serving
 from tfds_person_attrs.annotations import ManualData, parse_annotations
 from tfds_person_attrs.beam_transforms import BuildSplits
 from tfds_person_attrs.demo.generate import write_demo_data
@@ -75,30 +73,12 @@ def test_build_splits_under_test_pipeline(source):
                     label="Skipped")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def beam_job_service():
     """Beam's own Python job service (what Flink/Spark/Dataflow job servers stand in for) on a local port."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 60
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("localhost", port), timeout=1):
-                break
-            if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError("the Beam job service did not start")
-            time.sleep(0.2)
-        yield f"localhost:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with serving([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", "--port",
+                  "{port}"], "the Beam job service", host="localhost") as (host, port):
+        yield f"{host}:{port}"
 
 
 def _records(dataset_dir: pathlib.Path) -> dict[str, bytes]:
