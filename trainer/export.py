@@ -56,7 +56,7 @@ def model_outputs(model, images, flip_tta: bool = False) -> dict[str, Any]:
 def decode_batch(image_bytes: tf.Tensor, config) -> tf.Tensor:
     """tf.string [N] -> float32 [N, H, W, 3], one image at a time (JPEGs of any size), as in evaluation."""
     d = config.data
-    return tf.map_fn(image_decoder(d), image_bytes,
+    return tf.map_fn(image_decoder(d, exif_orientation=True), image_bytes,
                      fn_output_signature=tf.TensorSpec((d.height, d.width, 3), tf.float32))
 
 

@@ -10,9 +10,11 @@ means of the decoded pixels and slices it out, then shrinks it with an area (box
 benchmarks/input_pipeline.py: a separate 1/4-scale probe decode cost ~60% of a full decode (Huffman decoding
 dominates at this size, and decode_and_crop_jpeg still entropy-decodes the whole image), and an antialiased
 bilinear resize cost more than the decode itself. The crop is a pure function of the bytes, so train, eval
-and the exported model agree exactly. A JPEG's EXIF orientation is applied right after the decode
-(trainer/input/exif_orientation.py), so a phone photo stored sideways is served upright, as the dataset build
-stores it.
+and the exported model agree exactly. The serving signature also applies a JPEG's EXIF orientation right after
+the decode (`exif_orientation=True`, trainer/input/exif_orientation.py), so a phone photo stored sideways is
+served upright, as the dataset build stores it; the images the build stores are upright with no turn left in
+their EXIF, so training and evaluation skip that read (about a hundred small ops an image where the tag is
+read, a cost of the order of the decode itself in a tf.data map).
 """
 
 from __future__ import annotations
@@ -59,22 +61,24 @@ def decode_jpeg_scaled(jpeg_bytes: tf.Tensor, height: int, width: int, transpose
         for r in _DCT_RATIOS])
 
 
-def image_decoder(data_cfg) -> Callable[[tf.Tensor], tf.Tensor]:
+def image_decoder(data_cfg, exif_orientation: bool = False) -> Callable[[tf.Tensor], tf.Tensor]:
     """The decode a DataConfig describes: JPEG bytes -> float32 [height, width, 3] in 0..255.
 
     Training, evaluation and the exported model all decode through this, so they agree exactly. The model
-    normalises internally.
+    normalises internally. exif_orientation: turn the picture as its EXIF orientation says (the serving
+    signature, which is sent camera files; a no-op on the images the build stores).
     """
     height, width, crop = data_cfg.height, data_cfg.width, data_cfg.letterbox_crop
     threshold, dct_scaling = data_cfg.letterbox_threshold, data_cfg.dct_scaling
 
     def decode(jpeg_bytes: tf.Tensor) -> tf.Tensor:
-        orientation = jpeg_orientation(jpeg_bytes)
+        orientation = jpeg_orientation(jpeg_bytes) if exif_orientation else tf.constant(1)
         if dct_scaling:
             image = decode_jpeg_scaled(jpeg_bytes, height, width, transposed=orientation >= 5)
         else:
             image = tf.io.decode_jpeg(jpeg_bytes, channels=3, dct_method="INTEGER_ACCURATE")
-        image = apply_orientation(image, orientation)
+        if exif_orientation:
+            image = apply_orientation(image, orientation)
         if crop:
             x, w = person_band(image, threshold)
             image = image[:, x : x + w]
