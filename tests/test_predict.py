@@ -120,3 +120,12 @@ def test_csv_cells_that_look_like_formulas_are_written_as_text(exported, folder,
     from tfds_person_attrs.csv_cells import original
 
     assert original(rows[0]["path"]) == name
+
+
+def test_a_16_bit_png_is_read_as_its_picture_not_a_white_block(tmp_path):
+    """predict re-encodes non-JPEG files as the build stores them: 16-bit grey scaled to 8 bits, not clipped."""
+    grey16 = (np.linspace(0, 65535, 64 * 32).reshape(64, 32)).astype(np.uint16)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(grey16).save(path)
+    decoded = np.asarray(Image.open(io.BytesIO(predict.read_as_jpeg(str(path)))).convert("L"), dtype=np.float64)
+    assert np.abs(decoded - grey16 / 257.0).mean() < 3  # a clipped conversion is off by ~70 on this ramp

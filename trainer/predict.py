@@ -29,8 +29,10 @@ from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tfds_person_attrs import csv_cells
+from tfds_person_attrs.images import BadImageError, inspect_image, to_rgb
 from trainer import cli
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -62,30 +64,23 @@ def expand_inputs(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def read_as_jpeg(path: str) -> bytes:
-    """The file's bytes if it is a JPEG, else the image re-encoded as JPEG; raises if PIL cannot decode it all."""
-    from PIL import Image
-
+    """The file's bytes if it is a JPEG (the serving signature applies its EXIF orientation), else the image
+    upright and in 8-bit RGB as the dataset build stores it, re-encoded as JPEG; raises if PIL cannot decode it."""
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
     if not data:
-        from tfds_person_attrs.images import inspect_image
-
         inspect_image(data)  # the dataset build's own check of an empty file, so both say it the same way
     with Image.open(io.BytesIO(data)) as im:  # raises on a file that is not an image at all
         im.load()  # decodes every pixel: a truncated or corrupt file fails here, with Pillow's reason
         if im.format == "JPEG":
             return data
         buf = io.BytesIO()
-        im.convert("RGB").save(buf, "JPEG", quality=95)
+        to_rgb(ImageOps.exif_transpose(im)).save(buf, "JPEG", quality=95)
         return buf.getvalue()
 
 
 def unreadable_reason(error: Exception) -> str:
     """Why Pillow could not read a file, in words."""
-    from PIL import UnidentifiedImageError
-
-    from tfds_person_attrs.images import BadImageError
-
     if isinstance(error, BadImageError):  # the build's wording for the same file
         return str(error)
     if isinstance(error, UnidentifiedImageError):
