@@ -114,7 +114,7 @@ def star_edges(a, b) -> tuple[np.ndarray, np.ndarray]:
     n = len(vertices)
     if n == 0:
         return vertices, vertices
-    graph = scipy.sparse.coo_array((np.ones(len(a), np.int8), (index[: len(a)], index[len(a) :])), shape=(n, n))
+    graph = scipy.sparse.coo_array((np.ones(len(a)), (index[: len(a)], index[len(a) :])), shape=(n, n))
     _, label = scipy.sparse.csgraph.connected_components(graph, directed=False)
     # Each component's first vertex in sorted order is its smallest member.
     first = np.unique(label, return_index=True)[1]

@@ -214,38 +214,42 @@ class _VerifyShard(beam.DoFn):
 class Components(beam.CombineFn):
     """Lists of named pairs (a, b) -> {image id: the smallest id of its component}, by `grouping.star_edges`.
 
-    A partial result is a list of pairs, replaced by its star edges (one per image, less one per component)
-    each time it has doubled since (so each bundle's work stays linear in its pairs); the partial results are
-    merged in one place, which therefore holds every image that has a near-duplicate (about 50 of the real
-    7,000), never the images without one. Labels are the smallest id: they do not depend on the order in
-    which pairs arrive.
+    A partial result holds its pairs as arrays of strings [k, 2], replaced by their star edges (one per image,
+    less one per component) each time they have doubled since (so each bundle's work stays linear in its
+    pairs); the partial results are merged in one place, which therefore holds every image that has a
+    near-duplicate (about 50 of the real 7,000), never the images without one. Labels are the smallest id:
+    they do not depend on the order in which pairs arrive.
     """
 
     def create_accumulator(self):
-        return [], 0  # pairs, and how many there were after the last replacement by star edges
+        return [], 0  # arrays of pairs, and how many pairs they held after the last replacement by star edges
 
     def add_input(self, acc, pairs):
-        edges, compact = acc
-        edges.extend(pairs)
-        return _as_stars(edges) if len(edges) > 2 * compact + 1024 else (edges, compact)
+        chunks, compact = acc
+        if pairs:
+            chunks.append(np.asarray(pairs, dtype=str).reshape(-1, 2))
+        return _as_stars(chunks) if sum(map(len, chunks)) > 2 * compact + 1024 else (chunks, compact)
 
     def merge_accumulators(self, accs):
-        return _as_stars([pair for edges, _ in accs for pair in edges])
+        return _as_stars([chunk for chunks, _ in accs for chunk in chunks])
 
     def extract_output(self, acc):
-        edges, _ = _as_stars(acc[0])
-        groups = {root: root for root, _ in edges}
-        groups.update((member, root) for root, member in edges)
+        chunks, _ = _as_stars(acc[0])
+        if not chunks:
+            return {}
+        roots, members = chunks[0][:, 0].tolist(), chunks[0][:, 1].tolist()
+        groups = {root: root for root in roots}
+        groups.update(zip(members, roots))
         return groups
 
 
-def _as_stars(pairs: list) -> tuple[list, int]:
-    """A `Components` accumulator of the star edges of these pairs."""
-    if not pairs:
+def _as_stars(chunks: list) -> tuple[list, int]:
+    """A `Components` accumulator of the star edges of these arrays of pairs."""
+    if not chunks:
         return [], 0
-    roots, members = star_edges(*zip(*pairs))
-    edges = list(zip(roots.tolist(), members.tolist()))
-    return edges, len(edges)
+    pairs = np.concatenate(chunks)
+    roots, members = star_edges(pairs[:, 0], pairs[:, 1])
+    return [np.stack([roots, members], axis=1)], len(roots)
 
 
 class NearDuplicateGroups(beam.PTransform):
