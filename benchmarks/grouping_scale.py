@@ -1,7 +1,10 @@
 """The build's near-duplicate grouping (tfds_person_attrs/near_duplicates.py) at a million signatures, on Beam's
 DirectRunner in one process: time, peak memory, candidate pairs per image, and recall of planted clusters.
+Up to near_duplicates.EXACT_MAX_IMAGES signatures it compares all pairs, past it it runs the blocked search
+("method" in the output).
 
     python benchmarks/grouping_scale.py --n 1000000 --zip ../shared/data/hvc_data.zip
+    python benchmarks/grouping_scale.py --n 32768 --clusters 300 --zip ../shared/data/hvc_data.zip
 
 Signatures: each of the 63 coordinates drawn independently from its distribution over the real images (the
 real signatures' per-coordinate statistics, without their correlations), then scaled to unit length. Planted
@@ -96,7 +99,7 @@ def main() -> None:
     args = p.parse_args()
     import apache_beam as beam
 
-    from tfds_person_attrs.near_duplicates import NearDuplicateGroups, grouping_metrics
+    from tfds_person_attrs.near_duplicates import NearDuplicateGroups, bits_for, grouping_metrics
 
     rng = np.random.default_rng(0)
     real, deltas = real_statistics(args.zip, 7000, 300, rng)
@@ -128,6 +131,7 @@ def main() -> None:
         "benchmark": "grouping_scale",
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
         "signatures": args.n, "planted_clusters": args.clusters, "threshold": args.threshold,
+        "method": "all pairs" if bits_for(args.n) == 0 else "blocked",
         "wall_s": round(wall, 1), "process_cpu_s": round(cpu, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "candidate_pairs_per_image": round(counters.get("grouping_candidate_pairs", 0) / args.n, 1),

@@ -97,6 +97,20 @@ def test_near_duplicates_join_transitively_mirrored_too_and_name_the_group_by_it
     assert grouping.near_duplicate_groups(["z", "x"], [sigs[0], sigs[2]], threshold=0.85) == {"z": "z", "x": "x"}
 
 
+def test_all_pairs_in_any_tiles_are_the_pairs_of_the_whole_similarity_matrix_once():
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((40, 63))
+    sigs = np.concatenate([base, base[:25] + 0.3 * rng.standard_normal((25, 63))])
+    sigs[::7] = [mirrored(s) for s in sigs[::7]]
+    halves = grouping.mirror_halves(sigs / np.linalg.norm(sigs, axis=1, keepdims=True))
+    rows, cols = grouping.similar_halves(halves, halves, 0.86)
+    want = sorted((i, j) for i, j in zip(rows.tolist(), cols.tolist()) if i < j)
+    assert len(want) >= 20
+    for tile in ((3, 5), (8, 8), (256, 1024)):
+        i, j = grouping.all_pairs(halves, 0.86, *tile)
+        assert sorted(zip(i.tolist(), j.tolist())) == want and len(i) == len(want)
+
+
 def test_split_of_is_stable_and_follows_the_fractions():
     names = [f"g{i}" for i in range(20000)]
     splits = [grouping.split_of(n, seed=3) for n in names]

@@ -5,11 +5,14 @@ frequencies) have a cosine similarity of at least `threshold`, either as they ar
 mirrored; near-duplicates are joined transitively. A group's split is a pure function of (seed, group name),
 so the same data always gives the same split on any runner, and every image of a group lands in one split.
 
-`near_duplicate_groups` here is the exact method (all pairs, one process); the build uses the scalable
-Beam version in `near_duplicates.py`. benchmarks/grouping_recall.py measures both on the 7,000 real images
-and on edited copies planted among them (mirror, JPEG quality 50, 5% crop, +-10% brightness, 3/4 resize),
-against the 64-bit pHash at Hamming distance 10 used before; docs/performance.md has the figures. The
-default threshold, 0.86, joins fewer distinct real images, and fewer pairs of them, than the pHash did
+The criterion (`similar_halves`), the all-pairs comparison (`all_pairs`) and the connected components
+(`star_edges`, scipy's) are defined here once; the build's Beam grouping (`near_duplicates.py`) uses them,
+comparing all pairs up to `near_duplicates.EXACT_MAX_IMAGES` images and verifying the candidates of a
+blocked search past it. `near_duplicate_groups` is the same exact method in one process, the reference the
+Beam grouping is tested and measured against. benchmarks/grouping_recall.py measures both on the 7,000 real
+images and on edited copies planted among them (mirror, JPEG quality 50, 5% crop, +-10% brightness, 3/4
+resize), against the 64-bit pHash at Hamming distance 10 used before; docs/performance.md has the figures.
+The default threshold, 0.86, joins fewer distinct real images, and fewer pairs of them, than the pHash did
 (0.85 joined more pairs).
 
     python -c "from tfds_person_attrs.grouping import split_of; print(split_of('resized/1.jpg', seed=0))"
@@ -22,14 +25,18 @@ import hashlib
 from typing import Sequence
 
 import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
 
 from tfds_person_attrs.images import SIGNATURE_SIZE, mirrored
 
 DEFAULT_THRESHOLD = 0.86
 DEFAULT_FRACTIONS = (("train", 0.8), ("validation", 0.1), ("test", 0.1))
 SPLIT_BY = ("group", "row")  # hash of the near-duplicate group (leak-proof) | CSV row order (for comparison)
-# Rows of the pairwise similarity matrix computed at once; bounds memory to CHUNK * n * 4 bytes.
-_CHUNK = 1024
+# All pairs are compared in tiles of 256 x 1,024 signatures: the float32 output (1 MB) stays in cache. At
+# 28,000 random signatures, one BLAS thread, load ~9: 256 x 1,024 3.3 CPU-s, 1,024 x 4,096 3.4, 2,048 x 8,192
+# 4.6, and rows of the whole triangle (2-16 rows a product) 4.3-9.4.
+_TILE_ROWS, _TILE_COLS = 256, 1024
 MIRROR_NEGATED = mirrored(np.ones(SIGNATURE_SIZE)) < 0  # the coefficients a mirror negates (odd horizontal frequencies)
 
 
@@ -57,11 +64,6 @@ class SplitRecipe:
         return name.replace(".", "p")
 
 
-def similar_pairs(a: np.ndarray, b: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (i, j) with signature a[i] near b[j], as it is or mirrored (computed in float32)."""
-    return similar_halves(mirror_halves(a), mirror_halves(b), threshold)
-
-
 def mirror_halves(signatures) -> tuple[np.ndarray, np.ndarray]:
     """Signatures [n, 63] as float32 (even, odd) parts: the coefficients a mirror keeps, and those it negates."""
     sig = np.asarray(signatures, np.float32).reshape(-1, SIGNATURE_SIZE)
@@ -69,11 +71,12 @@ def mirror_halves(signatures) -> tuple[np.ndarray, np.ndarray]:
 
 
 def similar_halves(a, b, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """`similar_pairs` of signatures given as `mirror_halves`.
+    """Indices (i, j) with signature a[i] near b[j], as it is or mirrored, for signatures given as
+    `mirror_halves` (computed in float32).
 
     a.b = even + odd and mirror(a).b = even - odd, so the larger is even + |odd|: two half-width products,
     the arithmetic of one (stacking a and its mirror into one product did twice as much). On large blocks
-    writing the output costs as much as the arithmetic: near_duplicates.py keeps its blocks cache-sized.
+    writing the output costs as much as the arithmetic: callers keep their blocks cache-sized.
     """
     (a_even, a_odd), (b_even, b_odd) = a, b
     best = np.dot(a_even, b_even.T)
@@ -82,35 +85,59 @@ def similar_halves(a, b, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(best >= threshold)
 
 
+def all_pairs(halves, threshold: float, rows: int = _TILE_ROWS, cols: int = _TILE_COLS) -> tuple[np.ndarray, ...]:
+    """Every pair (i, j), i < j, of the signatures (given as `mirror_halves`) that passes the criterion, once:
+    the upper triangle in tiles of rows x cols."""
+    even, odd = halves
+    n = len(even)
+    found_i, found_j = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for r in range(0, n, rows):
+        for c in range(r, n, cols):
+            i, j = similar_halves((even[r : r + rows], odd[r : r + rows]), (even[c : c + cols], odd[c : c + cols]),
+                                  threshold)
+            i, j = i + r, j + c
+            found_i.append(i[i < j])
+            found_j.append(j[i < j])
+    return np.concatenate(found_i), np.concatenate(found_j)
+
+
+def star_edges(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """The connected components of the pairs (a[i], b[i]) (integers or strings; repeats allowed) as edges from
+    each component's smallest member to each of its other members, sorted: (roots, members).
+
+    The project's one connected-components step (`scipy.sparse.csgraph.connected_components`): the exact
+    method's groups, a verified shard's pairs (the same components in fewer edges: a cluster of k images seen
+    in many cells gives k - 1 edges) and the build's merge of every shard's edges (`near_duplicates.Components`).
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    vertices, index = np.unique(np.concatenate([a, b]), return_inverse=True)
+    n = len(vertices)
+    if n == 0:
+        return vertices, vertices
+    graph = scipy.sparse.coo_array((np.ones(len(a)), (index[: len(a)], index[len(a) :])), shape=(n, n))
+    _, label = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    # Each component's first vertex in sorted order is its smallest member.
+    first = np.unique(label, return_index=True)[1]
+    root = first[label]
+    moved = np.flatnonzero(root != np.arange(n))
+    order = moved[np.lexsort((moved, root[moved]))]
+    return vertices[root[order]], vertices[order]
+
+
 def near_duplicate_groups(ids: Sequence[str], signatures, threshold: float = DEFAULT_THRESHOLD) -> dict[str, str]:
     """Maps each id to its group name: the smallest id among its near-duplicates (itself if it has none).
 
-    Exact all-pairs comparison in one process, vectorised: the reference the Beam version is measured against.
+    The exact method in one process (all pairs, then `star_edges`): what the build's Beam grouping gives up to
+    `near_duplicates.EXACT_MAX_IMAGES` images, and the reference its blocked search is measured against.
     """
-    n = len(ids)
-    if n == 0:
+    if len(ids) == 0:
         return {}
-    even, odd = mirror_halves(np.asarray(signatures, dtype=np.float16).reshape(n, -1))
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for start in range(0, n, _CHUNK):
-        rows, cols = similar_halves((even[start : start + _CHUNK], odd[start : start + _CHUNK]), (even, odd), threshold)
-        for r, c in zip(rows + start, cols):
-            if c > r:
-                a, b = find(r), find(c)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-    roots = [find(i) for i in range(n)]
-    name_of_root: dict[int, str] = {}
-    for i, root in enumerate(roots):
-        name_of_root[root] = min(name_of_root.get(root, ids[i]), ids[i])
-    return {ids[i]: name_of_root[roots[i]] for i in range(n)}
+    i, j = all_pairs(mirror_halves(np.asarray(signatures, dtype=np.float16).reshape(len(ids), -1)), threshold)
+    names = np.asarray(ids)
+    groups = {x: x for x in ids}
+    roots, members = star_edges(names[i], names[j])
+    groups.update(zip(members.tolist(), roots.tolist()))
+    return groups
 
 
 def split_of(group: str, seed: int = 0, fractions=DEFAULT_FRACTIONS) -> str:

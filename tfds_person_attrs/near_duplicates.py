@@ -1,32 +1,40 @@
-"""Near-duplicate groups on Beam with no all-pairs step and no step that holds every signature.
+"""Near-duplicate groups on Beam: every pair compared up to EXACT_MAX_IMAGES images, a blocked search past it.
 
     (image id, signature) -> blocking cells, packed by shard -> verified pairs per cell -> star edges
                           -> named edges -> connected components -> (image id, group) for images that have one
 
-1. Blocking: each signature is made mirror-invariant (odd horizontal frequencies by absolute value, centred
-   on the mean of all images: one 63-float global mean) and hashed by TABLES tables of `bits` random
-   hyperplanes (SimHash), giving a cell per table; `bits` is log2(images / 64), at least 12 (12 up to
-   262,144 images, 14 at a million), so that a cell holds about 64 images at any size. An image is stored
+Every candidate pair is verified by the exact criterion (`grouping.similar_halves`: cosine >= threshold, as is
+or mirrored); what the image count decides is which pairs are candidates.
+
+0. Exact up to EXACT_MAX_IMAGES (2**15 = 32,768) images: every image is stored in the one cell of table 0,
+   with no probes, and that cell is verified as all pairs (`grouping.all_pairs`): the exact method's groups,
+   in one worker. The bound is where that stops being cheap (see EXACT_MAX_IMAGES).
+1. Blocking, past the bound: each signature is made mirror-invariant (odd horizontal frequencies by absolute
+   value, centred on the mean of all images: one 63-float global mean) and hashed by TABLES tables of `bits`
+   random hyperplanes (SimHash), giving a cell per table; `bits` is log2(images / 64), at least 12 (12 up
+   to 262,144 images, 14 at a million), so that a cell holds about 64 images at any size. An image is stored
    in its cell of each table and probes that cell plus the FLIPS cells reached by flipping its least certain
    bits (those whose projection is closest to zero): a near-duplicate is missed only when in every table one
-   of the bits that differ between the two was certain for the prober.
+   of the bits that differ between the two was certain for the prober (on the real 7,000, searched this way,
+   31 of the exact method's 33 pairs are found: docs/performance.md section 6).
 2. Shuffle by shard: the Beam key is a shard of 2**SHARD_BITS neighbouring cells (so the shards grow with the
    cells, and spread over workers). A batch of BATCH_SIZE images sends each shard it reaches one `ShardPack`:
    numpy arrays of its entries (cell, image as a position in the batch, stored or probe-only) and each of
    those images' float16 signatures once. Ids stay behind: an image is named (batch key, position) until its
    edges are joined with its batch's id list, and only images with a near-duplicate have edges.
 3. Verification: a shard's entries are sorted by cell and, within each cell, every entry is compared with
-   every stored image by the exact criterion (`grouping.similar_pairs`: cosine >= threshold, as is or
-   mirrored), as matrix products (small neighbouring cells in one product, masked to pairs within a cell).
-   The shard's verified pairs leave it as star edges of their components (`star_edges`, in numpy): the
-   same components, in fewer edges than pairs (each pair is seen in up to 24 cells), as lists per batch key.
-4. Components: union-find over the named edges (`Components`), per bundle and then merged in one place,
-   which holds only the images that have a near-duplicate. (Rounds of min-label propagation, a join and a
-   min per round, kept even that off one machine, but cost ~0.2 ms per near-duplicate image in the runner's
-   per-element work: docs/performance.md section 5.)
+   every stored image, as matrix products (small neighbouring cells in one product, masked to pairs within a
+   cell; a cell of stored images only, such as the exact method's, as `grouping.all_pairs`: each pair once).
+   The shard's verified pairs leave it as star edges of their components (`grouping.star_edges`): the same
+   components, in fewer edges than pairs (each pair is seen in up to 24 cells), as lists per batch key.
+4. Components: the named edges are merged by `Components`, a combine whose partial results are star edges
+   (`grouping.star_edges` again), merged in one place, which holds only the images that have a
+   near-duplicate. (Rounds of min-label propagation, a join and a min per round, kept even that off one
+   machine, but cost ~0.2 ms per near-duplicate image in the runner's per-element work: docs/performance.md
+   section 5.)
 
-Measured against the exact method (`grouping.near_duplicate_groups`) in benchmarks/grouping_recall.py; the
-cost at 1,000,000 signatures in benchmarks/grouping_scale.py.
+Measured against the exact method in one process (`grouping.near_duplicate_groups`) in
+benchmarks/grouping_recall.py; the cost at 1,000,000 signatures in benchmarks/grouping_scale.py.
 
     python -m pytest -q tests/test_near_duplicates.py
 """
@@ -42,10 +50,17 @@ import numpy as np
 import threadpoolctl
 from apache_beam.metrics import Metrics
 
-from tfds_person_attrs.grouping import MIRROR_NEGATED, mirror_halves, similar_halves
+from tfds_person_attrs.grouping import MIRROR_NEGATED, all_pairs, mirror_halves, similar_halves, star_edges
 from tfds_person_attrs.images import SIGNATURE_SIZE
 
 NAMESPACE = "person_attrs"
+# Up to this many images every pair is compared (exact); past it, the blocked search. Why here: all pairs of
+# 2**15 images are 2**29 (537M) pairs, ~4.5 CPU-s in one worker (392M pairs at 28,000 images: 3.3 CPU-s),
+# against 0.4-0.7 ms per image that the build spends anyway (13-23 CPU-s at 32,768 images: section 5 of
+# docs/performance.md), and the one cell holds 4 MB of signatures. The cost grows with the square of the
+# images and in one worker: at 100,000 it would be ~40 CPU-s, as much as the rest of the build, while the
+# blocked search's stays linear and spread over workers (5,705 candidate pairs per image at a million).
+EXACT_MAX_IMAGES = 1 << 15
 TABLES, FLIPS = 8, 2
 MIN_BITS, MAX_BITS, CELL_TARGET = 12, 20, 64
 # Images whose blocking keys are computed together; their entries for one shard of cells travel as one Beam
@@ -73,8 +88,11 @@ def mirror_invariant(signatures: np.ndarray) -> np.ndarray:
     return out
 
 
-def bits_for(num_images: int) -> int:
-    """Hyperplanes per table: about CELL_TARGET images per cell, within [MIN_BITS, MAX_BITS]."""
+def bits_for(num_images: int, exact_max_images: int = EXACT_MAX_IMAGES) -> int:
+    """Hyperplanes per table: 0 up to exact_max_images (one cell: all pairs), then about CELL_TARGET images per
+    cell, within [MIN_BITS, MAX_BITS]."""
+    if num_images <= exact_max_images:
+        return 0
     return int(np.clip(np.ceil(np.log2(max(num_images, 1) / CELL_TARGET)), MIN_BITS, MAX_BITS))
 
 
@@ -177,6 +195,10 @@ class _VerifyShard(beam.DoFn):
         if len(kept) == 0 or hi - lo == 1:
             return
         stored_halves = even[kept], odd[kept]
+        if cells is None and own.all():  # stored images only, each once (the exact method's one cell): each pair once
+            p, q = all_pairs(stored_halves, self._threshold)
+            found.append((kept[p], kept[q]))
+            return
         kept_cells = None if cells is None else cells[lo:hi][own]
         step = max(1, _BLOCK // len(kept))
         for start in range(0, hi - lo, step):
@@ -189,86 +211,61 @@ class _VerifyShard(beam.DoFn):
             found.append((a[a != b], b[a != b]))
 
 
-def star_edges(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The components of the pairs (a[i], b[i]) (integers; repeats allowed) as edges from each component's
-    smallest member to its other members, sorted: (roots, members).
-
-    A shard's verified pairs join the same images as all of them would, in fewer edges (a cluster of k images
-    that shares many cells gives k - 1 edges per shard instead of up to k(k - 1) per cell, each found in both
-    directions). Min-label propagation with pointer jumping, in numpy: at 28,000 all-duplicate images a shard
-    holds ~2,700 distinct pairs, each a Python union otherwise.
-    """
-    vertices, index = np.unique(np.concatenate([a, b]), return_inverse=True)
-    ia, ib = index[: len(a)], index[len(a) :]
-    label = np.arange(len(vertices))
-    while True:
-        low = np.minimum(label[ia], label[ib])
-        new = label.copy()
-        np.minimum.at(new, ia, low)
-        np.minimum.at(new, ib, low)
-        new = new[new]  # labels only point down, to a member of the same component
-        if np.array_equal(new, label):
-            break
-        label = new
-    roots = vertices[label]  # vertices are sorted, so the smallest index is the smallest member
-    moved = roots != vertices
-    order = np.lexsort((vertices[moved], roots[moved]))
-    return roots[moved][order], vertices[moved][order]
-
-
-def _find(parent: dict, x):
-    while parent.get(x, x) != x:
-        parent[x] = parent.get(parent[x], parent[x])
-        x = parent[x]
-    return x
-
-
-def _union(parent: dict, a, b) -> None:
-    ra, rb = _find(parent, a), _find(parent, b)
-    low = min(ra, rb)
-    parent[max(ra, rb)] = low
-    parent.setdefault(low, low)
-
-
 class Components(beam.CombineFn):
-    """Lists of named pairs (a, b) -> {image id: the smallest id of its component}, by union-find.
+    """Lists of named pairs (a, b) -> {image id: the smallest id of its component}, by `grouping.star_edges`.
 
-    Each bundle joins its own pairs (Beam lifts the combine), and the partial forests are merged in one
-    place, which therefore holds every image that has a near-duplicate (about 50 of the real 7,000), never
-    the images without one. Union by smallest root makes the labels independent of the order pairs arrive.
+    A partial result holds its pairs as arrays of strings [k, 2], replaced by their star edges (one per image,
+    less one per component) each time they have doubled since (so each bundle's work stays linear in its
+    pairs); the partial results are merged in one place, which therefore holds every image that has a
+    near-duplicate (about 50 of the real 7,000), never the images without one. Labels are the smallest id:
+    they do not depend on the order in which pairs arrive.
     """
 
     def create_accumulator(self):
-        return {}
+        return [], 0  # arrays of pairs, and how many pairs they held after the last replacement by star edges
 
-    def add_input(self, parent, pairs):
-        for a, b in pairs:
-            _union(parent, a, b)
-        return parent
+    def add_input(self, acc, pairs):
+        chunks, compact = acc
+        if pairs:
+            chunks.append(np.asarray(pairs, dtype=str).reshape(-1, 2))
+        return _as_stars(chunks) if sum(map(len, chunks)) > 2 * compact + 1024 else (chunks, compact)
 
     def merge_accumulators(self, accs):
-        accs = list(accs)
-        out = accs[0]
-        for acc in accs[1:]:
-            for x in acc:
-                _union(out, x, _find(acc, x))
-        return out
+        return _as_stars([chunk for chunks, _ in accs for chunk in chunks])
 
-    def extract_output(self, parent):
-        return {x: _find(parent, x) for x in parent}
+    def extract_output(self, acc):
+        chunks, _ = _as_stars(acc[0])
+        if not chunks:
+            return {}
+        roots, members = chunks[0][:, 0].tolist(), chunks[0][:, 1].tolist()
+        groups = {root: root for root in roots}
+        groups.update(zip(members, roots))
+        return groups
+
+
+def _as_stars(chunks: list) -> tuple[list, int]:
+    """A `Components` accumulator of the star edges of these arrays of pairs."""
+    if not chunks:
+        return [], 0
+    pairs = np.concatenate(chunks)
+    roots, members = star_edges(pairs[:, 0], pairs[:, 1])
+    return [np.stack([roots, members], axis=1)], len(roots)
 
 
 class NearDuplicateGroups(beam.PTransform):
     """(image id, signature float16 [63]) -> (image id, group) for every image with a near-duplicate.
 
     The group is the smallest id of the images joined to it; images without a near-duplicate are not output
-    (each is its own group). batch_size and shard_bits only change how the work is cut, never the groups.
+    (each is its own group). batch_size and shard_bits only change how the work is cut, never the groups;
+    exact_max_images is the most images for which every pair is compared (0: always the blocked search).
     """
 
-    def __init__(self, threshold: float, batch_size: int = BATCH_SIZE, shard_bits: int = SHARD_BITS):
+    def __init__(self, threshold: float, batch_size: int = BATCH_SIZE, shard_bits: int = SHARD_BITS,
+                 exact_max_images: int = EXACT_MAX_IMAGES):
         super().__init__()
         self._threshold = threshold
         self._batch_size, self._shard_bits = batch_size, shard_bits
+        self._exact_max_images = exact_max_images
 
     def expand(self, signatures):
         # Images travel as batches from here on: one array per batch, not one pickled array per image.
@@ -279,7 +276,8 @@ class NearDuplicateGroups(beam.PTransform):
                       lambda b: (mirror_invariant(b[1]).astype(np.float64).sum(axis=0), len(b[0])))
                   | "MeanBlockingVector" >> beam.CombineGlobally(_SumVectors()))
         bits = (batches | "BatchSizes" >> beam.Map(lambda b: len(b[0]))
-                | "CountImages" >> beam.CombineGlobally(sum) | "Bits" >> beam.Map(bits_for))
+                | "CountImages" >> beam.CombineGlobally(sum)
+                | "Bits" >> beam.Map(bits_for, exact_max_images=self._exact_max_images))
         packed = batches | "ShardPacks" >> beam.ParDo(
             _ShardPacks(), center=beam.pvalue.AsSingleton(center), bits=beam.pvalue.AsSingleton(bits),
             shard_bits=self._shard_bits).with_outputs(_IDS, *TABLE_TAGS)
@@ -349,17 +347,21 @@ def shard_packs(batch, center, bits, shard_bits):
     TABLE_TAGS, and (batch key, ids) tagged _IDS.
 
     A shard is the cell id >> shard_bits: 2**shard_bits neighbouring cells of one table (all of the table's
-    cells when shard_bits >= bits). bits grows with the images, so the shards do too, each holding about
-    192 x 2**shard_bits entries once cells hold their ~64 images (each cell: ~64 stored entries, ~128 probes).
+    cells when shard_bits >= bits; with bits = 0, the one cell of all pairs). bits grows with the images, so
+    the shards do too, each holding about 192 x 2**shard_bits entries once cells hold their ~64 images (each
+    cell: ~64 stored entries, ~128 probes).
     """
     ids, sigs = batch
     key = batch_key(ids)
     yield beam.pvalue.TaggedOutput(_IDS, (key, ids))
-    own, probes = blocking_keys(sigs, center, bits)
     n = len(ids)
-    cells = np.concatenate([own.reshape(-1), probes.reshape(-1)]).astype(np.int32)
-    who = np.concatenate([np.repeat(np.arange(n), TABLES), np.repeat(np.arange(n), TABLES * FLIPS)])
-    stored = np.concatenate([np.ones(n * TABLES, bool), np.zeros(n * TABLES * FLIPS, bool)])
+    if bits == 0:  # all pairs: every image stored in the one cell of table 0, nothing probed
+        cells, who, stored = np.zeros(n, np.int32), np.arange(n), np.ones(n, bool)
+    else:
+        own, probes = blocking_keys(sigs, center, bits)
+        cells = np.concatenate([own.reshape(-1), probes.reshape(-1)]).astype(np.int32)
+        who = np.concatenate([np.repeat(np.arange(n), TABLES), np.repeat(np.arange(n), TABLES * FLIPS)])
+        stored = np.concatenate([np.ones(n * TABLES, bool), np.zeros(n * TABLES * FLIPS, bool)])
     order = np.argsort(cells, kind="stable")
     cells, who, stored = cells[order], who[order], stored[order]
     shards = cells >> min(shard_bits, bits)

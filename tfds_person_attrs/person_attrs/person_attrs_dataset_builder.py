@@ -38,7 +38,7 @@ from tfds_person_attrs.annotations import (
     parse_annotations,
 )
 from tfds_person_attrs.images import DEFAULT_MAX_PIXELS
-from tfds_person_attrs.schema import BUILTIN_SCHEMAS, HVC, Schema, schema_from_dict
+from tfds_person_attrs.schema import BUILTIN_SCHEMAS, HVC, Schema
 
 SUMMARY_FILE = "build_summary.json"
 SKIPPED_FILE = "build_skipped.csv"
@@ -279,9 +279,3 @@ def _remove_abandoned_builds(building_dir: str) -> None:
                 name == version + FAILED_SUFFIX:
             tf.io.gfile.rmtree(posixpath.join(parent, name))
             logging.info("person_attrs: removed %s, left by an interrupted build", posixpath.join(parent, name))
-
-
-def schema_of(builder_or_info) -> Schema:
-    """The Schema stored in a built dataset's metadata."""
-    info = getattr(builder_or_info, "info", builder_or_info)
-    return schema_from_dict(info.metadata["schema"])
