@@ -209,3 +209,33 @@ def test_vertex_tuning_trial_gets_its_own_dir_and_reports_its_metric(tmp_path, m
     assert reported["trial"] == "3" and reported["global_step"] == str(result["steps"])
     assert float(reported["val_mean_balanced_accuracy"]) == pytest.approx(
         result["metrics"]["best_val_mean_balanced_accuracy"], abs=1e-6)
+
+
+def test_a_finished_job_says_so_refuses_another_config_and_continues_with_more_epochs(tmp_path, caplog):
+    """Run again, a finished job trains nothing and says where its model is; another config is refused; more
+    epochs continue it from its last step, the evaluations of the model it replaces are removed, and the epoch
+    line marks '(best)' only on an epoch that beats the epochs done before the resume too."""
+    import logging
+
+    job = str(tmp_path / "job")
+    cfg = fx.smoke_config(fx.fixture_data_dir(), job, **{"train.epochs": 1, "train.verbose": "auto"})
+    run(cfg)
+    os.makedirs(f"{job}/eval_validation")
+    open(f"{job}/thresholds.json", "w").write("{}")
+
+    caplog.set_level(logging.INFO)
+    again = run(cfg)
+    assert again["steps"] == 2 and again["model"] is None
+    assert f"{job} is finished: 1 epochs done (train.epochs=1), best val_mean_balanced_accuracy" in caplog.text
+    assert f"the model is in {job}/model.keras" in caplog.text
+
+    with pytest.raises(ConfigError, match="made by a finished run with another config: loss.label_smoothing"):
+        run(cfg.replace(**{"loss.label_smoothing": 0.1}))
+
+    caplog.clear()
+    more = run(cfg.replace(**{"train.epochs": 2}))
+    assert more["steps"] == 4 and [r["epoch"] for r in read_rows(job)] == ["0", "1"]
+    assert not os.path.exists(f"{job}/thresholds.json") and not os.path.exists(f"{job}/eval_validation")
+    first, second = (float(r["val_mean_balanced_accuracy"]) for r in read_rows(job))
+    line = next(m for m in caplog.messages if m.startswith("epoch 2/2"))
+    assert ("(best)" in line) == (second > first), (first, second, line)

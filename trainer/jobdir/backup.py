@@ -189,7 +189,8 @@ def restore(model, backup_dir: str, state: RunState, mixing=None) -> None:
     """Assigns the committed checkpoint's values to the model's, optimizer's and mixing's variables by name (the
     optimizer must be built). A checkpoint whose names or shapes differ is refused before anything is assigned."""
     prefix = os.path.join(backup_dir, state.checkpoint)
-    stored = dict(tf.train.list_variables(prefix))
+    # (the reader, not tf.train.list_variables, which takes a ram:// prefix for a folder)
+    stored = tf.compat.v1.train.NewCheckpointReader(prefix).get_variable_to_shape_map()
     expected = {}
     for group, named in tracked_variables(model, mixing).items():
         for path, v in named.items():
@@ -197,8 +198,8 @@ def restore(model, backup_dir: str, state: RunState, mixing=None) -> None:
             expected[key] = (f"{group} {path}", tuple(v.shape))
     stored_vars = {k: tuple(s) for k, s in stored.items()  # (the manager's own save_counter is not ours)
                    if k.endswith("/.ATTRIBUTES/VARIABLE_VALUE") and k.split("/", 1)[0] in GROUPS}
-    missing = [name for key, (name, _) in expected.items() if key not in stored_vars]
-    unexpected = [_readable(key) for key in stored_vars if key not in expected]
+    missing = sorted(name for key, (name, _) in expected.items() if key not in stored_vars)
+    unexpected = sorted(_readable(key) for key in stored_vars if key not in expected)
     reshaped = [f"{name} {stored_vars[key]} -> {shape}" for key, (name, shape) in expected.items()
                 if key in stored_vars and stored_vars[key] != shape]
     if missing or unexpected or reshaped:
