@@ -3,13 +3,14 @@
     python -c "from trainer.config import load_config; from trainer.training.train import run; \
 print(run(load_config(['--config', 'smoke', '--data_dir', 'out/data', '--job_dir', 'out/job']))['metrics'])"
 
-JOB_DIR gets: .lock (while the run lives), config.yaml (written first), backup/ (trainer.jobdir.backup; removed when
-the run finishes), checkpoints/best.keras (best val_mean_balanced_accuracy, trainer.training.callbacks), history.csv
-(per epoch: every head's metrics, their means, lr and momentum), logs/ (TensorBoard), metrics.json (per-head
-validation balanced accuracy / mA and accuracy, their means, epochs completed),
-model.keras and model/ (the SavedModel from trainer.export). All but TensorBoard's files appear whole
-(trainer.jobdir.atomic). Starting the same command again after a crash resumes from backup/ with the same step count,
-schedule and weights; a different config is refused unless train.allow_config_change is set.
+JOB_DIR gets: .lock (while the run lives), config.yaml (written first), backup/ (trainer.jobdir.backup; kept,
+marked finished, when the run ends), checkpoints/best.keras (best val_mean_balanced_accuracy,
+trainer.training.callbacks), history.csv (per epoch: every head's metrics, their means, lr and momentum), logs/
+(TensorBoard), metrics.json (per-head validation balanced accuracy / mA and accuracy, their means, epochs
+completed), model.keras and model/ (the SavedModel from trainer.export). All but TensorBoard's files appear whole
+(trainer.jobdir.atomic). Starting the same command again after a crash resumes from backup/ with the same step
+count, schedule, weights and place in the input; a different config is refused unless train.allow_config_change
+is set. Run again once finished, it trains nothing and says so; a larger train.epochs continues it.
 
 Multi-worker (TF_CONFIG, every task runs the same command with the same --job_dir): only the chief holds the
 lock and writes JOB_DIR; every other task writes the same outputs into JOB_DIR/.task_scratch/<task>, removed
