@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import re
+import weakref
 from typing import Any
 
 import numpy as np
@@ -114,8 +115,17 @@ def mixing_variables(mixing) -> list:
     return [*(pair for layer in mixing.mixers for pair in _seed_states(layer)), ("choice_state", mixing.choice.state)]
 
 
+_CHECKPOINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _checkpoint(model, mixing) -> tf.train.Checkpoint:
-    return tf.train.Checkpoint(**tracked_variables(model, mixing))
+    """The model's checkpoint object, made once per set of variables: a new one would trace its save again."""
+    groups = tracked_variables(model, mixing)
+    key = tuple((group, name, id(v)) for group, named in groups.items() for name, v in named.items())
+    cached = _CHECKPOINTS.get(model)
+    if cached is None or cached[0] != key:
+        cached = _CHECKPOINTS[model] = (key, tf.train.Checkpoint(**groups))
+    return cached[1]
 
 
 def _manager(checkpoint, backup_dir: str) -> tf.train.CheckpointManager:

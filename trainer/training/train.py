@@ -185,8 +185,8 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
         try:
             loop.fit(train_ds, val_ds, Schedule(config.train.epochs, steps_per_epoch, state.epoch, start_batch),
                      callback_list)
-        except NonFiniteLossError as e:
-            raise NonFiniteLossError(f"{e}. {_non_finite_advice(recorder.keep_finite(), paths.backup_dir)}") from None
+        except (NonFiniteLossError, backup.NonFiniteWeightsError) as e:
+            raise type(e)(f"{e}. {_non_finite_advice(recorder.keep_finite(), paths.backup_dir)}") from None
         metrics = _final_metrics(recorder.rows, schema)
         atomic.write_text(out.metrics_json, json.dumps(metrics, indent=2))
         keep_ema_weights(model)  # the saved, exported and returned model holds the averaged weights (trainer.optim.ema)
