@@ -161,3 +161,21 @@ def test_a_backup_is_restored_by_name_and_a_model_that_does_not_fit_is_refused_n
         "not in the backup: ", "not in this model: ", "another shape: "))
     assert missing < message.index("model c/bias") < unexpected < message.index("model b/bias") < reshaped
     assert "model a/bias (3,) -> (4,)" in message[reshaped:]
+
+
+def test_the_train_stream_started_at_an_example_continues_the_uninterrupted_stream(tmp_path):
+    """What a resume rests on, in one process: make_train_dataset(start_example=k x batch) gives batch k, k+1, ...
+    of the stream that started at 0, over several passes of the split (69 examples), cached or not, per shard."""
+    from trainer.input.data import make_train_dataset
+
+    cfg = fx.smoke_config(fx.fixture_data_dir(), **{"data.shuffle_buffer": 16})
+    for cache, shards, index in ((False, 1, 0), (True, 1, 0), (False, 2, 1)):
+        c = cfg.replace(**{"data.cache": cache})
+        logs = [str(tmp_path / f"{cache}{shards}-{start}.csv") for start in (0, 11)]
+        whole = list(make_train_dataset(c, 8, None, shards, index, 0, logs[0]).take(14).as_numpy_iterator())
+        resumed = list(make_train_dataset(c, 8, None, shards, index, 11 * 8, logs[1]).take(3).as_numpy_iterator())
+        for (image_a, _), (image_b, _) in zip(whole[11:], resumed):
+            np.testing.assert_array_equal(image_a, image_b)
+        ids_whole, ids_resumed = read_ids_log(logs[0]), read_ids_log(logs[1])
+        assert [ids_whole[s] for s in (11, 12, 13)] == [ids_resumed[s] for s in (11, 12, 13)]
+        assert ids_whole[0] != ids_whole[11]  # (a later pass, in another order)
