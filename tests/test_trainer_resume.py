@@ -139,8 +139,13 @@ def test_a_backup_is_restored_by_name_and_a_model_that_does_not_fit_is_refused_n
 
     saved = tiny_model(("a", "b"))
     saved.fit(np.ones((4, 3)), np.zeros((4, 3)), verbose=0)
-    state = backup.RunState(0, 1, (), {}, 4, 1)
-    backup.save(saved, "ram://resume/backup", state)
+    for step in (1, 2, 3, 4, 1):  # the last: a commit at step 1 again (as after a roll-back and a resume)
+        committed = backup.save(saved, "ram://resume/backup", backup.RunState(0, step, (), {}, 4, 1))
+    import tensorflow as tf
+
+    kept = sorted(n for n in tf.io.gfile.listdir("ram://resume/backup") if n.endswith(".index"))
+    assert kept == ["ckpt-3.index", "ckpt-4.index", "ckpt-5.index"]  # the manager keeps three
+    assert (committed.checkpoint, committed.previous["checkpoint"]) == ("ckpt-5", "ckpt-4")
     # Variables created in the other order have each other's positions (same shapes): restored by name, each
     # gets its own values back, optimizer slots and the EMA included.
     other_order = tiny_model(("b", "a"))
