@@ -118,7 +118,7 @@ def test_two_workers_match_one_process(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-4)
     assert np.mean([np.abs(a - b).mean() for a, b in zip(w1, w2)]) < 1e-4
     assert float(r1[0]["loss"]) != pytest.approx(float(r1[-1]["loss"]), rel=1e-3)  # it did train
-    assert sorted(os.listdir(tmp_path / "two")) == ["checkpoints", "config.yaml", "history.csv", "logs",
+    assert sorted(os.listdir(tmp_path / "two")) == ["backup", "checkpoints", "config.yaml", "history.csv", "logs",
                                                     "metrics.json", "model", "model.keras"]  # chief only
 
 
@@ -168,7 +168,8 @@ def test_killed_worker_stops_the_other_and_both_commands_again_resume(tmp_path):
     assert metrics["epochs_completed"] == 3 and resumed_from >= 1
     _, keras = final_weights(job)
     keras.saving.load_model(str(job / "checkpoints" / "best.keras"), compile=False)  # whole, loadable
-    assert not (job / "backup").exists() and not (job / ".task_scratch").exists() and not (job / ".lock").exists()
+    assert backup.read_state(str(job / "backup")).finished  # kept: more epochs would continue it
+    assert not (job / ".task_scratch").exists() and not (job / ".lock").exists()
 
 
 def run_task(args, tf_config=None, timeout=120):

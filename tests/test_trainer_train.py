@@ -13,6 +13,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests import trainer_fixtures as fx
 from tfds_person_attrs.schema import HVC
@@ -103,7 +104,7 @@ def test_crash_resume_continues_and_writes_every_output(tmp_path):
     for name in ("config.yaml", "history.csv", "metrics.json", "model.keras", "checkpoints/best.keras",
                  "model/saved_model.pb", "model/labels.json"):
         assert os.path.exists(f"{job}/{name}"), name
-    assert not os.path.exists(f"{job}/backup")  # removed once the run completed
+    assert backup.read_state(f"{job}/backup").finished  # kept, marked finished: more epochs continue it
     rows = read_rows(job)
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert {"lr", "momentum", "val_mean_accuracy", "val_mean_balanced_accuracy", "val_gender_accuracy",
@@ -144,18 +145,24 @@ def test_nan_loss_fails_loudly(tmp_path):
         run(cfg)
 
 
-def test_blown_up_weights_are_never_backed_up(tmp_path):
-    """With a backup every step, the step that makes the weights non-finite is refused, not committed."""
+def test_a_non_finite_stop_leaves_only_finite_state_and_says_what_is_there(tmp_path):
+    """With a backup every step, the step that makes the weights non-finite is refused, not committed, and the
+    last commit, whose weights had already diverged when the loss turned non-finite, is rolled back: the backup
+    holds weights whose loss was seen finite, and the message names that step (or says that there is none)."""
     job = str(tmp_path / "job")
     cfg = fx.smoke_config(fx.fixture_data_dir(), job, **{
         "optim.schedule": "constant", "optim.max_lr": 1e30, "model.weight_decay": 0.0, "train.epochs": 1,
         "train.steps_per_epoch": 4, "train.backup_every_steps": 1})
-    with pytest.raises((NonFiniteLossError, backup.NonFiniteWeightsError)):
+    with pytest.raises((NonFiniteLossError, backup.NonFiniteWeightsError)) as stopped:
         run(cfg)
     state = backup.read_state(f"{job}/backup")
-    if state is not None:
-        arrays = np.load(f"{job}/backup/{state.weights}")
-        assert all(np.isfinite(arrays[k]).all() for k in arrays.files if arrays[k].dtype.kind == "f")
+    if state is None:
+        assert "No backup holds a state whose loss was finite" in str(stopped.value)
+        return
+    assert f"holds step {state.step} " in str(stopped.value)
+    reader = tf.train.load_checkpoint(f"{job}/backup/{state.checkpoint}")
+    values = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith("model/")]
+    assert all(np.isfinite(x).all() and np.abs(x).max() < 1e6 for x in values if x.dtype.kind == "f")
 
 
 def test_nan_validation_loss_keeps_the_last_finite_state(tmp_path):
@@ -202,3 +209,33 @@ def test_vertex_tuning_trial_gets_its_own_dir_and_reports_its_metric(tmp_path, m
     assert reported["trial"] == "3" and reported["global_step"] == str(result["steps"])
     assert float(reported["val_mean_balanced_accuracy"]) == pytest.approx(
         result["metrics"]["best_val_mean_balanced_accuracy"], abs=1e-6)
+
+
+def test_a_finished_job_says_so_refuses_another_config_and_continues_with_more_epochs(tmp_path, caplog):
+    """Run again, a finished job trains nothing and says where its model is; another config is refused; more
+    epochs continue it from its last step, the evaluations of the model it replaces are removed, and the epoch
+    line marks '(best)' only on an epoch that beats the epochs done before the resume too."""
+    import logging
+
+    job = str(tmp_path / "job")
+    cfg = fx.smoke_config(fx.fixture_data_dir(), job, **{"train.epochs": 1, "train.verbose": "auto"})
+    run(cfg)
+    os.makedirs(f"{job}/eval_validation")
+    open(f"{job}/thresholds.json", "w").write("{}")
+
+    caplog.set_level(logging.INFO)
+    again = run(cfg)
+    assert again["steps"] == 2 and again["model"] is None
+    assert f"{job} is finished: 1 epochs done (train.epochs=1), best val_mean_balanced_accuracy" in caplog.text
+    assert f"the model is in {job}/model.keras" in caplog.text
+
+    with pytest.raises(ConfigError, match="made by a finished run with another config: loss.label_smoothing"):
+        run(cfg.replace(**{"loss.label_smoothing": 0.1}))
+
+    caplog.clear()
+    more = run(cfg.replace(**{"train.epochs": 2}))
+    assert more["steps"] == 4 and [r["epoch"] for r in read_rows(job)] == ["0", "1"]
+    assert not os.path.exists(f"{job}/thresholds.json") and not os.path.exists(f"{job}/eval_validation")
+    first, second = (float(r["val_mean_balanced_accuracy"]) for r in read_rows(job))
+    line = next(m for m in caplog.messages if m.startswith("epoch 2/2"))
+    assert ("(best)" in line) == (second > first), (first, second, line)

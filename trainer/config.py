@@ -192,6 +192,9 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0 = one pass over the train split
     validation_steps: int = 0  # 0 = the whole eval split
     backup_every_steps: int = 0  # besides every epoch; 0 = epochs only
+    # Debugging the input: each input pipeline appends the ids of every batch it makes to
+    # JOB_DIR/example_ids/pipeline-<i>.csv (`step,batch_in_step,id id ...`; trainer.input.data.read_ids_log).
+    log_example_ids: bool = False
     verbose: str = "auto"  # Keras fit verbosity: auto, 0, 1, 2
     seed: int = 42
     freeze_backbone_epochs: int = 0  # train the heads alone for this many epochs, then the whole model

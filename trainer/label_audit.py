@@ -73,7 +73,7 @@ def _fold_probs(config, schema, held_ids: list[str], excluded: frozenset[str], f
     from trainer.evaluate import predict_split
     from trainer.evaluation import eval_model
     from trainer.evaluation.label_issues import write_csv
-    from trainer.jobdir import atomic
+    from trainer.jobdir import atomic, backup
     from trainer.training.train import run
 
     saved = os.path.join(fold_dir, PROBS_FILE)
@@ -82,6 +82,7 @@ def _fold_probs(config, schema, held_ids: list[str], excluded: frozenset[str], f
         with np.load(saved, allow_pickle=False) as z:
             if list(z["ids"]) == held_ids and str(z["config"]) == made_by:
                 return {key: z[key] for key in z.files if key not in ("ids", "config")}
+        backup.remove(os.path.join(fold_dir, "backup"))  # made for other settings: the fold trains afresh
     held_out_csv = os.path.join(fold_dir, HELD_OUT_FILE)
     os.makedirs(fold_dir, exist_ok=True)
     write_csv(held_out_csv, [{"id": i} for i in sorted(set(held_ids) | excluded)], fields=("id",))
@@ -89,7 +90,8 @@ def _fold_probs(config, schema, held_ids: list[str], excluded: frozenset[str], f
     if not cli.verbose():
         fold_config = fold_config.replace(**{"train.verbose": "0"})
     with _quiet_training():
-        model = run(fold_config)["model"]
+        # (None: the fold's training had finished before its probabilities were saved)
+        model = run(fold_config)["model"] or eval_model.load_job(fold_dir)[0]
         pred = predict_split(eval_model.from_keras(model, fold_config), schema, config.data.train_split)
     keras.backend.clear_session()  # the next fold builds its model afresh
     where = {i: n for n, i in enumerate(pred["ids"])}

@@ -211,32 +211,79 @@ def _read(data_cfg, split, shuffle_files: bool, seed: int | None):
 
 
 def make_train_dataset(config, batch: int, schema: Schema | None = None, num_shards: int = 1,
-                       index: int = 0) -> tf.data.Dataset:
+                       index: int = 0, start_example: int = 0, ids_log: str = "",
+                       batches_per_step: int = 1) -> tf.data.Dataset:
     """Endless, shuffled, batched (drop_remainder: every step has the same batch) train split, or shard `index`
-    of `num_shards` of it (one per worker; `batch` is then that pipeline's batch)."""
+    of `num_shards` of it (one per worker; `batch` is then that pipeline's batch).
+
+    The order is a function of data.seed alone (seeded file and example shuffles, deterministic interleave and
+    maps), so `start_example` > 0 continues the very stream a run that already took that many examples from
+    this pipeline was reading: a resumed run trains on the same examples in the same order as one never
+    stopped. The examples before it are skipped before decoding (read, not decoded; docs/architecture.md).
+    `ids_log`: a file that gets one line per batch, `step,batch_in_step,id id ...` (`batches_per_step` batches
+    of this pipeline make one step), appended as the batches are made (read it with `read_ids_log`)."""
     d = config.data
     schema = schema or dataset_info(d).schema
     ds = _read(d, shard_split(d, d.train_split, num_shards, index), shuffle_files=True, seed=d.seed)
     if d.exclude_ids:
         ds = _without(ds, read_excluded_ids(d.exclude_ids))
+
+    def decode(ex):
+        return (*example_to_inputs(ex, schema, d), ex["id"])
+
     if d.cache:
         # Decoding is a pure function of the bytes and augmentation runs in the model, so caching the decoded
         # uint8 split is exact: from the second epoch on the input costs almost nothing (measured 17x,
         # docs/performance.md). Memory: H x W x 3 bytes per image (138 MB for hvc at 128x64).
-        ds = ds.map(lambda ex: _as_uint8(example_to_inputs(ex, schema, d)), num_parallel_calls=AUTOTUNE).cache()
+        ds = ds.map(lambda ex: _as_uint8(decode(ex)), num_parallel_calls=AUTOTUNE).cache()
     ds = ds.repeat()
     if d.shuffle_buffer > 1:
         ds = ds.shuffle(d.shuffle_buffer, seed=d.seed, reshuffle_each_iteration=True)
+    if start_example:
+        ds = ds.skip(start_example)
     if d.cache:
-        ds = ds.map(lambda image, labels: (tf.cast(image, tf.float32), labels), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda image, labels, i: (tf.cast(image, tf.float32), labels, i), num_parallel_calls=AUTOTUNE)
     else:
-        ds = ds.map(lambda ex: example_to_inputs(ex, schema, d), num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
+        ds = ds.map(decode, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch, drop_remainder=True)
+    if ids_log:
+        ds = ds.enumerate(start=start_example // batch).map(
+            lambda n, b: _log_ids(ids_log, n, batches_per_step, b))
+    return ds.map(lambda image, labels, ids: (image, labels)).prefetch(AUTOTUNE)
+
+
+def _log_ids(path: str, n, batches_per_step: int, batch):
+    """Appends `step,batch_in_step,ids` for batch number `n` of the stream to `path`; passes the batch on."""
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    line = tf.strings.join([tf.strings.as_string(n // batches_per_step), tf.strings.as_string(n % batches_per_step),
+                            tf.strings.reduce_join(batch[2], separator=" ")], ",")
+
+    def append(text):
+        with tf.io.gfile.GFile(path, "a") as f:
+            f.write(text.numpy().decode() + "\n")
+        return 0
+
+    with tf.control_dependencies([tf.py_function(append, [line], tf.int64)]):
+        return tf.identity(batch[0]), batch[1], batch[2]
+
+
+def read_ids_log(path: str) -> dict[int, list[str]]:
+    """{step: the ids it trained on} from an `ids_log` file; a resumed run's lines replace those a killed run
+    wrote ahead of its last step (its input read ahead of training)."""
+    parts: dict[tuple[int, int], list[str]] = {}
+    with tf.io.gfile.GFile(path) as f:
+        for line in f:
+            step, part, ids = line.rstrip("\n").split(",", 2)
+            parts[int(step), int(part)] = ids.split(" ")
+    steps: dict[int, list[str]] = {}
+    for (step, _), ids in sorted(parts.items()):
+        steps.setdefault(step, []).extend(ids)
+    return steps
 
 
 def _as_uint8(inputs):
-    image, labels = inputs
-    return tf.cast(tf.round(image), tf.uint8), labels
+    image, labels, i = inputs
+    return tf.cast(tf.round(image), tf.uint8), labels, i
 
 
 def eval_examples(config, split: str | None = None, schema: Schema | None = None, num_shards: int = 1,

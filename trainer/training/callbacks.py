@@ -35,12 +35,8 @@ LR, MOMENTUM = "lr", "momentum"  # the schedule's columns in the epoch logs (Log
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training or validation produced a NaN or infinite loss."""
-
-
-_ADVICE = ("Lower optim.max_lr, set optim.clipnorm, or use mixed_bfloat16 instead of mixed_float16. The last "
-           "backup (JOB_DIR/backup) holds the last finite state; resume from it with the fixed settings and "
-           "--train.allow_config_change=true")
+    """Training or validation produced a NaN or infinite loss (trainer.training.train adds what the backup holds
+    and what to do)."""
 
 
 def _finite(value) -> bool:
@@ -56,14 +52,14 @@ class RaiseOnNonFinite(keras.callbacks.Callback):
         if loss is not None and not _finite(loss):
             step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
             raise NonFiniteLossError(f"non-finite training loss ({float(np.asarray(loss))}) at batch {batch} "
-                                     f"(global step {step}). {_ADVICE}")
+                                     f"(global step {step})")
 
     def on_epoch_end(self, epoch, logs=None):
         for key in ("loss", "val_loss"):
             value = (logs or {}).get(key)
             if value is not None and not _finite(value):
                 kind = "validation" if key == "val_loss" else "training"
-                raise NonFiniteLossError(f"non-finite {kind} loss ({float(value)}) in epoch {epoch}. {_ADVICE}")
+                raise NonFiniteLossError(f"non-finite {kind} loss ({float(value)}) in epoch {epoch}")
 
 
 def _sgd(optimizer):

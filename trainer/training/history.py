@@ -38,11 +38,16 @@ def best(rows, monitor: str) -> float | None:
 
 
 class Recorder(keras.callbacks.Callback):
-    """Commits progress: a mid-epoch backup every `every_steps` steps (0 = none), and every completed epoch."""
+    """Commits progress: a mid-epoch backup every `every_steps` steps (0 = none), and every completed epoch.
+    `mixing`: the run's LabelMixing (its random states go into the backup too). `backup_now()` commits the
+    current step from anywhere (e.g. a callback that saves before the process is stopped)."""
 
-    def __init__(self, paths, state: backup.RunState, every_steps: int = 0):
+    def __init__(self, paths, state: backup.RunState, every_steps: int = 0, mixing=None):
         super().__init__()
-        self.paths, self.state, self.every_steps = paths, state, every_steps
+        self.paths, self.state, self.every_steps, self.mixing = paths, state, every_steps, mixing
+        # The loss was seen finite for the weights of steps < finite_through; the state a run resumes from is
+        # kept whatever happens next (a changed config that diverges at once must not cost the backup).
+        self.finite_through = state.step + 1 if state.step else 0
 
     @property
     def rows(self) -> tuple[dict, ...]:
@@ -52,20 +57,30 @@ class Recorder(keras.callbacks.Callback):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every_steps and self._step() % self.every_steps == 0:
-            self.save_step()
-
-    def save_step(self) -> int:
-        """Commits a mid-epoch backup at the current step (also on SIGTERM, trainer.training.shutdown)."""
         step = self._step()
-        self.state = backup.save(self.model, self.paths.backup_dir, dataclasses.replace(self.state, step=step))
-        return step
+        self.finite_through = step  # (the non-finite guard, an earlier callback, passed this step's loss)
+        if self.every_steps and step % self.every_steps == 0:
+            self.backup_now()
+
+    def backup_now(self) -> backup.RunState:
+        """Commits the current step (mid-epoch: the completed epochs' rows stay as they are; also on SIGTERM,
+        trainer.training.shutdown)."""
+        self.state = backup.save(self.model, self.paths.backup_dir,
+                                 dataclasses.replace(self.state, step=self._step()), self.mixing)
+        return self.state
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}}
         state = dataclasses.replace(self.state, epoch=epoch + 1, step=self._step(), history=(*self.rows, row))
-        self.state = backup.save(self.model, self.paths.backup_dir, state)
+        self.state = backup.save(self.model, self.paths.backup_dir, state, self.mixing)
+        self.finite_through = self.state.step + 1  # validated too: these weights' loss is finite
         self.write_csv()
+
+    def keep_finite(self) -> backup.RunState | None:
+        """After a non-finite loss: the backup goes back to the last commit whose weights' loss was seen finite
+        (the newest may hold weights that had already diverged); returns it, None when there is none."""
+        self.state = backup.roll_back(self.paths.backup_dir, self.finite_through) or self.state
+        return backup.read_state(self.paths.backup_dir)
 
     def write_csv(self) -> None:
         atomic.write_text(self.paths.history_csv, csv_text(self.rows))

@@ -6,7 +6,7 @@ commits a backup at the next step boundary and ends, so that the same command st
     python -m trainer.task --config smoke --data_dir out/data --job_dir out/job     # resumes from the backup
 
 The handler only raises a flag: a step is never cut in half, and a backup is written where the run can resume
-exactly (trainer.training.history.Recorder.save_step). `StopOnSigterm`, a callback, reads it after every step; in
+exactly (trainer.training.history.Recorder.backup_now). `StopOnSigterm`, a callback, reads it after every step; in
 a multi-worker run the tasks agree through one scalar all-reduce per step (SIGTERM may reach one replica only,
 and every task must save and stop at the same step: saving can involve collectives). TensorFlow's multi-worker
 runtime installs its own SIGTERM handler when it starts (its preemption notifier, which this trainer does not
@@ -97,7 +97,7 @@ class StopOnSigterm(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if not self._anyone_asked():
             return
-        step = self.recorder.save_step()
+        step = self.recorder.backup_now().step
         release()
         raise Stopped(f"stopped by SIGTERM after step {step}: backup written to {self.backup_dir}; "
                       "start the same command again to resume from it")
