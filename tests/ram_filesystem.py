@@ -37,11 +37,16 @@ def register() -> None:
     gpath._URI_MAP_ROOT[prefix] = f"/{SCHEME}/"
     gpath._PREFIX_TO_BACKEND[SCHEME] = backend.tf_backend  # what etils uses for gs:// with TensorFlow installed
     epath_register._URI_PREFIXES_TO_CLS[prefix] = gpath.PosixGPath
-    tf.io.gfile.rename = functools.partial(_rename_like_gcs, tf.io.gfile.rename)
-    tf.io.gfile.exists = functools.partial(_exists_like_gcs, tf.io.gfile.exists)
-    tf.io.gfile.isdir = functools.partial(_isdir_like_gcs, tf.io.gfile.isdir)
-    tf.io.gfile.listdir = functools.partial(_listdir_like_gcs, tf.io.gfile.listdir)
-    tf.io.gfile.rmtree = functools.partial(_rmtree_like_gcs, tf.io.gfile.rmtree)
+    from tensorflow.python.lib.io import file_io
+
+    # Both the public names and file_io's own: TensorFlow fills tf.io.gfile from file_io again during training.
+    for public, name, like_gcs in (("rename", "rename_v2", _rename_like_gcs), ("exists", "file_exists_v2",
+                                   _exists_like_gcs), ("isdir", "is_directory_v2", _isdir_like_gcs),
+                                   ("listdir", "list_directory_v2", _listdir_like_gcs),
+                                   ("rmtree", "delete_recursively_v2", _rmtree_like_gcs)):
+        patched = functools.partial(like_gcs, getattr(file_io, name))
+        setattr(file_io, name, patched)
+        setattr(tf.io.gfile, public, patched)
 
 
 def _copy_tree(src: str, dst: str) -> None:
