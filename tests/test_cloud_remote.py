@@ -23,7 +23,7 @@ from trainer.training.train import run
 def test_build_train_evaluate_export_predict_on_ram(tmp_path, capsys):
     ram_filesystem.register()
     from pipeline import preprocess
-    from tfds_person_attrs.demo_data import write_demo_data
+    from tfds_person_attrs.demo.generate import write_demo_data
 
     root = f"ram://{tmp_path.name}"
     data, job = f"{root}/data", f"{root}/job"
