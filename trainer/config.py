@@ -165,6 +165,9 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0 = one pass over the train split
     validation_steps: int = 0  # 0 = the whole eval split
     backup_every_steps: int = 0  # besides every epoch; 0 = epochs only
+    # Steps run inside one compiled call (trainer.training.loop): the loss is read, and per-step callbacks (progress,
+    # the non-finite guard, backups) run, once per loop; loops also end at epoch ends and backup steps.
+    steps_per_loop: int = 1
     verbose: str = "auto"  # Keras fit verbosity: auto, 0, 1, 2
     seed: int = 42
     freeze_backbone_epochs: int = 0  # train the heads alone for this many epochs, then the whole model
@@ -303,6 +306,7 @@ def validate(c: Config) -> None:
     need(0 < lo.class_balance_beta < 1, "loss.class_balance_beta", "must be in (0, 1)")
     need(lo.multi_label_loss in MULTI_LABEL_LOSSES, "loss.multi_label_loss", f"must be one of {MULTI_LABEL_LOSSES}")
     need(t.epochs >= 1 and t.batch_size >= 1, "train.epochs/batch_size", "must be >= 1")
+    need(t.steps_per_loop >= 1, "train.steps_per_loop", "must be >= 1")
     need(min(t.global_batch_size, t.steps_per_epoch, t.validation_steps, t.backup_every_steps) >= 0, "train",
          "global_batch_size, steps_per_epoch, validation_steps, backup_every_steps must be >= 0")
     need(t.freeze_backbone_epochs >= 0 and t.backbone_lr_multiplier > 0,

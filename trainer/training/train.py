@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 # Fields that may change between a run and its resumption: where things are, how much is printed, and how the
 # replicas are laid out (the global batch and steps per epoch they lead to are compared instead).
 RESUME_MAY_CHANGE = ("data.data_dir", "train.job_dir", "train.verbose", "train.allow_config_change",
-                     "distribute.strategy", "distribute.cpu_devices", "distribute.jit_compile")
+                     "train.steps_per_loop", "distribute.strategy", "distribute.cpu_devices",
+                     "distribute.jit_compile")
 
 
 class PeerLostError(RuntimeError):
@@ -169,8 +170,9 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
                                                      verbose=verbose, epochs=config.train.epochs,
                                                      steps=steps_per_epoch)
         start_batch = min(steps_per_epoch, max(0, state.step - state.epoch * steps_per_epoch))
-        loop.fit(train_ds, val_ds, Schedule(config.train.epochs, steps_per_epoch, state.epoch,
-                                                             start_batch), callback_list)
+        loop.fit(train_ds, val_ds, Schedule(config.train.epochs, steps_per_epoch, state.epoch, start_batch,
+                                            config.train.steps_per_loop, config.train.backup_every_steps),
+                 callback_list)
         metrics = _final_metrics(recorder.rows, schema)
         atomic.write_text(out.metrics_json, json.dumps(metrics, indent=2))
         keep_ema_weights(model)  # the saved, exported and returned model holds the averaged weights (trainer.optim.ema)
