@@ -9,8 +9,8 @@
   MirroredStrategy over two logical CPUs, with TensorFlow's deterministic ops on.
 - A run (trainer.training.train.run): loops end at epoch ends and backup steps, and a run killed mid-epoch
   resumes at its backup's step with the same loop lengths.
-- Two MultiWorkerMirroredStrategy workers (real processes on 127.0.0.1): the same, and a non-finite loss stops
-  both workers at the same loop.
+- Two MultiWorkerMirroredStrategy workers (real processes on 127.0.0.1): loops of 4 and 2 end at the same step
+  count with the same weights on both, and a non-finite loss stops both workers at the same loop.
 Runs happen in subprocesses: the CPU split, deterministic ops and the cluster are process-wide settings.
 """
 
@@ -146,7 +146,8 @@ def test_one_and_four_steps_per_loop_train_the_same(cpu_devices, replicas):
 
 def test_two_workers_loop_alike_and_stop_together_on_a_non_finite_loss():
     layout = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
-    procs = [run_script(0, ["1", "4", "4:nan"], cluster.tf_config(layout, "worker", i)) for i in range(2)]
+    # N = 1 against N = 4 is the single-process tests' comparison; here the workers must agree with each other.
+    procs = [run_script(0, ["4", "4:nan"], cluster.tf_config(layout, "worker", i)) for i in range(2)]
     try:
         chief, worker = (result(p) for p in procs)
     finally:
@@ -154,7 +155,7 @@ def test_two_workers_loop_alike_and_stop_together_on_a_non_finite_loss():
             if p.poll() is None:
                 p.kill()
     for r in (chief, worker):
-        assert_same_training(r["1"], r["4"], replicas=2)
+        assert (r["4"]["replicas"], r["4"]["steps"], r["4"]["calls"]) == (2, 6, BOUNDARIES)
     for a, b in zip(chief["4"]["weights"], worker["4"]["weights"]):  # mirrored: every worker holds the same weights
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # The loss blows up within the first loop: both workers read the same cluster-mean loss at its end and stop.
