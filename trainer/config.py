@@ -195,6 +195,9 @@ class TrainConfig:
     # Debugging the input: each input pipeline appends the ids of every batch it makes to
     # JOB_DIR/example_ids/pipeline-<i>.csv (`step,batch_in_step,id id ...`; trainer.input.data.read_ids_log).
     log_example_ids: bool = False
+    # Steps run inside one compiled call (trainer.training.loop): the loss is read, and per-step callbacks (progress,
+    # the non-finite guard, backups) run, once per loop; loops also end at epoch ends and backup steps.
+    steps_per_loop: int = 1
     verbose: str = "auto"  # Keras fit verbosity: auto, 0, 1, 2
     seed: int = 42
     freeze_backbone_epochs: int = 0  # train the heads alone for this many epochs, then the whole model
@@ -343,6 +346,7 @@ def validate(c: Config) -> None:
     need(0 <= lo.label_smoothing < 1, "loss.label_smoothing", f"must be in [0, 1), got {lo.label_smoothing}")
     need(0 < lo.class_balance_beta < 1, "loss.class_balance_beta", "must be in (0, 1)")
     need(t.epochs >= 1 and t.batch_size >= 1, "train.epochs/batch_size", "must be >= 1")
+    need(t.steps_per_loop >= 1, "train.steps_per_loop", "must be >= 1")
     need(min(t.global_batch_size, t.steps_per_epoch, t.validation_steps, t.backup_every_steps) >= 0, "train",
          "global_batch_size, steps_per_epoch, validation_steps, backup_every_steps must be >= 0")
     need(t.freeze_backbone_epochs >= 0 and t.backbone_lr_multiplier > 0,

@@ -10,8 +10,16 @@ regularisation, loss scaling, gradients, optimizer, compiled metrics) under `str
 setting as fit, and calls the same Keras callbacks in the same order. It runs under every strategy (default,
 mirrored, multi-worker), so one code path is tested everywhere.
 
+`train.steps_per_loop` N runs N steps inside one compiled function (a `tf.range` loop over `next(iterator)` calling
+the same step), as fit's `steps_per_execution` does: the host dispatches once and reads the loss once per loop
+instead of once per step, so a small model no longer waits on Python between steps. The per-step callbacks run
+at loop boundaries: `on_train_batch_begin(first)` / `on_train_batch_end(last, logs)` with the loop's first and
+last batch (fit's convention), so a progress bar moves N steps at a time and the non-finite guard checks once
+per loop. Loops end at every epoch end and at every `train.backup_every_steps` multiple (`Schedule.loops`), so
+backups fall on the same steps for every N and a resumed run starts exactly where its backup was taken.
 Per step every replica's running loss is averaged across the cluster (one scalar all-reduce), so every task
-sees the same value and a non-finite loss stops all of them at the same step. Epoch metrics are read from the
+sees the same value; the loss read at a boundary is the epoch's running mean, which a non-finite step anywhere
+in the loop makes non-finite, so the guard stops all tasks at the same loop. Epoch metrics are read from the
 metric variables, which TensorFlow sums over all replicas when read outside a step: exact global means, also
 when the last validation batches are uneven across workers. TensorFlow-only (tf.distribute).
 """
@@ -33,6 +41,24 @@ class Schedule:
     steps_per_epoch: int
     start_epoch: int = 0  # epochs already completed (resumed run)
     start_batch: int = 0  # steps of `start_epoch` already done (resumed from a mid-epoch backup)
+    steps_per_loop: int = 1  # steps per compiled call (train.steps_per_loop)
+    backup_every_steps: int = 0  # loops also end where a mid-epoch backup is due (train.backup_every_steps)
+
+    def loops(self, epoch: int) -> list[range]:
+        """The batches of `epoch` this run trains, one range per compiled call: at most steps_per_loop batches,
+        cut at the epoch's end (the last loop of an epoch may be shorter) and after every global step that is a
+        multiple of backup_every_steps, where the backup (trainer.training.history.Recorder) is due."""
+        first = self.start_batch if epoch == self.start_epoch else 0
+        done_before = epoch * self.steps_per_epoch  # global steps of the earlier epochs
+        out = []
+        while first < self.steps_per_epoch:
+            stop = min(first + self.steps_per_loop, self.steps_per_epoch)
+            if self.backup_every_steps:
+                due = ((done_before + first) // self.backup_every_steps + 1) * self.backup_every_steps
+                stop = min(stop, due - done_before)
+            out.append(range(first, stop))
+            first = stop
+        return out
 
 
 class Loop:
@@ -70,10 +96,19 @@ class Loop:
             strategy.run(model.test_step, args=(data,))
 
         # One batch -> the cluster's mean running loss (benchmarks/multiworker.py reads its graph's collectives).
-        self.step_function = tf.function(on_every_replica, jit_compile=jit, reduce_retracing=True)
-        # train_step(iterator): one step on the next batch; the iterator is advanced outside the compiled
-        # function, as fit does.
-        self.train_step = tf.function(lambda iterator: self.step_function(next(iterator)))
+        self.step_function = step_function = tf.function(on_every_replica, jit_compile=jit, reduce_retracing=True)
+
+        def steps_on_iterator(iterator, steps):
+            # Every step's loss is the running mean of the epoch so far: the last one is the loop's loss.
+            loss = step_function(next(iterator))
+            for _ in tf.range(steps - 1):  # a tf.while_loop: one trace serves every loop length
+                loss = step_function(next(iterator))
+            return loss
+
+        # train_steps(iterator, steps): `steps` steps on the next batches, in one call; the iterator is advanced
+        # outside the compiled step, as fit does. train_step(iterator): one step.
+        self.train_steps = tf.function(steps_on_iterator, reduce_retracing=True)
+        self.train_step = lambda iterator: self.train_steps(iterator, tf.constant(1))
         self._test = tf.function(test_on_every_replica, jit_compile=jit, reduce_retracing=True)
 
     def _trainable_key(self) -> tuple:
@@ -82,15 +117,16 @@ class Loop:
     def metrics(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}{k}": float(v) for k, v in self.model.get_metrics_result().items()}
 
-    def train_epoch(self, iterator, epoch: int, batches: range, callbacks):
+    def train_epoch(self, iterator, epoch: int, loops: list[range], callbacks):
+        """`loops`: the epoch's batches, one range per compiled call (Schedule.loops)."""
         self.model.reset_metrics()
         callbacks.on_epoch_begin(epoch)
         if self._trainable_key() != self._traced_for:
             self._trace()
-        for batch in batches:
-            callbacks.on_train_batch_begin(batch)
-            loss = self.train_step(iterator)
-            callbacks.on_train_batch_end(batch, {"loss": float(loss)})
+        for batches in loops:
+            callbacks.on_train_batch_begin(batches[0])
+            loss = self.train_steps(iterator, tf.constant(len(batches)))
+            callbacks.on_train_batch_end(batches[-1], {"loss": float(loss)})  # the loop's only wait on the host
         return self.metrics()
 
     def evaluate(self, dataset: Iterable, callbacks) -> dict[str, float]:
@@ -110,8 +146,7 @@ class Loop:
         callbacks.on_train_begin()
         logs: dict = {}
         for epoch in range(schedule.start_epoch, schedule.epochs):
-            first = schedule.start_batch if epoch == schedule.start_epoch else 0
-            logs = self.train_epoch(iterator, epoch, range(first, schedule.steps_per_epoch), callbacks)
+            logs = self.train_epoch(iterator, epoch, schedule.loops(epoch), callbacks)
             if val_data is not None:
                 logs.update(self.evaluate(val_data, callbacks))
             callbacks.on_epoch_end(epoch, logs)  # mean accuracy, lr; guard; best checkpoint; TensorBoard; commit

@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 # replicas are laid out (the global batch and steps per epoch they lead to are compared instead).
 # train.epochs may grow: a finished run continues (the schedule is the new length's, from the step reached).
 RESUME_MAY_CHANGE = ("data.data_dir", "train.job_dir", "train.verbose", "train.allow_config_change",
-                     "train.log_example_ids", "train.epochs", "distribute.strategy", "distribute.cpu_devices",
-                     "distribute.jit_compile", "distribute.startup_timeout")
+                     "train.log_example_ids", "train.epochs", "train.steps_per_loop", "distribute.strategy",
+                     "distribute.cpu_devices", "distribute.jit_compile", "distribute.startup_timeout")
 
 
 class PeerLostError(RuntimeError):
@@ -186,7 +186,8 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
                                                      steps=steps_per_epoch)
         start_batch = min(steps_per_epoch, max(0, state.step - state.epoch * steps_per_epoch))
         try:
-            loop.fit(train_ds, val_ds, Schedule(config.train.epochs, steps_per_epoch, state.epoch, start_batch),
+            loop.fit(train_ds, val_ds, Schedule(config.train.epochs, steps_per_epoch, state.epoch, start_batch,
+                                                config.train.steps_per_loop, config.train.backup_every_steps),
                      callback_list)
         except (NonFiniteLossError, backup.NonFiniteWeightsError) as e:
             raise type(e)(f"{e}. {_non_finite_advice(recorder.keep_finite(), paths.backup_dir)}") from None
