@@ -21,7 +21,7 @@ import time
 import zipfile
 
 from pipeline import chain
-from trainer import cli
+from tfds_person_attrs import cli
 
 NUM_SAMPLE_IMAGES = 8
 

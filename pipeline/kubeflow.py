@@ -26,7 +26,7 @@ from kfp import compiler, dsl
 
 from pipeline import chain
 from pipeline.kfp_components import EXECUTORS, make_components
-from trainer import cli
+from tfds_person_attrs import cli
 
 PIPELINE_NAME = "person-attrs"
 DEFAULT_IMAGE = os.environ.get("PERSON_ATTRS_IMAGE",

@@ -20,12 +20,11 @@ import posixpath
 import sys
 import time
 
-from tfds_person_attrs import grouping
+from tfds_person_attrs import cli, grouping
 from tfds_person_attrs.annotations import DEFAULT_MAX_IMAGE_BYTES, ManualData, ManualDataError, SourceChangedError
+from tfds_person_attrs.cli import UserError
 from tfds_person_attrs.images import DEFAULT_MAX_PIXELS
 from tfds_person_attrs.schema import BUILTIN_SCHEMAS, SchemaError, load_schema
-from trainer import cli
-from trainer.cli import UserError
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -103,8 +102,8 @@ def run(argv: list[str] | None = None) -> dict:
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    from pipeline.summary import format_summary
     from tfds_person_attrs.person_attrs.person_attrs_dataset_builder import SUMMARY_FILE
+    from tfds_person_attrs.summary import format_summary
 
     args, beam_args = parse_args(argv)
     builder = make_builder(args)

@@ -20,7 +20,7 @@ import sys
 import pytest
 
 from tests import data_fixtures as fx
-from trainer import cli
+from tfds_person_attrs import cli
 from trainer.training import progress
 
 REPO = fx.REPO

@@ -34,8 +34,8 @@ def letterboxed_jpeg(seed: int, size=(96, 96), band=(30, 66)) -> bytes:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from trainer.config import load_config
-    from trainer.export import export_model
     from trainer.model.network import build_model
+    from trainer.serving.saved_model import export_model
 
     config = load_config(["--config", "smoke"])
     model = build_model(SCHEMA, config)
@@ -84,8 +84,8 @@ def assert_serves_like(model, config, out):
 def test_flip_tta_export_serves_the_mean_with_the_mirror(exported, tmp_path):
     import tensorflow as tf
 
-    from trainer.export import export_model
     from trainer.input.preprocess_ops import image_decoder
+    from trainer.serving.saved_model import export_model
 
     model, config, _ = exported
     out = export_model(model, config, SCHEMA, str(tmp_path / "model_tta"), flip_tta=True)
@@ -136,8 +136,8 @@ def serve_without_the_project(out, tmp_path):
 def test_another_backbone_exports_the_same_signature(tmp_path):
     """A keras.applications backbone (its own normalisation inside) behind the same heads and serving signature."""
     from trainer.config import load_config
-    from trainer.export import export_model
     from trainer.model.network import build_model
+    from trainer.serving.saved_model import export_model
 
     config = load_config(["--config", "smoke", "--model.backbone=mobilenetv3small", "--data.height=64",
                           "--data.width=32"])

@@ -20,8 +20,8 @@ from PIL import Image, ImageOps
 
 from tfds_person_attrs.images import inspect_image
 from trainer.config import DataConfig
-from trainer.export import decode_batch
 from trainer.input.exif_orientation import jpeg_orientation
+from trainer.serving.saved_model import decode_batch
 
 # One or two JPEG encodes at quality 95 of these pictures cost 0.2-2.0 (the sharp-edged block, chroma subsampled);
 # a clipped 16-bit picture is off by ~70, a wrong turn or mirror by ~40.
@@ -119,8 +119,8 @@ def _jpeg_with_orientation(upright: np.ndarray, orientation: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def serving_decode():
-    """The serving signature's decode (trainer.export.decode_batch), traced into a graph as the export traces it,
-    with the default data config (128x64, letterbox crop)."""
+    """The serving signature's decode (trainer.serving.saved_model.decode_batch), traced into a graph as the export
+    traces it, with the default data config (128x64, letterbox crop)."""
     config = types.SimpleNamespace(data=DataConfig())
     return tf.function(lambda images: decode_batch(images, config),
                        input_signature=[tf.TensorSpec([None], tf.string)])

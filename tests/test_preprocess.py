@@ -15,8 +15,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from pipeline import preprocess
-from pipeline.summary import format_summary
 from tests import data_fixtures as fx
+from tfds_person_attrs.summary import format_summary
 
 N_REAL = 40
 _SIDEWAYS = 6  # EXIF orientation: stored turned 90 degrees counter-clockwise, shown turned clockwise

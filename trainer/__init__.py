@@ -6,7 +6,7 @@ optim, training, jobdir and evaluation (docs/architecture.md, "Where the code is
     python -m trainer.task --help
 """
 
-from trainer.cli import quiet_library_startup
+from tfds_person_attrs.cli import quiet_library_startup
 
 # Before any module of the package imports TensorFlow or tqdm: their start-up settings are read only then.
 quiet_library_startup()

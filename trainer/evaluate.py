@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from trainer import cli, report
+from tfds_person_attrs import cli, report
 from trainer.evaluation import eval_metrics, eval_model, report_figures
 from trainer.input import data as data_lib
 from trainer.objective import thresholds as threshold_lib

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from trainer import cli
+from tfds_person_attrs import cli
 from trainer.config import ConfigError, help_or_printed_config, load_config
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from trainer import cli
+from tfds_person_attrs import cli
 from trainer.training import cluster
 
 DEFAULT_MODULE = "trainer.task"

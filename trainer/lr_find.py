@@ -25,7 +25,7 @@ import sys
 import keras
 import numpy as np
 
-from trainer import cli
+from tfds_person_attrs import cli
 from trainer.config import help_or_printed_config, load_config
 
 # The rule behind suggested_max_lr, by whether the loss diverged within the sweep.

@@ -31,9 +31,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tfds_person_attrs import csv_cells
+from tfds_person_attrs import cli, csv_cells
 from tfds_person_attrs.images import BadImageError, inspect_image, to_rgb
-from trainer import cli
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _GLOB_CHARS = set("*?[")

@@ -26,7 +26,8 @@ import json
 import sys
 import time
 
-from trainer import cli
+from tfds_person_attrs import cli
+from trainer import vertex_local
 
 TRAINER_COMMAND = ["python", "-m", "trainer.task"]
 _JOB_KINDS = {"custom": "CustomJob", "tuning": "HyperparameterTuningJob"}
@@ -67,14 +68,10 @@ def worker_pool_specs(image, args, machine_type, accelerator_type=None, accelera
     return pools
 
 
-# The TF_CONFIG task type Vertex AI gives the replicas of each worker pool, in pool order.
-POOL_TASK_TYPES = ("chief", "worker", "ps", "evaluator")
-
-
 def cluster_tasks(job_spec: dict) -> list[dict]:
     """The tasks a CustomJob spec starts, as TF_CONFIG will name them: [{'name': 'chief:0', 'argv': [...]}, ...]."""
     out = []
-    for kind, pool in zip(POOL_TASK_TYPES, job_spec["workerPoolSpecs"]):
+    for kind, pool in zip(vertex_local.POOL_TASK_TYPES, job_spec["workerPoolSpecs"]):
         container = pool["containerSpec"]
         out += [{"name": f"{kind}:{i}", "argv": [*container["command"], *container["args"]]}
                 for i in range(int(pool["replicaCount"]))]
@@ -160,8 +157,6 @@ def tuning_job_spec(custom_job, metric, goal, params, max_trials=8, parallel_tri
 def run_local(job: dict, grace: float = 10.0, seed: int = 0) -> int:
     """Runs a spec made here (CustomJob, HyperparameterTuningJob, or a bare CustomJobSpec) on this machine as the
     service would: see trainer.vertex_local. Returns the job's exit status (0: every replica succeeded)."""
-    from trainer import vertex_local
-
     return vertex_local.run_local(job, grace, seed)
 
 

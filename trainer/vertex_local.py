@@ -34,8 +34,9 @@ import tempfile
 from trainer.jobdir.paths import service_dirs, trial_job_dir
 from trainer.launch import free_ports, run_tasks
 from trainer.training.hypertune import read_reported_metric
-from trainer.vertex import POOL_TASK_TYPES
 
+# The TF_CONFIG task type Vertex AI gives the replicas of each worker pool, in pool order.
+POOL_TASK_TYPES = ("chief", "worker", "ps", "evaluator")
 LABEL = "vertex --local"
 
 

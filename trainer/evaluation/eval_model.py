@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 import tensorflow as tf
 
-from trainer.cli import UserError
+from tfds_person_attrs.cli import UserError
 
 SAVED_MODEL_FILE = "saved_model.pb"
 LABELS_FILE = "labels.json"
@@ -77,7 +77,7 @@ def _load_keras(path: str, data_dir: str | None, flip_tta: bool) -> EvalModel:
 def from_keras(model, config, job_dir: str | None = None, flip_tta: bool = False,
                heads: dict[str, Head] | None = None, path: str = "") -> EvalModel:
     """A Keras model in memory as an EvalModel; without `heads`, the heads and class counts of its outputs."""
-    from trainer.export import model_outputs
+    from trainer.serving.saved_model import model_outputs
 
     if heads is None:
         outputs = model.output if isinstance(model.output, Mapping) else dict(
@@ -90,7 +90,7 @@ def from_keras(model, config, job_dir: str | None = None, flip_tta: bool = False
 
 def _load_saved_model(path: str, data_dir: str | None, flip_tta: bool) -> EvalModel:
     from trainer.config import config_from_yaml
-    from trainer.export import INPUT_KEY, SIGNATURE
+    from trainer.serving.saved_model import INPUT_KEY, SIGNATURE
 
     labels, config_yaml = os.path.join(path, LABELS_FILE), os.path.join(path, "config.yaml")
     for needed in (labels, config_yaml):

@@ -31,7 +31,6 @@ import re
 import keras
 import tensorflow as tf
 
-from trainer import export
 from trainer.config import ConfigError, check_against_schema
 from trainer.input.data import dataset_info, make_eval_dataset, make_train_dataset, train_examples, with_dataset
 from trainer.jobdir import atomic, backup
@@ -43,6 +42,7 @@ from trainer.objective.losses import make_losses
 from trainer.objective.metrics import MEAN_ACCURACY, VAL, accuracy_keys, balanced_keys, head_metrics
 from trainer.optim.ema import keep_ema_weights
 from trainer.optim.schedules import make_optimizer, make_schedule
+from trainer.serving import saved_model as export
 from trainer.training import cluster, distribute, hypertune, shutdown
 from trainer.training.callbacks import MONITOR, NonFiniteLossError, make_callbacks
 from trainer.training.history import Recorder, best

@@ -1,6 +1,6 @@
 """The one-screen summary a build prints at its end (the same numbers are in build_summary.json).
 
-    python -m pipeline.summary out/data/person_attrs/hvc/1.0.0/build_summary.json
+    python -m tfds_person_attrs.summary out/data/person_attrs/hvc/1.0.0/build_summary.json
 """
 
 from __future__ import annotations
