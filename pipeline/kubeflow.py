@@ -182,6 +182,7 @@ def run(args) -> str:
     # Parameters are checked before the SDK is needed, so a typo is found without it too.
     params = parameter_values(spec, args.param, project=args.project, region=args.region, temp_location=temp)
     try:
+        # optional: the gcp extra (google-cloud-aiplatform), needed only to submit
         from google.cloud import aiplatform
     except ImportError:
         raise SystemExit("`run` needs google-cloud-aiplatform: pip install -c constraints.txt '.[gcp]' "
@@ -219,6 +220,7 @@ def run_here(args) -> str:
     with open(path) as f:
         spec = yaml.safe_load(f)
     params = parameter_values(spec, args.param, manual_dir=args.manual_dir, project="", beam_runner="DirectRunner")
+    # heavy: kfp.local only for `local`
     from kfp import components, local
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=out)

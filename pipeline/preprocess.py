@@ -20,11 +20,24 @@ import posixpath
 import sys
 import time
 
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from apache_beam.options.pipeline_options import PipelineOptions
+
 from tfds_person_attrs import cli, grouping
-from tfds_person_attrs.annotations import DEFAULT_MAX_IMAGE_BYTES, ManualData, ManualDataError, SourceChangedError
+from tfds_person_attrs.annotations import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    ImageChangedError,
+    ManualData,
+    ManualDataError,
+    SourceChangedError,
+    StrictModeError,
+)
 from tfds_person_attrs.cli import UserError
 from tfds_person_attrs.images import DEFAULT_MAX_PIXELS
+from tfds_person_attrs.person_attrs.person_attrs_dataset_builder import SUMMARY_FILE, Builder, PersonAttrsConfig
 from tfds_person_attrs.schema import BUILTIN_SCHEMAS, SchemaError, load_schema
+from tfds_person_attrs.summary import format_summary
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -60,8 +73,6 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def make_builder(args: argparse.Namespace):
-    from tfds_person_attrs.person_attrs.person_attrs_dataset_builder import Builder, PersonAttrsConfig
-
     schema = load_schema(args.schema) if args.schema else BUILTIN_SCHEMAS.get(args.config)
     if schema is None:
         raise SchemaError(f"--config {args.config!r} is not a built-in schema ({sorted(BUILTIN_SCHEMAS)}); "
@@ -82,8 +93,6 @@ def make_builder(args: argparse.Namespace):
 
 
 def beam_options(beam_args: list[str]):
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     if not any(a.startswith("--runner") for a in beam_args):
         beam_args = ["--runner=DirectRunner"] + beam_args
     if not any(a.startswith("--direct_num_workers") for a in beam_args):
@@ -99,11 +108,6 @@ def beam_options(beam_args: list[str]):
 
 def run(argv: list[str] | None = None) -> dict:
     """Builds the dataset and returns its summary (also written beside it as build_summary.json)."""
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
-    from tfds_person_attrs.person_attrs.person_attrs_dataset_builder import SUMMARY_FILE
-    from tfds_person_attrs.summary import format_summary
 
     args, beam_args = parse_args(argv)
     builder = make_builder(args)
@@ -137,8 +141,6 @@ def run(argv: list[str] | None = None) -> dict:
 
 def _reused_summary(summary_path: str, source: ManualData) -> dict:
     """The summary of the dataset already built here, if it was built from this very source; else an error."""
-    import tensorflow as tf
-
     dataset_dir = posixpath.dirname(summary_path)
     recorded = {}
     if tf.io.gfile.exists(summary_path):
@@ -171,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - Beam wraps worker errors; surface ours without the stack
-        from tfds_person_attrs.annotations import ImageChangedError, StrictModeError
 
         for stop, status in ((StrictModeError, 3), (ImageChangedError, 2), (SourceChangedError, 2)):
             msg, marker = str(e), f"{stop.__name__}: "

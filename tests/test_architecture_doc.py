@@ -113,11 +113,17 @@ def test_the_doc_draws_the_layers_the_contract_checks():
 _REASON = re.compile(r"#.*\b(heavy|optional|only when|KFP)\b", re.I)
 
 
+# KFP runs a lightweight component's function body alone in the container, so its imports must live inside it.
+_COMPONENT_MODULES = ("pipeline/kfp_components.py",)
+
+
 def test_function_level_imports_are_third_party_and_say_why():
     own = set(PACKAGES)
     problems = []
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
+            if path.relative_to(ROOT).as_posix() in _COMPONENT_MODULES:
+                continue
             lines = path.read_text().splitlines()
             for node in ast.walk(ast.parse("\n".join(lines))):
                 if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import posixpath
 import re
@@ -73,8 +74,6 @@ def _not_a_reported_stop(record) -> bool:
 
 def quiet_reported_stops() -> None:
     """Called in a worker's DoFn.setup: Beam's log of a stop the launcher reports itself is left out."""
-    import logging
-
     beam_log = logging.getLogger("apache_beam.runners.common")
     if _not_a_reported_stop not in beam_log.filters:
         beam_log.addFilter(_not_a_reported_stop)

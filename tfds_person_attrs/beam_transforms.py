@@ -44,6 +44,9 @@ from tfds_person_attrs.annotations import (
 )
 from tfds_person_attrs.images import DEFAULT_MAX_PIXELS, BadImageError, inspect_image
 from tfds_person_attrs.schema import Schema
+import csv
+import io
+import tensorflow as tf
 
 NAMESPACE = "person_attrs"
 SKIPPED_TAG = "skipped"
@@ -253,9 +256,6 @@ def build_summary(csv_rows: int, csv_skipped: list[Skipped], image_skipped: list
 
 def skipped_rows_csv(csv_skipped: list[Skipped], image_skipped: list[Skipped]) -> str:
     """Every skipped row, one line each, so none is lost even when the summary shows only examples."""
-    import csv
-    import io
-
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow(["row", "image_id", "reason", "message"])
@@ -265,8 +265,6 @@ def skipped_rows_csv(csv_skipped: list[Skipped], image_skipped: list[Skipped]) -
 
 
 def write_json(path: str, obj) -> None:
-    import tensorflow as tf
-
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(json.dumps(obj, indent=2, sort_keys=False))
 

@@ -17,6 +17,8 @@ import os
 import re
 from typing import Any, Mapping, Sequence
 
+import yaml
+
 SINGLE = "single"
 MULTI = "multi"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -146,7 +148,7 @@ def schema_from_dict(d: Mapping[str, Any], source: str = "schema") -> Schema:
 
 def load_schema(path: str) -> Schema:
     """Reads a schema from a .yaml/.yml/.json file (local or gs://)."""
-    import tensorflow as tf  # gfile reads gs:// too; imported lazily to keep this module backend-free
+    import tensorflow as tf  # heavy, only when a schema file is read: gfile reads gs:// too
 
     if not tf.io.gfile.exists(path):
         raise SchemaError(f"schema file {path} does not exist; pass the path to a .yaml or .json schema")
@@ -157,8 +159,6 @@ def load_schema(path: str) -> Schema:
         if ext == ".json":
             d = json.loads(text)
         else:
-            import yaml
-
             d = yaml.safe_load(text)
     except Exception as e:  # noqa: BLE001 - any parse error gets the file name attached
         raise SchemaError(f"schema file {path} could not be parsed: {e}") from None

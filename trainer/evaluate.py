@@ -40,6 +40,7 @@ import tensorflow as tf
 from tfds_person_attrs import cli, report
 from trainer.evaluation import eval_metrics, eval_model, report_figures
 from trainer.input import data as data_lib
+from trainer.jobdir.paths import recorded_paths
 from trainer.objective import thresholds as threshold_lib
 
 
@@ -188,7 +189,6 @@ def evaluate(model_path: str, data_dir: str | None, split: str, out_dir: str | N
                                          else "")]
                                + ([f"multi-label thresholds: {origin}"] if schema_has_multi else []))
     if tensorboard and job_dir:
-        from trainer.jobdir.paths import recorded_paths
 
         report_figures.log_confusion_to_tensorboard(os.path.join(recorded_paths(job_dir)[0].logs_dir, f"eval_{split}"),
                                                     schema, metrics)

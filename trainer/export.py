@@ -11,6 +11,7 @@ import sys
 from tfds_person_attrs import cli
 from trainer.evaluation import eval_model
 from trainer.input.data import dataset_dir, dataset_info
+from trainer.jobdir.paths import recorded_paths
 from trainer.objective import thresholds as threshold_lib
 from trainer.serving.saved_model import INPUT_KEY, SIGNATURE, export_model
 
@@ -24,7 +25,6 @@ def main(argv=None) -> int:
                    help="serve the average of each image's and its mirror's probabilities (as evaluate --flip_tta)")
     args = p.parse_args(argv)
     cli.check_folder_path(args.export_dir, "--export_dir")
-    from trainer.jobdir.paths import recorded_paths
 
     model, config, job_dir = eval_model.load_job(args.job_dir, args.data_dir)
     schema = dataset_info(config.data).schema

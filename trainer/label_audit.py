@@ -28,10 +28,18 @@ import os
 import sys
 import time
 
+import keras
 import numpy as np
 
 from tfds_person_attrs import cli
 from trainer.config import ConfigError, help_or_printed_config, load_config
+from trainer.evaluate import predict_split
+from trainer.evaluation import eval_model
+from trainer.evaluation.label_issues import find_issues, write_csv, write_summary
+from trainer.evaluation.label_issues_page import shown_rows, write_page
+from trainer.input import data as data_lib
+from trainer.jobdir import atomic, backup
+from trainer.training.train import run
 
 log = logging.getLogger(__name__)
 PROBS_FILE = "held_out_probs.npz"
@@ -40,6 +48,7 @@ HELD_OUT_FILE = "held_out.csv"
 
 def assign_folds(groups: list[str], num_folds: int, seed: int) -> np.ndarray:
     """The fold (0..num_folds-1) of each example: whole groups per fold, fold sizes as even as groups allow."""
+    # optional: scikit-learn comes with the audit extra
     from sklearn.model_selection import GroupKFold
 
     if len(set(groups)) < num_folds:
@@ -68,13 +77,6 @@ def _quiet_training():
 def _fold_probs(config, schema, held_ids: list[str], excluded: frozenset[str], fold_dir: str) -> dict:
     """{"probs/HEAD": probabilities [len(held_ids), C] of a model trained without `held_ids` (and `excluded`),
     "labels/HEAD": the given labels} of the held-out examples, in `held_ids` order."""
-    import keras
-
-    from trainer.evaluate import predict_split
-    from trainer.evaluation import eval_model
-    from trainer.evaluation.label_issues import write_csv
-    from trainer.jobdir import atomic, backup
-    from trainer.training.train import run
 
     saved = os.path.join(fold_dir, PROBS_FILE)
     made_by = config.to_yaml()  # the audit's config: a rerun with other settings trains the folds again
@@ -105,10 +107,6 @@ def _fold_probs(config, schema, held_ids: list[str], excluded: frozenset[str], f
 
 def audit(config, num_folds: int = 5, show: int = 12) -> dict:
     """Runs the audit (see the module docstring) and returns label_issues.json's content."""
-    from trainer.evaluation.label_issues import find_issues, write_csv, write_summary
-    from trainer.evaluation.label_issues_page import shown_rows, write_page
-    from trainer.input import data as data_lib
-
     if num_folds < 2:
         raise ConfigError(f"--folds {num_folds}: need at least 2 folds")
     config = data_lib.with_dataset(config)

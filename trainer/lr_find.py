@@ -24,9 +24,14 @@ import sys
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfds_person_attrs import cli
-from trainer.config import help_or_printed_config, load_config
+from trainer.config import check_against_schema, help_or_printed_config, load_config
+from trainer.input.data import dataset_info, make_train_dataset, split_examples
+from trainer.model.network import build_model
+from trainer.objective.losses import make_losses
+from trainer.training import distribute
 
 # The rule behind suggested_max_lr, by whether the loss diverged within the sweep.
 RULES = {True: "min-loss LR / 10",
@@ -94,9 +99,11 @@ def suggest(lrs, smoothed, skip: int = 3) -> dict[str, float | None]:
 
 
 def plot(path: str, result: dict) -> None:
+    # heavy: only when the plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
+    # heavy: only when the plot is drawn
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -121,13 +128,7 @@ def plot(path: str, result: dict) -> None:
 def run_lr_find(config, num_steps: int = 200, start_lr: float = 1e-5, end_lr: float = 10.0,
                 out_dir: str = "lr_find") -> dict:
     """Sweeps, writes lr_find.png and lr_find.json to out_dir, returns the result dict."""
-    import tensorflow as tf
 
-    from trainer.config import check_against_schema
-    from trainer.input.data import dataset_info, make_train_dataset, split_examples
-    from trainer.model.network import build_model
-    from trainer.objective.losses import make_losses
-    from trainer.training import distribute
 
     info = dataset_info(config.data)
     check_against_schema(config, info.schema)

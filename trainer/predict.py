@@ -33,6 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tfds_person_attrs import cli, csv_cells
 from tfds_person_attrs.images import BadImageError, inspect_image, to_rgb
+from trainer.jobdir.paths import recorded_paths
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _GLOB_CHARS = set("*?[")
@@ -109,7 +110,6 @@ class Predictor:
         why = "an exported SavedModel"
         if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")) and \
                 tf.io.gfile.exists(os.path.join(model_dir, "config.yaml")):  # a job dir: its export
-            from trainer.jobdir.paths import recorded_paths
 
             paths, how = recorded_paths(model_dir)
             model_dir, why = paths.model_dir, f"the job dir's export, {how}"

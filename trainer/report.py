@@ -26,10 +26,14 @@ import datetime
 import io
 import json
 import os
+import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import tensorflow as tf
+from PIL import Image
 
+from tfds_person_attrs.schema import schema_from_dict
 from trainer.evaluation import pages
 from trainer.evaluation import report_figures as figures
 from trainer.evaluation.eval_metrics import MA_CHANCE
@@ -78,8 +82,6 @@ class _Images:
 
 def read_history(path: str) -> dict[str, np.ndarray]:
     """history.csv (Keras CSVLogger layout: one row per epoch) as {column: float array}."""
-    import tensorflow as tf  # gfile reads gs:// job dirs; lazy so the report imports without TF
-
     with tf.io.gfile.GFile(path) as f:
         rows = list(csv.DictReader(f))
     cols: dict[str, list] = {k: [] for k in (rows[0].keys() if rows else ())}
@@ -126,7 +128,6 @@ def _flatten(d, prefix=""):
 def per_label_rows(h: Mapping[str, Any], classes: Sequence[str]) -> list[dict[str, Any]]:
     """One row per label of a multi-label head: training and evaluated positives, mA (`below` at chance), AP, F1
     and the decision threshold it was scored at."""
-
     def col(key):
         v = h.get(key)
         return list(v) if isinstance(v, (list, tuple)) else [v] * len(classes)
@@ -146,8 +147,6 @@ def _thresholds_of(metrics: Mapping[str, Any] | None, attribute) -> list[float]:
 def sample_cards(images: _Images, schema, samples: Samples, max_images: int, metrics=None) -> list[dict[str, Any]]:
     """Worst mistakes first: examples sorted by their loss (summed cross-entropy over heads), highest first; each
     card its image, id, loss and one line per head (prediction, and the truth where it is wrong)."""
-    from PIL import Image
-
     losses = np.asarray(samples.losses, dtype=np.float64)
     cards = []
     for rank, i in enumerate(np.argsort(-losses, kind="stable")[:max_images]):
@@ -180,7 +179,6 @@ def write_report(out_dir: str, schema=None, metrics: Mapping[str, Any] | None = 
     A gs:// out_dir is rendered in a local temporary folder and copied up (matplotlib and PIL write local files).
     """
     if "://" in out_dir:
-        import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             write_report(tmp, schema, metrics, history_csv, samples, title, embed, max_images, notes)
@@ -217,8 +215,6 @@ def write_report(out_dir: str, schema=None, metrics: Mapping[str, Any] | None = 
 
 
 def _copy_tree(src: str, dst: str) -> None:
-    import tensorflow as tf
-
     for root, _, files in os.walk(src):
         rel = os.path.relpath(root, src)
         target = dst if rel == "." else os.path.join(dst, rel)
@@ -228,8 +224,6 @@ def _copy_tree(src: str, dst: str) -> None:
 
 
 def _exists(path: str) -> bool:
-    import tensorflow as tf
-
     return tf.io.gfile.exists(path)
 
 
@@ -239,7 +233,6 @@ def main(argv=None) -> None:
     p.add_argument("--out", help="report folder (default JOB_DIR/report)")
     p.add_argument("--embed", action="store_true", help="also inline the images, for a one-file page")
     args = p.parse_args(argv)
-    import tensorflow as tf
 
     metrics, schema = None, None
     mpath = os.path.join(args.job_dir, "metrics.json")
@@ -247,7 +240,6 @@ def main(argv=None) -> None:
         with tf.io.gfile.GFile(mpath) as f:
             metrics = json.load(f)
         if "schema" in metrics:
-            from tfds_person_attrs.schema import schema_from_dict
 
             schema = schema_from_dict(metrics["schema"])
     out = args.out or os.path.join(args.job_dir, "report")

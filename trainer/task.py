@@ -25,7 +25,10 @@ import sys
 
 from tfds_person_attrs import cli
 from trainer.config import help_or_printed_config, load_config
-from trainer.training import cluster
+from trainer.jobdir.backup import NonFiniteWeightsError
+from trainer.training import cluster, shutdown
+from trainer.training.callbacks import NonFiniteLossError
+from trainer.training.train import PeerLostError, run
 
 
 def main(argv=None) -> int:
@@ -38,11 +41,6 @@ def main(argv=None) -> int:
     cli.check_folder_path(config.train.job_dir, "--job_dir")
     task = cluster.from_env()
     cluster.check_port_free(task)
-    # Imported after the checks above so that bad input fails in a second, not after TensorFlow's start-up.
-    from trainer.jobdir.backup import NonFiniteWeightsError
-    from trainer.training import shutdown
-    from trainer.training.callbacks import NonFiniteLossError
-    from trainer.training.train import PeerLostError, run
 
     try:
         result = run(config)

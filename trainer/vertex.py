@@ -163,6 +163,7 @@ def run_local(job: dict, grace: float = 10.0, seed: int = 0) -> int:
 def to_proto(spec: dict, kind: str = "custom"):
     """The SDK message for a spec; parsing rejects any field name or enum value the API does not have."""
     try:
+        # optional: the gcp extra (google-cloud-aiplatform), needed only to submit
         from google.cloud import aiplatform_v1
     except ImportError as e:
         raise SystemExit("google-cloud-aiplatform is not installed; install the gcp extra: "
@@ -173,6 +174,7 @@ def to_proto(spec: dict, kind: str = "custom"):
 def submit(spec: dict, kind: str, project: str, region: str, wait: bool = False):
     """Creates the job on Vertex AI; with `wait`, polls until it ends and fails unless it succeeded."""
     job = to_proto(spec, kind)
+    # optional: the gcp extra (google-cloud-aiplatform), needed only to submit
     from google.cloud import aiplatform_v1
 
     client = aiplatform_v1.JobServiceClient(client_options={"api_endpoint": f"{region}-aiplatform.googleapis.com"})

@@ -18,9 +18,17 @@ import json
 import os
 from typing import Any, Callable, Mapping
 
+import keras
 import tensorflow as tf
 
+# Imported for their registrations: load_model finds the project's serializable layers, losses and schedules.
+import trainer.model.network  # noqa: F401
+import trainer.objective.losses  # noqa: F401
+import trainer.optim.schedules  # noqa: F401
 from tfds_person_attrs.cli import UserError
+from trainer.config import config_from_yaml
+from trainer.jobdir.paths import find_keras_model, recorded_paths
+from trainer.serving.saved_model import INPUT_KEY, SIGNATURE, model_outputs
 
 SAVED_MODEL_FILE = "saved_model.pb"
 LABELS_FILE = "labels.json"
@@ -66,8 +74,6 @@ def load(path: str, data_dir: str | None = None, flip_tta: bool = False) -> Eval
 
 
 def _load_keras(path: str, data_dir: str | None, flip_tta: bool) -> EvalModel:
-    from trainer.jobdir.paths import recorded_paths
-
     model, config, job_dir = load_job(path, data_dir)
     labels = os.path.join(recorded_paths(job_dir)[0].model_dir, LABELS_FILE)  # the same run's export names them
     heads = _heads_from_labels(labels) if tf.io.gfile.exists(labels) else None
@@ -77,7 +83,6 @@ def _load_keras(path: str, data_dir: str | None, flip_tta: bool) -> EvalModel:
 def from_keras(model, config, job_dir: str | None = None, flip_tta: bool = False,
                heads: dict[str, Head] | None = None, path: str = "") -> EvalModel:
     """A Keras model in memory as an EvalModel; without `heads`, the heads and class counts of its outputs."""
-    from trainer.serving.saved_model import model_outputs
 
     if heads is None:
         outputs = model.output if isinstance(model.output, Mapping) else dict(
@@ -89,9 +94,6 @@ def from_keras(model, config, job_dir: str | None = None, flip_tta: bool = False
 
 
 def _load_saved_model(path: str, data_dir: str | None, flip_tta: bool) -> EvalModel:
-    from trainer.config import config_from_yaml
-    from trainer.serving.saved_model import INPUT_KEY, SIGNATURE
-
     labels, config_yaml = os.path.join(path, LABELS_FILE), os.path.join(path, "config.yaml")
     for needed in (labels, config_yaml):
         if not tf.io.gfile.exists(needed):
@@ -156,10 +158,6 @@ def load_job(job_dir_or_model: str, data_dir: str | None = None):
     The config is JOB_DIR/config.yaml, so preprocessing is the one the model was trained with; `data_dir`
     replaces its data.data_dir (the dataset moved, or is read from another machine).
     """
-    import keras
-
-    from trainer.config import config_from_yaml
-    from trainer.jobdir.paths import find_keras_model
 
     path = job_dir_or_model.rstrip("/")
     choice = find_keras_model(path)
@@ -176,14 +174,6 @@ def load_job(job_dir_or_model: str, data_dir: str | None = None):
     config = config_from_yaml(config_yaml)
     if data_dir:
         config = config.replace(**{"data.data_dir": data_dir})
-    _register_custom_objects()
     model = keras.saving.load_model(model_path, compile=False)
     print(choice, flush=True)
     return model, config, job_dir
-
-
-def _register_custom_objects() -> None:
-    """Importing the trainer's modules registers their serializable layers, losses and schedules."""
-    import trainer.model.network  # noqa: F401
-    import trainer.objective.losses  # noqa: F401
-    import trainer.optim.schedules  # noqa: F401

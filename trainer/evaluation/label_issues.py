@@ -35,7 +35,10 @@ def head_issues(attribute, labels: np.ndarray, probs: np.ndarray) -> dict:
     """{'flagged': bool [N], 'quality': [N] (low = suspicious), 'given', 'predicted': [N] text} for one head."""
     probs = np.asarray(probs, dtype=np.float64)
     if attribute.is_multi_label:
+        # optional: the audit extra (cleanlab)
         from cleanlab.multilabel_classification.filter import find_label_issues
+
+        # optional: the audit extra (cleanlab)
         from cleanlab.multilabel_classification.rank import get_label_quality_scores
 
         on = np.asarray(labels) >= 0.5
@@ -46,7 +49,10 @@ def head_issues(attribute, labels: np.ndarray, probs: np.ndarray) -> dict:
         given = [_names(attribute.classes, row) for row in on]
         predicted_text = [_names(attribute.classes, row) for row in predicted]
     else:
+        # optional: the audit extra (cleanlab)
         from cleanlab.filter import find_label_issues
+
+        # optional: the audit extra (cleanlab)
         from cleanlab.rank import get_label_quality_scores
 
         labels = np.asarray(labels, dtype=np.int64)

@@ -20,9 +20,12 @@ import matplotlib
 matplotlib.use("Agg")  # headless: CI machines and training VMs have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from trainer.evaluation.eval_metrics import MA_CHANCE  # noqa: E402
+from trainer.objective import metrics as names
+from trainer.training.callbacks import LR, MOMENTUM
 
 # (file name, figure, alt text): one image of the page
 Named = tuple[str, Any, str]
@@ -91,10 +94,6 @@ def multi_label_figures(schema, metrics: Mapping[str, Any]) -> Iterator[tuple[st
 def training_figures(hist: Mapping[str, np.ndarray], schema=None) -> tuple[list[Named], list[str]]:
     """The curves of a run's history.csv columns: loss, per-head accuracy, balanced accuracy / mA against chance
     (with a schema) and the LR/momentum schedule. Returns (figures, notes on what could not be drawn)."""
-    # Keras-importing modules: only when there is a history to plot
-    from trainer.objective import metrics as names
-    from trainer.training.callbacks import LR, MOMENTUM
-
     epochs = hist.get("epoch", np.arange(len(next(iter(hist.values()), []))))
     epochs = epochs + 1 if epochs.size and epochs.min() == 0 else epochs  # CSVLogger counts from 0
     figures, notes = [], []
@@ -175,8 +174,6 @@ def _curve_grid(hist, epochs, panels):
 
 def log_confusion_to_tensorboard(logdir: str, schema, metrics: Mapping[str, Any], step: int = 0) -> None:
     """The same confusion figures as image summaries `confusion/<head>`, for TensorBoard's Images tab."""
-    import tensorflow as tf  # only this option needs TF
-
     writer = tf.summary.create_file_writer(logdir)
     with writer.as_default():
         figures = [(f"confusion/{n}", f) for n, f in confusion_figures(schema, metrics)]

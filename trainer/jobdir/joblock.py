@@ -142,7 +142,10 @@ class _GcsStore:
     """The lock as a Cloud Storage object; a version token is its generation, every write a precondition on it."""
 
     def __init__(self, path: str):
+        # optional: google-cloud-storage, needed only for a gs:// job dir
         from google.api_core import exceptions
+
+        # optional: google-cloud-storage, needed only for a gs:// job dir
         from google.cloud import storage
 
         bucket, _, name = path[len("gs://"):].partition("/")

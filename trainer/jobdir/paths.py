@@ -24,6 +24,8 @@ import json
 import os
 from typing import Mapping
 
+import tensorflow as tf
+
 LAYOUT_FILE = "layout.json"
 # The AIP_* variable of each folder Vertex AI derives from baseOutputDirectory, and the folder's name.
 SERVICE_DIRS = {"model_dir": ("AIP_MODEL_DIR", "model"), "checkpoints_dir": ("AIP_CHECKPOINT_DIR", "checkpoints"),
@@ -129,8 +131,6 @@ def layout_record(paths: JobPaths) -> str:
 def recorded_paths(job_dir: str) -> tuple[JobPaths, str]:
     """(paths, how they were found) of a finished or running job dir, from its layout.json; the default layout for
     job dirs written before layout.json existed. Never reads the environment."""
-    import tensorflow as tf  # gfile reads gs:// job dirs
-
     job_dir = _norm(job_dir)
     paths, record = _default(job_dir), _join(job_dir, LAYOUT_FILE)
     if not tf.io.gfile.exists(record):
@@ -155,8 +155,6 @@ class ModelChoice:
 def find_keras_model(path: str) -> ModelChoice | None:
     """The Keras model a job dir (or a .keras file in one) stands for: the best epoch's checkpoint wherever the run
     wrote it, else the last epoch's model.keras; None if the job dir holds neither."""
-    import tensorflow as tf
-
     path = _norm(path)
     if path.endswith(".keras"):
         job_dir = os.path.dirname(path)

@@ -26,6 +26,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from trainer.config import ConfigError
 
@@ -102,7 +103,6 @@ def read(job_dir: str | None, schema) -> Chosen | None:
     """JOB_DIR/thresholds.json checked against `schema`, or None when there is no such file (or no job dir)."""
     if not job_dir:
         return None
-    import tensorflow as tf  # gfile reads gs:// job dirs
 
     path = os.path.join(job_dir, FILE_NAME)
     if not tf.io.gfile.exists(path):

@@ -24,6 +24,7 @@ import json
 import os
 from typing import Any, Mapping
 
+import keras
 import tensorflow as tf
 
 from trainer.input.preprocess_ops import image_decoder
@@ -96,8 +97,6 @@ def export_model(model, config, schema, export_dir: str, flip_tta: bool = False,
     flip_tta: the signature averages each image's and its mirror's probabilities, as `evaluate --flip_tta`.
     thresholds: per-label decision thresholds of the multi-label heads (trainer.objective.thresholds).
     """
-    import keras
-
     def serve(image_bytes):
         return serving_outputs(model_outputs(model, decode_batch(image_bytes, config), flip_tta), schema, thresholds)
 
