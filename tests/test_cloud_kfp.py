@@ -158,7 +158,7 @@ def test_executors_submit_or_run_here_the_same_spec(monkeypatch, capsys):
 
 def test_best_epoch_metrics_are_the_best_checkpoint_s():
     """The epoch BestCheckpoint keeps: the highest monitored value, the first of equals, non-finite ones never."""
-    from trainer.training.callbacks import MONITOR
+    from trainer.objective.log_keys import MONITOR
 
     monitor = kfp_components.MONITOR
     assert monitor == MONITOR

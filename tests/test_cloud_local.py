@@ -15,7 +15,7 @@ import sys
 
 from tests import trainer_fixtures as fx
 from trainer import evaluate
-from trainer.training.callbacks import MONITOR
+from trainer.objective.log_keys import MONITOR
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config", "smoke", "--data.height=32", "--data.width=16", "--train.verbose=2",

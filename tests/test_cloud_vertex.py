@@ -12,8 +12,8 @@ import pytest
 from trainer import vertex, vertex_local
 from trainer.jobdir import paths
 from trainer.jobdir.paths import job_paths
+from trainer.objective.log_keys import MONITOR
 from trainer.training import cluster, hypertune
-from trainer.training.callbacks import MONITOR
 
 IMAGE = "us-central1-docker.pkg.dev/p/person-attrs/person-attrs:v1"
 BASE = ["--image", IMAGE, "--data_dir", "gs://b/data", "--job_dir", "gs://b/jobs/r1", "--display_name", "t"]

@@ -17,9 +17,10 @@ import pytest
 from tfds_person_attrs.schema import MULTI, Attribute, Schema
 from trainer.config import load_config
 from trainer.evaluation import eval_metrics
+from trainer.objective.log_keys import MONITOR
 from trainer.objective.losses import make_losses
 from trainer.objective.metrics import MeanBalancedAccuracy, head_metrics
-from trainer.training.callbacks import MONITOR, BestCheckpoint
+from trainer.training.callbacks import BestCheckpoint
 
 # Heads deliberately not in alphabetical order, with different class counts.
 SCHEMA = Schema(name="routing", attributes=(

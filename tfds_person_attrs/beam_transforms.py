@@ -43,12 +43,11 @@ from tfds_person_attrs.annotations import (
     quiet_reported_stops,
 )
 from tfds_person_attrs.images import DEFAULT_MAX_PIXELS, BadImageError, inspect_image
-from tfds_person_attrs.schema import Schema
+from tfds_person_attrs.schema import DATASET_NAME, Schema
 import csv
 import io
 import tensorflow as tf
 
-NAMESPACE = "person_attrs"
 SKIPPED_TAG = "skipped"
 _EXAMPLES_PER_REASON = 5
 # CSV rows per Beam element: the runner's work per element (encoding at each stage boundary, dispatch through
@@ -98,8 +97,8 @@ class ReadAndCheckImages(beam.DoFn):
         self._data = data
         self._strict = strict
         self._max_pixels = max_pixels
-        self._read = Metrics.counter(NAMESPACE, "images_read")
-        self._converted = Metrics.counter(NAMESPACE, "images_converted")
+        self._read = Metrics.counter(DATASET_NAME, "images_read")
+        self._converted = Metrics.counter(DATASET_NAME, "images_converted")
 
     def setup(self):
         self._seen = 0
@@ -143,13 +142,13 @@ class ReadAndCheckImages(beam.DoFn):
         if checked.converted_from:
             self._converted.inc()
             for reason in checked.converted_from.split("+"):
-                Metrics.counter(NAMESPACE, f"converted_{reason}").inc()
+                Metrics.counter(DATASET_NAME, f"converted_{reason}").inc()
         converted = checked.jpeg if checked.converted_from else None
         return CheckedImage(ann, checked.signature, self._data.crc32(ann.image_id, data), len(checked.jpeg), checked.converted_from,
                             converted)
 
     def _skip(self, ann: Annotation, reason: str, message: str):
-        Metrics.counter(NAMESPACE, f"skipped_{reason}").inc()
+        Metrics.counter(DATASET_NAME, f"skipped_{reason}").inc()
         skipped = Skipped(ann.row, ann.image_id, reason, message)
         if self._strict:
             raise StrictModeError(skip_message_for_strict(skipped))

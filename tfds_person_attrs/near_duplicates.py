@@ -52,8 +52,8 @@ from apache_beam.metrics import Metrics
 
 from tfds_person_attrs.grouping import MIRROR_NEGATED, all_pairs, mirror_halves, similar_halves, star_edges
 from tfds_person_attrs.images import SIGNATURE_SIZE
+from tfds_person_attrs.schema import DATASET_NAME
 
-NAMESPACE = "person_attrs"
 # Up to this many images every pair is compared (exact); past it, the blocked search. Why here: all pairs of
 # 2**15 images are 2**29 (537M) pairs, ~4.5 CPU-s in one worker (392M pairs at 28,000 images: 3.3 CPU-s),
 # against 0.4-0.7 ms per image that the build spends anyway (13-23 CPU-s at 32,768 images: section 5 of
@@ -137,8 +137,8 @@ class _VerifyShard(beam.DoFn):
 
     def __init__(self, threshold: float):
         self._threshold = threshold
-        self._candidates = Metrics.counter(NAMESPACE, "grouping_candidate_pairs")
-        self._cell_size = Metrics.distribution(NAMESPACE, "grouping_cell_size")
+        self._candidates = Metrics.counter(DATASET_NAME, "grouping_candidate_pairs")
+        self._cell_size = Metrics.distribution(DATASET_NAME, "grouping_cell_size")
 
     def setup(self):
         # A worker runs one DoFn per core already: BLAS threads on top only contend (measured: +55% CPU).
@@ -301,7 +301,7 @@ class NearDuplicateGroups(beam.PTransform):
 def grouping_metrics(pipeline_result) -> dict:
     """The grouping's counters summed over its steps (a verifying step per table) and its cell sizes over all
     of them: {"grouping_candidate_pairs": n, ..., "grouping_cell_size": {"count", "mean", "max"}}."""
-    ours = beam.metrics.MetricsFilter().with_namespace(NAMESPACE)
+    ours = beam.metrics.MetricsFilter().with_namespace(DATASET_NAME)
     query = pipeline_result.metrics().query(ours)
     totals: dict = {}
     for c in query["counters"]:

@@ -19,6 +19,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+# The dataset's TFDS name: its folder under DATA_DIR (DATA_DIR/person_attrs/<schema>/<version>) and the
+# namespace of the build's Beam metrics.
+DATASET_NAME = "person_attrs"
 SINGLE = "single"
 MULTI = "multi"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -32,9 +32,8 @@ from tensorflow_datasets.core import hashing, naming, shuffle, splits, utils
 from tensorflow_datasets.core.utils import shard_utils
 
 from tfds_person_attrs.annotations import ImageChangedError, ManualData, quiet_reported_stops
-from tfds_person_attrs.schema import Schema
+from tfds_person_attrs.schema import DATASET_NAME, Schema
 
-NAMESPACE = "person_attrs"
 _RECORD_OVERHEAD = 200  # bytes an example adds to its image (id, group, labels, proto framing): sizes shards only
 
 
@@ -160,7 +159,7 @@ class _WriteShard(beam.DoFn):
     def __init__(self, data, schema, example_writer, template):
         self._data, self._schema = data, schema
         self._example_writer, self._template = example_writer, template
-        self._written = Metrics.counter(NAMESPACE, "examples_written")
+        self._written = Metrics.counter(DATASET_NAME, "examples_written")
 
     def setup(self):
         quiet_reported_stops()

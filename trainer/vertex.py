@@ -28,6 +28,7 @@ import time
 
 from tfds_person_attrs import cli
 from trainer import vertex_local
+from trainer.objective.log_keys import MONITOR
 
 TRAINER_COMMAND = ["python", "-m", "trainer.task"]
 _JOB_KINDS = {"custom": "CustomJob", "tuning": "HyperparameterTuningJob"}
@@ -221,9 +222,7 @@ def main(argv=None) -> int:
                    "environment Vertex AI gives it (trainer.vertex_local)")
     t = p.add_argument_group("hyperparameter tuning")
     t.add_argument("--tuning", action="store_true", help="submit (or print) a HyperparameterTuningJob")
-    # trainer.training.callbacks.MONITOR, spelled out so that submitting a job imports no Keras;
-    # tests/test_cloud_vertex.py checks that they agree.
-    t.add_argument("--metric", default="val_mean_balanced_accuracy", help="the tag the trainer reports")
+    t.add_argument("--metric", default=MONITOR, help="the tag the trainer reports")
     t.add_argument("--goal", default="MAXIMIZE", choices=["MAXIMIZE", "MINIMIZE"])
     t.add_argument("--param", action="append", default=[],
                    help="NAME=double:MIN:MAX[:log] | int:.. | discrete:.. | categorical:..")

@@ -38,7 +38,7 @@ from tfds_person_attrs.annotations import (
     parse_annotations,
 )
 from tfds_person_attrs.images import DEFAULT_MAX_PIXELS
-from tfds_person_attrs.schema import BUILTIN_SCHEMAS, HVC, Schema
+from tfds_person_attrs.schema import BUILTIN_SCHEMAS, DATASET_NAME, HVC, Schema
 
 SUMMARY_FILE = "build_summary.json"
 SKIPPED_FILE = "build_skipped.csv"
@@ -176,7 +176,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "follow_symlinks": list(self._follow_symlinks)}
 
     def _process_pipeline_result(self, pipeline_result) -> None:
-        ours = beam.metrics.MetricsFilter().with_namespace(bt.NAMESPACE)
+        ours = beam.metrics.MetricsFilter().with_namespace(DATASET_NAME)
         totals = collections.Counter()
         for c in pipeline_result.metrics().query(ours)["counters"]:
             totals[c.key.metric.name] += c.committed  # summed over the steps that count it (one per table)

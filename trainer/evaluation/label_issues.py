@@ -20,10 +20,10 @@ import numpy as np
 
 from tfds_person_attrs import csv_cells
 from trainer.jobdir import atomic
+from trainer.objective.thresholds import DEFAULT_THRESHOLD
 
 log = logging.getLogger(__name__)
 CSV_FIELDS = ("id", "head", "rank", "given", "predicted", "quality")
-MULTI_LABEL_THRESHOLD = 0.5  # a label is predicted present at this probability (the default decision threshold)
 
 
 def _names(classes: Sequence[str], on: np.ndarray) -> str:
@@ -41,11 +41,11 @@ def head_issues(attribute, labels: np.ndarray, probs: np.ndarray) -> dict:
         # optional: the audit extra (cleanlab)
         from cleanlab.multilabel_classification.rank import get_label_quality_scores
 
-        on = np.asarray(labels) >= 0.5
+        on = np.asarray(labels) >= DEFAULT_THRESHOLD
         label_lists = [list(np.flatnonzero(row)) for row in on]
         flagged = find_label_issues(label_lists, probs)
         quality = get_label_quality_scores(label_lists, probs)
-        predicted = probs >= MULTI_LABEL_THRESHOLD
+        predicted = probs >= DEFAULT_THRESHOLD  # the default decision threshold
         given = [_names(attribute.classes, row) for row in on]
         predicted_text = [_names(attribute.classes, row) for row in predicted]
     else:

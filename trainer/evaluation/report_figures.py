@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from trainer.evaluation.eval_metrics import MA_CHANCE  # noqa: E402
 from trainer.objective import metrics as names
-from trainer.training.callbacks import LR, MOMENTUM
+from trainer.objective.log_keys import LR, MOMENTUM
 
 # (file name, figure, alt text): one image of the page
 Named = tuple[str, Any, str]

@@ -27,7 +27,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfds_person_attrs import csv_cells
-from tfds_person_attrs.schema import BUILTIN_SCHEMAS, Schema, schema_from_dict
+from tfds_person_attrs.schema import BUILTIN_SCHEMAS, DATASET_NAME, Schema, schema_from_dict
 from trainer.config import ConfigError
 from trainer.input.preprocess_ops import image_decoder
 
@@ -44,7 +44,7 @@ class DatasetInfo:
 
 def built_datasets(data_dir: str) -> list[str]:
     """The datasets built under data_dir, as "name/version" (folders person_attrs/NAME/VERSION/dataset_info.json)."""
-    root = os.path.join(data_dir, "person_attrs")
+    root = os.path.join(data_dir, DATASET_NAME)
     if not tf.io.gfile.isdir(root):
         return []
     found = []
@@ -84,7 +84,7 @@ def _need_data_dir(data_cfg) -> None:
 
 def dataset_dir(data_cfg) -> str:
     _need_data_dir(data_cfg)
-    return os.path.join(data_cfg.data_dir, "person_attrs", dataset_name(data_cfg), data_cfg.version)
+    return os.path.join(data_cfg.data_dir, DATASET_NAME, dataset_name(data_cfg), data_cfg.version)
 
 
 def builder(data_cfg):
@@ -305,4 +305,4 @@ def make_eval_dataset(config, split: str | None = None, batch: int = 64, schema:
                       num_shards: int = 1, index: int = 0) -> tf.data.Dataset:
     """`eval_examples` as batches of (image, labels), last batch kept."""
     ds = eval_examples(config, split, schema, num_shards, index)
-    return ds.map(lambda ex: (ex["image"], ex["labels"]), deterministic=True).batch(batch).prefetch(AUTOTUNE)
+    return ds.map(lambda ex: (ex["image"], ex["labels"])).batch(batch).prefetch(AUTOTUNE)

@@ -33,13 +33,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from trainer.objective.log_keys import ACCURACY, MEAN_ACCURACY, MEAN_BALANCED_ACCURACY, VAL
 from trainer.objective.thresholds import DEFAULT_THRESHOLD
-
-ACCURACY = "accuracy"  # every softmax head's metric; Keras logs it as <head>_accuracy and val_<head>_accuracy
-VAL = "val_"  # the prefix of a metric's key in the epoch logs when it is computed on the validation split
-# what MeanBalancedAccuracy adds to the epoch logs (and VAL + each)
-MEAN_BALANCED_ACCURACY = "mean_balanced_accuracy"
-MEAN_ACCURACY = "mean_accuracy"
 
 
 def _sum_variable(metric, name: str, size: int):

@@ -21,9 +21,13 @@ import contextlib
 import keras
 
 
+def inner_optimizer(optimizer):
+    """The optimizer that holds the schedule, momentum and EMA: a LossScaleOptimizer (mixed_float16) unwrapped."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
 def _optimizer(model):
-    opt = getattr(model, "optimizer", None)
-    return getattr(opt, "inner_optimizer", opt)  # unwrap LossScaleOptimizer (mixed_float16)
+    return inner_optimizer(getattr(model, "optimizer", None))
 
 
 def uses_ema(model) -> bool:

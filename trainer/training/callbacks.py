@@ -26,12 +26,11 @@ import numpy as np
 
 from trainer.jobdir import atomic
 from trainer.model.backbones import frozen_batchnorm, set_trainable
-from trainer.objective.metrics import MEAN_BALANCED_ACCURACY, VAL, MeanBalancedAccuracy
-from trainer.optim.ema import ema_callbacks, ema_weights
+from trainer.objective.log_keys import LR, MOMENTUM, MONITOR
+from trainer.objective.metrics import MeanBalancedAccuracy
+from trainer.optim.ema import ema_callbacks, ema_weights, inner_optimizer
 
 log = logging.getLogger(__name__)
-MONITOR = VAL + MEAN_BALANCED_ACCURACY
-LR, MOMENTUM = "lr", "momentum"  # the schedule's columns in the epoch logs (LogSchedule)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,17 +61,13 @@ class RaiseOnNonFinite(keras.callbacks.Callback):
                 raise NonFiniteLossError(f"non-finite {kind} loss ({float(value)}) in epoch {epoch}")
 
 
-def _sgd(optimizer):
-    return getattr(optimizer, "inner_optimizer", optimizer)  # unwrap LossScaleOptimizer (mixed_float16)
-
-
 class LogSchedule(keras.callbacks.Callback):
     """Adds `lr` and `momentum` (the values for the next step) to each epoch's logs."""
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        opt = _sgd(self.model.optimizer)
+        opt = inner_optimizer(self.model.optimizer)
         logs[LR] = float(keras.ops.convert_to_numpy(opt.learning_rate))  # the schedule at opt.iterations
         if hasattr(opt, "current_momentum"):
             logs[MOMENTUM] = float(keras.ops.convert_to_numpy(opt.current_momentum()))

@@ -17,8 +17,8 @@ import time
 
 import keras
 
+from trainer.objective.log_keys import LR, MONITOR
 from trainer.objective.metrics import MEAN_ACCURACY, MEAN_BALANCED_ACCURACY, VAL
-from trainer.training.callbacks import LR, MONITOR
 
 log = logging.getLogger(__name__)
 

@@ -38,13 +38,14 @@ from trainer.jobdir.joblock import JobLock
 from trainer.jobdir.paths import job_paths, layout_record, tuning_trial
 from trainer.model.augment import build_label_mixing
 from trainer.model.network import build_model
+from trainer.objective.log_keys import MONITOR
 from trainer.objective.losses import make_losses
 from trainer.objective.metrics import MEAN_ACCURACY, VAL, accuracy_keys, balanced_keys, head_metrics
 from trainer.optim.ema import keep_ema_weights
 from trainer.optim.schedules import make_optimizer, make_schedule
 from trainer.serving import saved_model as export
 from trainer.training import cluster, distribute, hypertune, shutdown
-from trainer.training.callbacks import MONITOR, NonFiniteLossError, make_callbacks
+from trainer.training.callbacks import NonFiniteLossError, make_callbacks
 from trainer.training.history import Recorder, best
 from trainer.training.loop import Loop, Schedule, gather_steps
 from trainer.training.progress import EpochLine, fit_verbosity
