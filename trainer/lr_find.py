@@ -32,6 +32,7 @@ from trainer.input.data import dataset_info, make_train_dataset, split_examples
 from trainer.model.network import build_model
 from trainer.objective.losses import make_losses
 from trainer.training import distribute
+from trainer.training.loop import Loop, Schedule
 
 # The rule behind suggested_max_lr, by whether the loss diverged within the sweep.
 RULES = {True: "min-loss LR / 10",
@@ -41,8 +42,8 @@ RULES = {True: "min-loss LR / 10",
 class LRRangeTest(keras.callbacks.Callback):
     """Sets LR = start * (end/start)^(i/(n-1)) before step i and records the loss after it.
 
-    Run it with steps_per_epoch=1 and epochs=n: Keras 3 batch logs hold the running mean since the epoch
-    began, so one step per epoch is what makes logs["loss"] the loss of that step alone.
+    Run it one step per epoch for n epochs: the batch logs hold the running mean since the epoch began, so one
+    step per epoch is what makes logs["loss"] the loss of that step alone.
     """
 
     def __init__(self, start_lr: float, end_lr: float, num_steps: int, beta: float = 0.98, diverge: float = 4.0):
@@ -144,7 +145,10 @@ def run_lr_find(config, num_steps: int = 200, start_lr: float = 1e-5, end_lr: fl
         model.compile(optimizer=opt, loss=losses, loss_weights=weights)
         ds = make_train_dataset(config, distribute.global_batch_size(config, 1), info.schema)
         cb = LRRangeTest(start_lr, end_lr, num_steps)
-        model.fit(ds, epochs=num_steps, steps_per_epoch=1, callbacks=[cb], verbose=0, shuffle=False)
+        # The training run's own loop (one driver for both), one step per "epoch" so each logged loss is its step's
+        strategy = tf.distribute.get_strategy()
+        Loop(model, strategy, ds.element_spec).fit(ds, None, Schedule(num_steps, 1),
+                                                   keras.callbacks.CallbackList([cb], model=model))
     finally:
         keras.config.set_dtype_policy(previous_policy)
     result = {"lrs": cb.lrs, "losses": cb.losses, "smoothed": cb.smoothed, "stopped_early": cb.stopped_early,

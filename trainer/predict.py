@@ -1,4 +1,5 @@
-"""Predict every attribute for image files with an exported SavedModel (trainer/export.py).
+"""Predict every attribute for image files with an exported SavedModel (trainer/serving/saved_model.py, written
+by trainer.export).
 
     python -m trainer.predict --model JOB_DIR/model photos/ 'more/*.jpg' one.jpg > predictions.jsonl
     python -m trainer.predict --model JOB_DIR/model photos/ --format csv --out predictions.csv
