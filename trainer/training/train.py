@@ -7,8 +7,8 @@ JOB_DIR gets: .lock (while the run lives), config.yaml (written first), backup/ 
 marked finished, when the run ends), checkpoints/best.keras (best val_mean_balanced_accuracy,
 trainer.training.callbacks), history.csv (per epoch: every head's metrics, their means, lr and momentum), logs/
 (TensorBoard), metrics.json (per-head validation balanced accuracy / mA and accuracy, their means, epochs
-completed), model.keras and model/ (the SavedModel, trainer.serving.saved_model). All but TensorBoard's files
-appear whole (trainer.jobdir.atomic). Starting the same command again after a crash resumes from backup/ with the same step
+completed), model.keras and model/ (the SavedModel, trainer.serving.saved_model). All but TensorBoard's files appear
+whole (trainer.jobdir.atomic). Starting the same command again after a crash resumes from backup/ with the same step
 count, schedule, weights and place in the input; a different config is refused unless train.allow_config_change
 is set. Run again once finished, it trains nothing and says so; a larger train.epochs continues it.
 
