@@ -5,8 +5,8 @@
 Picks N free ports, starts N copies of `python -m trainer.task <args>` with the TF_CONFIG Vertex AI would give
 N replicas (task 0 is the `chief`, the others `worker` 0..N-2; `trainer.vertex --replica_count N` asks for the
 same layout), prefixes every line they print with their task (`[chief:0] ...`), and waits. When one task
-fails, the others are stopped (SIGTERM, then SIGKILL after --grace seconds: TensorFlow's coordination service
-catches SIGTERM in multi-worker processes) and the launcher exits with the failed task's status; otherwise it
+fails, the others are stopped (SIGTERM, on which a training task writes a backup and ends, then SIGKILL after
+--grace seconds) and the launcher exits with the failed task's status; otherwise it
 exits 0 once all are done. Ctrl-C stops them all. Each task is also killed if the launcher itself dies.
 Every task uses all of this machine's cores: N workers on one machine compete for them (docs/performance.md).
 """
