@@ -21,8 +21,9 @@ import sys
 import time
 
 from tfds_person_attrs import grouping
-from tfds_person_attrs.annotations import DEFAULT_MAX_IMAGE_BYTES, ManualData, ManualDataError, SourceChangedError
+from tfds_person_attrs.build_errors import ImageChangedError, ManualDataError, SourceChangedError, StrictModeError
 from tfds_person_attrs.images import DEFAULT_MAX_PIXELS
+from tfds_person_attrs.manual_data import DEFAULT_MAX_IMAGE_BYTES, ManualData
 from tfds_person_attrs.schema import BUILTIN_SCHEMAS, SchemaError, load_schema
 from trainer import cli
 from trainer.cli import UserError
@@ -172,8 +173,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - Beam wraps worker errors; surface ours without the stack
-        from tfds_person_attrs.annotations import ImageChangedError, StrictModeError
-
         for stop, status in ((StrictModeError, 3), (ImageChangedError, 2), (SourceChangedError, 2)):
             msg, marker = str(e), f"{stop.__name__}: "
             if isinstance(e, stop) or marker in msg:
