@@ -26,7 +26,7 @@ import tensorflow as tf  # noqa: E402
 
 from strategy_overhead import StepTimes, synthetic  # noqa: E402  (a sibling script: same batch, same timer)
 from tfds_person_attrs.schema import HVC  # noqa: E402
-from trainer.config import load_config  # noqa: E402
+from trainer.config_loader import load_config  # noqa: E402
 from trainer.training.loop import Loop  # noqa: E402
 from trainer.training.train import compiled_model  # noqa: E402
 

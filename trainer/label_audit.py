@@ -31,7 +31,8 @@ import time
 import numpy as np
 
 from trainer import cli
-from trainer.config import ConfigError, help_or_printed_config, load_config
+from trainer.config import ConfigError
+from trainer.config_loader import help_or_printed_config, load_config
 
 log = logging.getLogger(__name__)
 PROBS_FILE = "held_out_probs.npz"

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from trainer import cli
-from trainer.config import help_or_printed_config, load_config
+from trainer.config_loader import help_or_printed_config, load_config
 
 # The rule behind suggested_max_lr, by whether the loss diverged within the sweep.
 RULES = {True: "min-loss LR / 10",

@@ -89,7 +89,7 @@ def from_keras(model, config, job_dir: str | None = None, flip_tta: bool = False
 
 
 def _load_saved_model(path: str, data_dir: str | None, flip_tta: bool) -> EvalModel:
-    from trainer.config import config_from_yaml
+    from trainer.config_loader import config_from_yaml
     from trainer.export import INPUT_KEY, SIGNATURE
 
     labels, config_yaml = os.path.join(path, LABELS_FILE), os.path.join(path, "config.yaml")
@@ -158,7 +158,7 @@ def load_job(job_dir_or_model: str, data_dir: str | None = None):
     """
     import keras
 
-    from trainer.config import config_from_yaml
+    from trainer.config_loader import config_from_yaml
     from trainer.jobdir.paths import find_keras_model
 
     path = job_dir_or_model.rstrip("/")
