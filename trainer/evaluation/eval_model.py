@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 import tensorflow as tf
 
 from trainer.cli import UserError
+from trainer.config_loader import config_from_yaml
 
 SAVED_MODEL_FILE = "saved_model.pb"
 LABELS_FILE = "labels.json"
@@ -89,7 +90,6 @@ def from_keras(model, config, job_dir: str | None = None, flip_tta: bool = False
 
 
 def _load_saved_model(path: str, data_dir: str | None, flip_tta: bool) -> EvalModel:
-    from trainer.config_loader import config_from_yaml
     from trainer.export import INPUT_KEY, SIGNATURE
 
     labels, config_yaml = os.path.join(path, LABELS_FILE), os.path.join(path, "config.yaml")
@@ -158,7 +158,6 @@ def load_job(job_dir_or_model: str, data_dir: str | None = None):
     """
     import keras
 
-    from trainer.config_loader import config_from_yaml
     from trainer.jobdir.paths import find_keras_model
 
     path = job_dir_or_model.rstrip("/")
