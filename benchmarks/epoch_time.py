@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer.config import load_config  # noqa: E402
+from trainer.config_loader import load_config  # noqa: E402
 from trainer.input.data import dataset_info, make_train_dataset  # noqa: E402
 from trainer.model.network import build_model  # noqa: E402
 from trainer.objective.losses import make_losses  # noqa: E402

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from trainer.config import load_config  # noqa: E402
+from trainer.config_loader import load_config  # noqa: E402
 from trainer.input.data import builder, dataset_info, make_train_dataset  # noqa: E402
 from trainer.input.preprocess_ops import person_band  # noqa: E402
 

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline import preprocess
     from tfds_person_attrs.demo.generate import write_demo_data
     from tfds_person_attrs.schema import HVC
-    from trainer.config import load_config
+    from trainer.config_loader import load_config
     from trainer.input.data import split_ids
 
     attribute = next(x for x in HVC.attributes if x.name == a.head)

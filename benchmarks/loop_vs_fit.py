@@ -33,7 +33,7 @@ sys.path.insert(0, REPO)
 
 
 def _config(a):
-    from trainer.config import load_config
+    from trainer.config_loader import load_config
 
     height, width = (int(v) for v in a.size.split("x"))
     return load_config("smoke").replace(**{"data.height": height, "data.width": width, "train.batch_size": a.batch})

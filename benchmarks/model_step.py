@@ -33,7 +33,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from tfds_person_attrs.schema import HVC  # noqa: E402
-from trainer.config import load_config  # noqa: E402
+from trainer.config_loader import load_config  # noqa: E402
 from trainer.model.network import build_model  # noqa: E402
 from trainer.model.scratch_nets import stem_stride  # noqa: E402
 from trainer.objective.losses import make_losses  # noqa: E402

@@ -42,7 +42,7 @@ COLLECTIVES = ("CollectiveReduceV2", "CollectiveReduce", "CollectiveReduceScatte
 
 
 def _config(preset: str, batch: int, width: int = 0, sync_bn: bool = True):
-    from trainer.config import load_config
+    from trainer.config_loader import load_config
 
     overrides = {"train.batch_size": batch, "train.epochs": 1, "augment.enabled": True,
                  "model.sync_batchnorm": sync_bn}

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfds_person_attrs.schema import HVC  # noqa: E402
-from trainer.config import load_config  # noqa: E402
+from trainer.config_loader import load_config  # noqa: E402
 from trainer.model.network import build_model  # noqa: E402
 from trainer.objective.losses import make_losses  # noqa: E402
 from trainer.objective.metrics import head_metrics  # noqa: E402

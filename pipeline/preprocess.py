@@ -25,16 +25,10 @@ import tensorflow_datasets as tfds
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from tfds_person_attrs import cli, grouping
-from tfds_person_attrs.annotations import (
-    DEFAULT_MAX_IMAGE_BYTES,
-    ImageChangedError,
-    ManualData,
-    ManualDataError,
-    SourceChangedError,
-    StrictModeError,
-)
+from tfds_person_attrs.build_errors import ImageChangedError, ManualDataError, SourceChangedError, StrictModeError
 from tfds_person_attrs.cli import UserError
 from tfds_person_attrs.images import DEFAULT_MAX_PIXELS
+from tfds_person_attrs.manual_data import DEFAULT_MAX_IMAGE_BYTES, ManualData
 from tfds_person_attrs.person_attrs.person_attrs_dataset_builder import SUMMARY_FILE, Builder, PersonAttrsConfig
 from tfds_person_attrs.schema import BUILTIN_SCHEMAS, SchemaError, load_schema
 from tfds_person_attrs.summary import format_summary

@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from tests import trainer_fixtures as fx
 from tfds_person_attrs.schema import HVC
-from trainer.config import BackboneName, ConfigError, load_config
+from trainer.config import BackboneName, ConfigError
+from trainer.config_loader import load_config
 from trainer.model.backbones import REGISTRY, InputNormalization, build_backbone, frozen_batchnorm, keras_cache_dir
 from trainer.model.network import build_model
 from trainer.training.callbacks import BackboneWarmup

@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np, keras
     from tfds_person_attrs.schema import HVC
-    from trainer.config import load_config
+    from trainer.config_loader import load_config
     from trainer.objective.losses import make_losses
     from trainer.objective.metrics import head_metrics
     from trainer.model.network import build_model

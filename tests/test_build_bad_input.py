@@ -20,9 +20,11 @@ import pytest
 from PIL import Image
 
 from pipeline import preprocess
-from tfds_person_attrs.annotations import ImageRefusedError, ManualData, ManualDataError, parse_annotations
+from tfds_person_attrs.annotation_rows import parse_annotations
+from tfds_person_attrs.build_errors import ImageRefusedError, ManualDataError
 from tfds_person_attrs.demo.generate import write_demo_data
 from tfds_person_attrs.images import BadImageError, inspect_image
+from tfds_person_attrs.manual_data import ManualData
 from tfds_person_attrs.schema import HVC
 
 CSV = HVC.csv_name

@@ -21,10 +21,11 @@ from PIL import Image
 
 from pipeline import preprocess
 from tests.local_server import serving
-from tfds_person_attrs.annotations import ManualData, parse_annotations
+from tfds_person_attrs.annotation_rows import parse_annotations
 from tfds_person_attrs.beam_transforms import BuildSplits
 from tfds_person_attrs.demo.generate import write_demo_data
 from tfds_person_attrs.grouping import DEFAULT_FRACTIONS
+from tfds_person_attrs.manual_data import ManualData
 from tfds_person_attrs.schema import HVC
 
 

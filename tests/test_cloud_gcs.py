@@ -16,7 +16,9 @@ import pytest
 import tensorflow as tf
 
 from tests import data_fixtures as fx
-from tfds_person_attrs.annotations import ManualData, SourceChangedError, parse_annotations
+from tfds_person_attrs.annotation_rows import parse_annotations
+from tfds_person_attrs.build_errors import SourceChangedError
+from tfds_person_attrs.manual_data import ManualData
 from tfds_person_attrs.schema import HVC
 
 N_IMAGES, N_MISSING = 20, 2

@@ -16,7 +16,7 @@ from tests import trainer_fixtures
 @pytest.fixture(scope="module")
 def job_dir(tmp_path_factory):
     """A job dir as the trainer leaves it: config.yaml, checkpoints/best.keras, history.csv."""
-    from trainer.config import load_config
+    from trainer.config_loader import load_config
     from trainer.input.data import dataset_info
     from trainer.model.network import build_model
 
@@ -61,7 +61,7 @@ def test_evaluate_uses_the_models_predictions(job_dir):
     import tensorflow as tf
 
     from trainer import evaluate
-    from trainer.config import config_from_yaml
+    from trainer.config_loader import config_from_yaml
     from trainer.input.data import make_eval_dataset
 
     job, _, model = job_dir
@@ -83,7 +83,7 @@ def test_evaluate_uses_the_models_predictions(job_dir):
 def test_worst_examples_kept_across_batches(job_dir):
     """Merging batch by batch keeps exactly the split's highest-loss examples."""
     from trainer import evaluate
-    from trainer.config import config_from_yaml
+    from trainer.config_loader import config_from_yaml
     from trainer.evaluation import eval_metrics, eval_model
     from trainer.input.data import dataset_info
 
@@ -105,7 +105,7 @@ def test_flip_tta_averages_each_image_with_its_mirror(job_dir):
     import tensorflow as tf
 
     from trainer import evaluate
-    from trainer.config import config_from_yaml
+    from trainer.config_loader import config_from_yaml
     from trainer.evaluation import eval_model
     from trainer.input.data import dataset_info, make_eval_dataset
 
@@ -140,7 +140,7 @@ def _heads_numbers(metrics: dict) -> dict:
 def test_the_export_and_the_job_dir_give_the_same_metrics(job_dir, tmp_path):
     """`--model JOB_DIR/model` (the SavedModel: JPEG bytes in, its own decode) scores like the Keras model."""
     from trainer import evaluate
-    from trainer.config import config_from_yaml
+    from trainer.config_loader import config_from_yaml
     from trainer.input.data import dataset_info
     from trainer.serving.saved_model import export_model
 
@@ -173,7 +173,7 @@ def _job_with(tmp_path, config, model, labels: dict | None = None) -> str:
 def test_a_model_with_other_heads_is_refused_naming_them(job_dir, tmp_path):
     from tfds_person_attrs import cli, evaluate
     from tfds_person_attrs.schema import Attribute, Schema
-    from trainer.config import config_from_yaml
+    from trainer.config_loader import config_from_yaml
     from trainer.model.network import build_model
 
     job, data_dir, _ = job_dir
@@ -187,7 +187,7 @@ def test_a_model_with_other_heads_is_refused_naming_them(job_dir, tmp_path):
 
 def test_a_model_with_other_class_names_is_refused_naming_them(job_dir, tmp_path):
     from tfds_person_attrs import cli, evaluate
-    from trainer.config import config_from_yaml
+    from trainer.config_loader import config_from_yaml
     from trainer.serving.saved_model import labels_dict
 
     job, data_dir, model = job_dir
@@ -212,7 +212,7 @@ def test_thresholds_chosen_on_validation_carry_into_evaluation_export_and_predic
     import tensorflow as tf
 
     from tfds_person_attrs import cli, evaluate, export, predict
-    from trainer.config import config_from_yaml
+    from trainer.config_loader import config_from_yaml
     from trainer.evaluation import eval_model
     from trainer.input.data import dataset_info
     from trainer.objective import thresholds
@@ -307,7 +307,7 @@ def test_a_good_thresholds_file_reads_back_with_its_split(tmp_path):
 def test_evaluate_and_export_refuse_an_out_of_range_threshold_in_one_line(job_dir, tmp_path, capsys):
     """Nothing is scored, and nothing is exported, at a threshold no probability can reach."""
     from tfds_person_attrs import cli, evaluate, export
-    from trainer.config import config_from_yaml
+    from trainer.config_loader import config_from_yaml
     from trainer.objective import thresholds
 
     job, data_dir, model = job_dir

@@ -33,7 +33,7 @@ def letterboxed_jpeg(seed: int, size=(96, 96), band=(30, 66)) -> bytes:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from trainer.config import load_config
+    from trainer.config_loader import load_config
     from trainer.model.network import build_model
     from trainer.serving.saved_model import export_model
 
@@ -50,7 +50,7 @@ def test_files_beside_the_saved_model(exported):
     labels = json.load(open(os.path.join(out, "labels.json")))
     assert labels["attributes"]["age"]["classes"] == ["young", "mid", "old"]
     assert labels["input"] == "image_bytes" and labels["flip_tta"] is False
-    from trainer.config import config_from_yaml
+    from trainer.config_loader import config_from_yaml
 
     assert config_from_yaml(os.path.join(out, "config.yaml")) == config
 
@@ -135,7 +135,7 @@ def serve_without_the_project(out, tmp_path):
 
 def test_another_backbone_exports_the_same_signature(tmp_path):
     """A keras.applications backbone (its own normalisation inside) behind the same heads and serving signature."""
-    from trainer.config import load_config
+    from trainer.config_loader import load_config
     from trainer.model.network import build_model
     from trainer.serving.saved_model import export_model
 

@@ -220,7 +220,7 @@ def test_label_issues_csv_shows_formulas_as_text_and_exclude_ids_reads_the_ids_b
 
 
 def test_the_builds_skipped_rows_csv_shows_formulas_as_text():
-    from tfds_person_attrs.annotations import Skipped
+    from tfds_person_attrs.annotation_rows import Skipped
     from tfds_person_attrs.beam_transforms import skipped_rows_csv
 
     text = skipped_rows_csv([Skipped(2, '=HYPERLINK("http://x")', "missing_image", "-no such file")], [])

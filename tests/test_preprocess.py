@@ -16,6 +16,9 @@ from PIL import Image
 
 from pipeline import preprocess
 from tests import data_fixtures as fx
+from tfds_person_attrs.annotation_rows import parse_annotations
+from tfds_person_attrs.manual_data import ManualData
+from tfds_person_attrs.schema import HVC
 from tfds_person_attrs.summary import format_summary
 
 N_REAL = 40
@@ -151,7 +154,7 @@ def test_near_duplicates_share_a_group_and_a_split(messy):
 
 def test_an_image_changed_during_the_build_is_a_one_line_error(monkeypatch, capsys):
     """How Beam hands a worker's ImageChangedError to the launcher: wrapped, with its own stack in the text."""
-    wrapped = RuntimeError("Traceback ...\ntfds_person_attrs.annotations.ImageChangedError: row 3: resized/3.jpg "
+    wrapped = RuntimeError("Traceback ...\ntfds_person_attrs.build_errors.ImageChangedError: row 3: resized/3.jpg "
                            "has other bytes since this build checked it; the source x.zip changed during the build: "
                            "rebuild once it is stable [while running 'Examples_train']\nmore lines")
     monkeypatch.setattr(preprocess, "run", lambda argv: (_ for _ in ()).throw(wrapped))
@@ -209,9 +212,6 @@ def test_unusable_manual_data_fails_fast_with_advice(tmp_path, capsys, case, exp
 @fx.needs_real_data
 def test_reads_the_real_zip_directly(tmp_path):
     """The manual dir may hold the distribution zip itself; only the CSV is parsed here (fast)."""
-    from tfds_person_attrs.annotations import ManualData, parse_annotations
-    from tfds_person_attrs.schema import HVC
-
     data = ManualData(str(fx.REAL_ZIP.parent), HVC)
     kept, skipped = parse_annotations(data.read_csv_bytes(), HVC)
     assert len(kept) + len(skipped) == 13573

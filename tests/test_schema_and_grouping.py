@@ -16,9 +16,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests import data_fixtures as fx
 from tfds_person_attrs import grouping
-from tfds_person_attrs.annotations import Annotation, ManualData
+from tfds_person_attrs.annotation_rows import Annotation, parse_annotations
 from tfds_person_attrs.beam_transforms import SKIPPED_TAG, CheckedBatch, CheckedImage, ClassCounts, ReadAndCheckImages
 from tfds_person_attrs.images import inspect_image, mirrored, trim_letterbox
+from tfds_person_attrs.manual_data import ManualData
 from tfds_person_attrs.schema import HVC, SchemaError, load_schema, schema_from_dict
 
 
@@ -39,7 +40,6 @@ def test_user_schema_file_with_multi_label(tmp_path):
 
 def test_the_hvc_multi_label_example_reads_every_hvc_row_as_one_hot_labels():
     """docs/examples/hvc_multi_label.yaml: the hvc CSV as 27 binary labels, with no conversion and no row lost."""
-    from tfds_person_attrs.annotations import parse_annotations
 
     schema = load_schema(str(fx.REPO / "docs" / "examples" / "hvc_multi_label.yaml"))
     assert all(a.is_multi_label for a in schema.attributes) and sum(a.num_classes for a in schema.attributes) == 27

@@ -14,9 +14,11 @@ from tensorflow_datasets.core import example_serializer, naming
 
 from tests import data_fixtures as fx
 from tests.trainer_fixtures import MULTI_SCHEMA
-from tfds_person_attrs.annotations import Annotation, ImageChangedError, ManualData
+from tfds_person_attrs.annotation_rows import Annotation
 from tfds_person_attrs.beam_transforms import CheckedImage
+from tfds_person_attrs.build_errors import ImageChangedError
 from tfds_person_attrs.images import inspect_image
+from tfds_person_attrs.manual_data import ManualData
 from tfds_person_attrs.person_attrs.person_attrs_dataset_builder import Builder, PersonAttrsConfig
 from tfds_person_attrs.schema import HVC
 from tfds_person_attrs.shard_writer import (

@@ -15,15 +15,8 @@ import yaml
 
 from tests.trainer_fixtures import MULTI_SCHEMA
 from tfds_person_attrs.schema import HVC
-from trainer.config import (
-    Config,
-    ConfigError,
-    check_against_schema,
-    config_from_yaml,
-    load_config,
-    preset_names,
-    preset_path,
-)
+from trainer.config import Config, ConfigError, check_against_schema
+from trainer.config_loader import config_from_yaml, load_config, preset_names, preset_path
 from trainer.jobdir.paths import job_paths
 
 

@@ -11,7 +11,8 @@ import tensorflow as tf
 from PIL import Image
 
 from tests import trainer_fixtures as fx
-from trainer.config import ConfigError, DataConfig, load_config
+from trainer.config import ConfigError, DataConfig
+from trainer.config_loader import load_config
 from trainer.input.data import (
     builder,
     dataset_info,

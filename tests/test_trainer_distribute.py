@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from tests import trainer_fixtures as fx
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError
+from trainer.config_loader import load_config
 from trainer.training import cluster
 from trainer.training.distribute import global_batch_size, lr_scale
 

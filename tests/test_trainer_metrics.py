@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tfds_person_attrs.schema import MULTI, Attribute, Schema
-from trainer.config import load_config
+from trainer.config_loader import load_config
 from trainer.evaluation import eval_metrics
 from trainer.objective.log_keys import MONITOR
 from trainer.objective.losses import make_losses

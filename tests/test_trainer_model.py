@@ -13,7 +13,7 @@ import pytest
 
 from tests.trainer_fixtures import MULTI_SCHEMA
 from tfds_person_attrs.schema import HVC
-from trainer.config import load_config
+from trainer.config_loader import load_config
 from trainer.model.network import build_model
 from trainer.model.scratch_nets import stem_stride
 from trainer.objective.losses import HeadLoss, class_weights, make_losses, positive_negative_weights

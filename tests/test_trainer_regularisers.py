@@ -13,7 +13,8 @@ from tests import trainer_fixtures as fx
 from tests.test_trainer_train import Crash, CrashAfterFirstEpoch, FirstBatchProbe
 from tests.trainer_fixtures import MULTI_SCHEMA
 from tfds_person_attrs.schema import HVC
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError
+from trainer.config_loader import load_config
 from trainer.input.data import make_eval_dataset
 from trainer.jobdir import backup
 from trainer.model.augment import LabelMixing, build_label_mixing

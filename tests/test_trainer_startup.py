@@ -139,7 +139,8 @@ def test_absent_peers_end_the_command_with_one_line_and_sigterm_ends_a_waiting_t
 
 
 def test_startup_timeout_must_be_positive():
-    from trainer.config import ConfigError, load_config
+    from trainer.config import ConfigError
+    from trainer.config_loader import load_config
 
     assert load_config([]).distribute.startup_timeout == 1200
     with pytest.raises(ConfigError, match="distribute.startup_timeout: must be > 0 seconds, got 0"):

@@ -69,7 +69,7 @@ def num_examples(schema_name: str, split: str) -> int:
 
 def smoke_config(data_dir: str, job_dir: str = "", dataset: str = "hvc", **overrides):
     """The smoke preset shrunk further for unit tests (32x16 input, 2 steps per epoch)."""
-    from trainer.config import load_config
+    from trainer.config_loader import load_config
 
     base = {"data.dataset": dataset, "data.height": 32, "data.width": 16, "train.steps_per_epoch": 2,
             "train.validation_steps": 1, "train.verbose": "0"}

@@ -32,16 +32,14 @@ from apache_beam.metrics import Metrics
 
 from tfds_person_attrs import csv_cells, grouping
 from tfds_person_attrs.near_duplicates import NearDuplicateGroups
-from tfds_person_attrs.annotations import (
-    OUTSIDE_REASON,
-    Annotation,
+from tfds_person_attrs.annotation_rows import OUTSIDE_REASON, Annotation, Skipped
+from tfds_person_attrs.build_errors import (
     ImageRefusedError,
-    ManualData,
     OutsideManualDataError,
-    Skipped,
     StrictModeError,
     quiet_reported_stops,
 )
+from tfds_person_attrs.manual_data import ManualData
 from tfds_person_attrs.images import DEFAULT_MAX_PIXELS, BadImageError, inspect_image
 from tfds_person_attrs.schema import DATASET_NAME, Schema
 import csv

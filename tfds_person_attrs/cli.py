@@ -36,7 +36,7 @@ OWN_PACKAGES = ("trainer", "pipeline", "tfds_person_attrs")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Domain errors of the project that mean "bad input", found by name so that this module imports nothing heavy.
 _DOMAIN_ERRORS = (("trainer.config", "ConfigError"), ("tfds_person_attrs.schema", "SchemaError"),
-                  ("tfds_person_attrs.annotations", "ManualDataError"), ("trainer.training.cluster", "ClusterError"),
+                  ("tfds_person_attrs.build_errors", "ManualDataError"), ("trainer.training.cluster", "ClusterError"),
                   ("trainer.jobdir.joblock", "JobDirInUse"), ("trainer.jobdir.backup", "BackupMismatchError"))
 
 _verbose_flag = False

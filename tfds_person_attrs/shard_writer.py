@@ -31,7 +31,8 @@ from tensorflow.core.example import example_pb2
 from tensorflow_datasets.core import hashing, naming, shuffle, splits, utils
 from tensorflow_datasets.core.utils import shard_utils
 
-from tfds_person_attrs.annotations import ImageChangedError, ManualData, quiet_reported_stops
+from tfds_person_attrs.build_errors import ImageChangedError, quiet_reported_stops
+from tfds_person_attrs.manual_data import ManualData
 from tfds_person_attrs.schema import DATASET_NAME, Schema
 
 _RECORD_OVERHEAD = 200  # bytes an example adds to its image (id, group, labels, proto framing): sizes shards only

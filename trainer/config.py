@@ -1,14 +1,12 @@
-"""The trainer's one typed, frozen configuration: a preset or YAML file plus dotted command-line overrides.
+"""The trainer's one typed, frozen configuration: its schema (the dataclasses below), its checks and `Config.replace`.
 
-    python -m trainer.task --config smoke --data_dir out/data --job_dir out/job --model.width=2
-    python -c "from trainer.config import load_config; print(load_config(['--config', 'hvc']).to_yaml())"
+    python -c "from trainer.config import Config; print(Config().replace(**{'model.width': 2}).model)"
 
-The dataclasses below are the schema of an OmegaConf structured config: `load_config` merges a preset (`smoke`,
-`demo`, `hvc`, `par`, `par_gpu`) or a YAML file onto their defaults, then sets each override, and OmegaConf
-checks every key and converts every value to its field's type as it goes. `OmegaConf.to_object` turns the
-result back into these frozen dataclasses, whose `__post_init__` runs the range and choice checks (`validate`).
-Any error is one `ConfigError` line naming the dotted field. `Config.to_yaml()` / `config_from_yaml(path)`
-round-trip exactly, so evaluate/export rebuild preprocessing from JOB_DIR/config.yaml.
+The dataclasses below are the schema of an OmegaConf structured config: `trainer.config_loader` merges a preset or
+YAML file onto their defaults, then sets each override, and OmegaConf checks every key and converts every value to
+its field's type as it goes. `OmegaConf.to_object` (`resolve`) turns the result back into these frozen dataclasses,
+whose `__post_init__` runs the range and choice checks (`validate`). Any error is one `ConfigError` line naming the
+dotted field (`one_line_config_errors`).
 """
 
 from __future__ import annotations
@@ -16,11 +14,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import inspect
-import os
-import pathlib
 import typing
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -243,75 +238,7 @@ class Config:
 
     def replace(self, **overrides: Any) -> Config:
         """`cfg.replace(**{"train.epochs": 1})`: a new validated Config with dotted overrides applied."""
-        return _resolve(OmegaConf.structured(self), overrides.items(), "replace")
-
-
-# The presets: trainer/configs/<name>.yaml, each opening with the command that runs it and the result it gave.
-PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
-
-
-def preset_names() -> list[str]:
-    return sorted(f[:-len(".yaml")] for f in os.listdir(PRESETS_DIR) if f.endswith(".yaml"))
-
-
-def preset_path(name: str) -> str:
-    """trainer/configs/NAME.yaml: a preset is a config file that ships with the package."""
-    return os.path.join(PRESETS_DIR, f"{name}.yaml")
-
-
-def help_or_printed_config(argv: Sequence[str], usage: str) -> str | None:
-    """What a command taking a config prints instead of running: for `--help`, its usage, the presets and every
-    field with its default; for `--print_config`, the config the other flags resolve to (as config.yaml holds
-    it). None when neither flag is given."""
-    if any(a in ("-h", "--help") for a in argv):
-        return (f"{usage.rstrip()}\n\nThe config: --config PRESET or a YAML file (presets: {', '.join(preset_names())}:"
-                f" {PRESETS_DIR}), then any field as --section.field=VALUE (a YAML value); --print_config prints "
-                f"the result. Fields and their defaults:\n{fields_help()}")
-    if "--print_config" in argv:
-        return load_config([a for a in argv if a != "--print_config"]).to_yaml()
-    return None
-
-
-def fields_help(config: Config | None = None) -> str:
-    """Every field as `--section.field=VALUE  comment`, VALUE the default (or `config`'s), for `--help`."""
-    config = config or Config()
-    lines = []
-    for section in dataclasses.fields(Config):
-        owner, values = _field_type(section.name), getattr(config, section.name)
-        comments, hints = _field_comments(owner), typing.get_type_hints(owner)
-        lines.append(f"{section.name}:")
-        for f in dataclasses.fields(owner):
-            value, hint = getattr(values, f.name), hints[f.name]
-            shown = yaml.safe_dump(_plain(value), default_flow_style=True, width=1000).strip().removesuffix("...")
-            choices = f" (one of {', '.join(hint.names())})" if isinstance(hint, type) and issubclass(
-                hint, Choice) else ""
-            lines.append(f"  --{section.name}.{f.name}={shown.strip()}{choices}"
-                         + (f"  # {comments[f.name]}" if comments.get(f.name) else ""))
-    return "\n".join(lines)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Choice):
-        return value.value
-    if isinstance(value, tuple):
-        return list(value)
-    return dict(value) if isinstance(value, dict) else value
-
-
-def _field_comments(owner: type) -> dict[str, str]:
-    """A dataclass's field comments from its source: the comment on the field's line, else the lines above it."""
-    out, above = {}, []
-    for line in inspect.getsource(owner).splitlines()[1:]:
-        text = line.strip()
-        if text.startswith("#"):
-            above.append(text.lstrip("# "))
-            continue
-        name, colon, rest = text.partition(":")
-        if colon and name.isidentifier():
-            inline = rest.partition("  # ")[2]
-            out[name] = " ".join([*above, inline]).strip() if not inline else inline
-        above = []
-    return out
+        return resolve(OmegaConf.structured(self), overrides.items(), "replace")
 
 
 def validate(c: Config) -> None:
@@ -372,86 +299,11 @@ def check_against_schema(c: Config, schema) -> None:
                           "(or --loss.class_balance=none)")
 
 
-
-
-def config_from_yaml(path: str) -> Config:
-    """Rebuilds the Config a run wrote to JOB_DIR/config.yaml (local or gs://)."""
-    return _resolve(_merge(OmegaConf.structured(Config), _read_yaml(path), path), (), path)
-
-
-def load_config(argv: Sequence[str] | str | None = None) -> Config:
-    """`--config PRESET|file.yaml`, `--data_dir`, `--job_dir`, then any `--section.field=value`.
-
-    A str argument is a preset name or a YAML path. Values are parsed as YAML (`--loss.weights={age: 4}`,
-    `--augment.erasing_scale=[0.1,0.3]`), and also accepted as `--model.width 8`. A mapping value replaces the
-    whole mapping (`'--loss.weights={}'` drops a preset's weights); `--loss.weights.age=4` sets one entry.
-    """
-    if isinstance(argv, str):
-        argv = ["--config", argv]
-    args = _parse_argv(list(argv or []))
-    base = dict(args).get("config")
-    cfg = OmegaConf.structured(Config)
-    if base in preset_names():
-        cfg = _merge(cfg, _read_yaml(preset_path(base)), f"preset {base}")
-    elif base:
-        cfg = _merge(cfg, _read_yaml(base), base)
-    overrides = [(_SHORT_FLAGS.get(key, key), val) for key, val in args if key != "config"]
-    return _resolve(cfg, overrides, "command line")
-
-
-_SHORT_FLAGS = {"data_dir": "data.data_dir", "job_dir": "train.job_dir"}
-
-
-def _parse_argv(argv: list[str]) -> list[tuple[str, Any]]:
-    out = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}; use --section.field=value")
-        key, eq, val = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise ConfigError(f"--{key} needs a value (--{key}=VALUE)")
-            i, val = i + 1, argv[i + 1]
-        # Paths and presets stay strings; everything else is YAML so that 1e-3, true, [1, 2] parse.
-        if key not in ("config", *_SHORT_FLAGS):
-            try:
-                val = yaml.safe_load(val)
-            except yaml.YAMLError as e:
-                raise ConfigError(f"--{key}: {val!r} is not a YAML value ({getattr(e, 'problem', e)})") from None
-        out.append((key, val))
-        i += 1
-    return out
-
-
-def _read_yaml(path: str) -> DictConfig:
-    if "://" in path:
-        import tensorflow as tf  # heavy, optional here: only a remote (gs://) config file needs its gfile
-
-        exists, read = tf.io.gfile.exists, lambda: tf.io.gfile.GFile(path, "r").read()
-    else:
-        exists, read = os.path.isfile, lambda: pathlib.Path(path).read_text(encoding="utf-8")
-    if not exists(path):
-        raise ConfigError(f"--config {path!r} is neither a preset {preset_names()} nor an existing YAML file")
-    text = read()
-    try:
-        d = OmegaConf.create(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(d, DictConfig):
-        raise ConfigError(f"{path}: expected a mapping of sections, got a list")
-    return d
-
-
-def _merge(cfg: DictConfig, d: Any, source: str) -> DictConfig:
-    with _user_errors(source):
-        return OmegaConf.merge(cfg, d)
-
-
-def _resolve(cfg: DictConfig, overrides: Iterable[tuple[str, Any]], source: str) -> Config:
+# From OmegaConf back to the frozen Config, with its errors as one line: `Config.replace` and every loader of
+# `trainer.config_loader` go through here.
+def resolve(cfg: DictConfig, overrides: Iterable[tuple[str, Any]], source: str) -> Config:
     """Sets each dotted override (checked and converted by OmegaConf), then builds the frozen, validated Config."""
-    with _user_errors(source):
+    with one_line_config_errors(source):
         _writable(cfg)
         for key, val in overrides:
             OmegaConf.update(cfg, key, val, merge=False)
@@ -467,17 +319,17 @@ def _writable(node: DictConfig) -> None:
 
 
 @contextlib.contextmanager
-def _user_errors(source: str):
+def one_line_config_errors(source: str):
     """OmegaConf's errors (multi-line, with its own type names) as one line naming the dotted field."""
     try:
         yield
     except (ConfigKeyError, ConfigAttributeError) as e:
         section = e.full_key.rpartition(".")[0]
-        owner = _field_type(section) if section else Config
+        owner = field_type(section) if section else Config
         allowed = [f.name for f in dataclasses.fields(owner)] if dataclasses.is_dataclass(owner) else []
         raise ConfigError(f"{source}: unknown field {e.full_key!r}; {section or 'the config'} has {allowed}") from None
     except OmegaConfBaseException as e:
-        expected = _field_type(e.full_key) if isinstance(e, ValidationError) and e.full_key else None
+        expected = field_type(e.full_key) if isinstance(e, ValidationError) and e.full_key else None
         if expected is None:
             raise ConfigError(f"{source}: {e.full_key or 'config'}: {str(e).splitlines()[0]}") from None
         if isinstance(expected, type) and issubclass(expected, Choice):
@@ -487,7 +339,7 @@ def _user_errors(source: str):
         raise ConfigError(f"{source}: {e.full_key}: expected {name}, got {e.value!r}") from None
 
 
-def _field_type(dotted: str) -> Any:
+def field_type(dotted: str) -> Any:
     """`model.width` -> int, `loss.weights.age` -> float; None for a name that is no field."""
     hint: Any = Config
     for name in dotted.split("."):

@@ -32,7 +32,8 @@ import keras
 import numpy as np
 
 from tfds_person_attrs import cli
-from trainer.config import ConfigError, help_or_printed_config, load_config
+from trainer.config import ConfigError
+from trainer.config_loader import help_or_printed_config, load_config
 from trainer.evaluate import predict_split
 from trainer.evaluation import eval_model
 from trainer.evaluation.label_issues import find_issues, write_csv, write_summary

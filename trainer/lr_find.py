@@ -27,7 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfds_person_attrs import cli
-from trainer.config import check_against_schema, help_or_printed_config, load_config
+from trainer.config import check_against_schema
+from trainer.config_loader import help_or_printed_config, load_config
 from trainer.input.data import dataset_info, make_train_dataset, split_examples
 from trainer.model.network import build_model
 from trainer.objective.losses import make_losses

@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 
 from tfds_person_attrs import cli
-from trainer.config import help_or_printed_config, load_config
+from trainer.config_loader import help_or_printed_config, load_config
 from trainer.jobdir.backup import NonFiniteWeightsError
 from trainer.training import cluster, shutdown
 from trainer.training.callbacks import NonFiniteLossError

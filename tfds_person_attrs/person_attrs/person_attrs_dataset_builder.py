@@ -26,18 +26,10 @@ from tensorflow_datasets.core import split_builder
 
 from tfds_person_attrs import beam_transforms as bt
 from tfds_person_attrs import grouping, shard_writer
-from tfds_person_attrs.annotations import (
-    DEFAULT_MAX_IMAGE_BYTES,
-    Annotation,
-    ManualData,
-    ManualDataError,
-    SourceChangedError,
-    StrictModeError,
-    batch_from_json,
-    batches_to_jsonl,
-    parse_annotations,
-)
+from tfds_person_attrs.annotation_rows import Annotation, batch_from_json, batches_to_jsonl, parse_annotations
+from tfds_person_attrs.build_errors import ManualDataError, SourceChangedError, StrictModeError
 from tfds_person_attrs.images import DEFAULT_MAX_PIXELS
+from tfds_person_attrs.manual_data import DEFAULT_MAX_IMAGE_BYTES, ManualData
 from tfds_person_attrs.schema import BUILTIN_SCHEMAS, DATASET_NAME, HVC, Schema
 
 SUMMARY_FILE = "build_summary.json"

@@ -26,7 +26,7 @@ import trainer.model.network  # noqa: F401
 import trainer.objective.losses  # noqa: F401
 import trainer.optim.schedules  # noqa: F401
 from tfds_person_attrs.cli import UserError
-from trainer.config import config_from_yaml
+from trainer.config_loader import config_from_yaml
 from trainer.jobdir.paths import find_keras_model, recorded_paths
 from trainer.serving.saved_model import INPUT_KEY, SIGNATURE, model_outputs
 

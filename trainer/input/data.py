@@ -1,6 +1,6 @@
 """tf.data input from the built TFDS dataset: raw JPEG bytes -> decoded, cropped, resized batches.
 
-    python -c "from trainer.config import load_config; from trainer.input.data import make_train_dataset; \
+    python -c "from trainer.config_loader import load_config; from trainer.input.data import make_train_dataset; \
 print(make_train_dataset(load_config(['--config', 'smoke', '--data_dir', 'out/data']), 8).element_spec)"
 
 Reads DATA_DIR/person_attrs/<dataset>/<version> with `tfds.builder_from_directory` (local or gs://; no builder

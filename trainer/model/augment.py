@@ -1,6 +1,6 @@
 """GPU-side augmentation: Keras 3 preprocessing layers that live inside the model (Keras only, any backend).
 
-    python -c "from trainer.config import load_config; from trainer.model.augment import build_augmentation; \
+    python -c "from trainer.config_loader import load_config; from trainer.model.augment import build_augmentation; \
 print([l.name for l in build_augmentation(load_config('hvc').augment).layers])"
 
 Inside the model they run on the accelerator as part of the compiled step (the input pipeline only decodes),

@@ -1,6 +1,6 @@
 """The backbone registry: `--model.backbone` names -> trunk builders, their input normalisation and weights.
 
-    python -c "from trainer.config import load_config; from trainer.model.backbones import build_backbone; \
+    python -c "from trainer.config_loader import load_config; from trainer.model.backbones import build_backbone; \
 build_backbone(load_config(['--model.backbone=mobilenetv3small']).model, (96, 48, 3)).summary()"
 
 Keras only (no TensorFlow import), so every backbone also builds under KERAS_BACKEND=jax. A backbone is a

@@ -1,7 +1,7 @@
 """The multi-head model around a chosen backbone (Keras 3 only: no TensorFlow import, so it also builds under
 KERAS_BACKEND=jax).
 
-    python -c "from tfds_person_attrs.schema import HVC; from trainer.config import load_config; \
+    python -c "from tfds_person_attrs.schema import HVC; from trainer.config_loader import load_config; \
 from trainer.model.network import build_model; build_model(HVC, load_config('hvc')).summary()"
 
 image float32 [H, W, 3] in 0..255 -> augmentation (training only) -> the backbone's own input normalisation

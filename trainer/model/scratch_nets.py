@@ -1,6 +1,6 @@
 """Backbones trained from scratch: Wide ResNet, ResNet-20 v1 and a separable-convolution net (Keras only).
 
-    python -c "from trainer.config import load_config; from trainer.model.scratch_nets import resnet20v1; \
+    python -c "from trainer.config_loader import load_config; from trainer.model.scratch_nets import resnet20v1; \
 resnet20v1(load_config('smoke').model, (64, 32, 3)).summary()"
 
 Each builder returns a functional keras.Model named "backbone": float input [H, W, 3] already normalised to

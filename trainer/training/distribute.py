@@ -1,6 +1,6 @@
 """Strategy, global batch, LR scaling, mixed precision and XLA (TensorFlow-only code lives here).
 
-    python -c "from trainer.config import load_config; from trainer.training.distribute import make_strategy; \
+    python -c "from trainer.config_loader import load_config; from trainer.training.distribute import make_strategy; \
 print(make_strategy(load_config('smoke')))"
     python -m trainer.task --config smoke --data_dir out/data --job_dir out/job --distribute.cpu_devices=2
 

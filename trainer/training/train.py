@@ -1,6 +1,6 @@
 """One training run: `run(config) -> dict`, called by `python -m trainer.task`, tests and pipeline steps.
 
-    python -c "from trainer.config import load_config; from trainer.training.train import run; \
+    python -c "from trainer.config_loader import load_config; from trainer.training.train import run; \
 print(run(load_config(['--config', 'smoke', '--data_dir', 'out/data', '--job_dir', 'out/job']))['metrics'])"
 
 JOB_DIR gets: .lock (while the run lives), config.yaml (written first), backup/ (trainer.jobdir.backup; kept,
