@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
 
-from trainer.config import load_config  # noqa: E402
+from trainer.config_loader import load_config  # noqa: E402
 from trainer.input.data import dataset_info, make_train_dataset  # noqa: E402
 
 
