@@ -36,17 +36,19 @@ def preset_path(name: str) -> str:
     return os.path.join(PRESETS_DIR, f"{name}.yaml")
 
 
-def help_or_printed_config(argv: Sequence[str], usage: str) -> str | None:
-    """What a command taking a config prints instead of running: for `--help`, its usage, the presets and every
-    field with its default; for `--print_config`, the config the other flags resolve to (as config.yaml holds
-    it). None when neither flag is given."""
+def answered_help_or_config(argv: Sequence[str], usage: str) -> bool:
+    """For a command taking a config: prints, instead of running, for `--help` its usage, the presets and every
+    field with its default, for `--print_config` the config the other flags resolve to (as config.yaml holds it);
+    True when it did (the command then exits 0)."""
     if any(a in ("-h", "--help") for a in argv):
-        return (f"{usage.rstrip()}\n\nThe config: --config PRESET or a YAML file (presets: {', '.join(preset_names())}:"
-                f" {PRESETS_DIR}), then any field as --section.field=VALUE (a YAML value); --print_config prints "
-                f"the result. Fields and their defaults:\n{fields_help()}")
+        print(f"{usage.rstrip()}\n\nThe config: --config PRESET or a YAML file (presets: {', '.join(preset_names())}:"
+              f" {PRESETS_DIR}), then any field as --section.field=VALUE (a YAML value); --print_config prints "
+              f"the result. Fields and their defaults:\n{fields_help()}")
+        return True
     if "--print_config" in argv:
-        return load_config([a for a in argv if a != "--print_config"]).to_yaml()
-    return None
+        print(load_config([a for a in argv if a != "--print_config"]).to_yaml())
+        return True
+    return False
 
 
 def fields_help(config: Config | None = None) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 
 from tfds_person_attrs import cli
 from trainer.config import ConfigError
-from trainer.config_loader import help_or_printed_config, load_config
+from trainer.config_loader import answered_help_or_config, load_config
 from trainer.evaluate import predict_split
 from trainer.evaluation import eval_model
 from trainer.evaluation.label_issues import find_issues, write_csv, write_summary
@@ -149,9 +149,7 @@ def audit(config, num_folds: int = 5, show: int = 12) -> dict:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    answer = help_or_printed_config(argv, __doc__)
-    if answer is not None:
-        print(answer)
+    if answered_help_or_config(argv, __doc__):
         return 0
     parser = cli.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--folds", type=cli.positive_int, default=5)

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from tfds_person_attrs import cli
 from trainer.config import check_against_schema
-from trainer.config_loader import help_or_printed_config, load_config
+from trainer.config_loader import answered_help_or_config, load_config
 from trainer.input.data import dataset_info, make_train_dataset, split_examples
 from trainer.model.network import build_model
 from trainer.objective.losses import make_losses
@@ -175,9 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("--end_lr", type=float, default=10.0)
     p.add_argument("--out", help="output folder (default JOB_DIR/lr_find with --job_dir, else ./lr_find)")
     argv = sys.argv[1:] if argv is None else argv
-    answer = help_or_printed_config(argv, p.format_help())
-    if answer is not None:
-        print(answer)
+    if answered_help_or_config(argv, p.format_help()):
         return 0
     args, rest = p.parse_known_args(argv)
     if not 0 < args.start_lr < args.end_lr:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 
 from tfds_person_attrs import cli
-from trainer.config_loader import help_or_printed_config, load_config
+from trainer.config_loader import answered_help_or_config, load_config
 from trainer.jobdir.backup import NonFiniteWeightsError
 from trainer.training import cluster, shutdown
 from trainer.training.callbacks import NonFiniteLossError
@@ -33,9 +33,7 @@ from trainer.training.train import PeerLostError, run
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    answer = help_or_printed_config(argv, __doc__)
-    if answer is not None:
-        print(answer)
+    if answered_help_or_config(argv, __doc__):
         return 0
     config = load_config(argv)
     cli.check_folder_path(config.train.job_dir, "--job_dir")
