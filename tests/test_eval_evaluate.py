@@ -171,8 +171,9 @@ def _job_with(tmp_path, config, model, labels: dict | None = None) -> str:
 
 
 def test_a_model_with_other_heads_is_refused_naming_them(job_dir, tmp_path):
-    from tfds_person_attrs import cli, evaluate
+    from tfds_person_attrs import cli
     from tfds_person_attrs.schema import Attribute, Schema
+    from trainer import evaluate
     from trainer.config_loader import config_from_yaml
     from trainer.model.network import build_model
 
@@ -186,7 +187,8 @@ def test_a_model_with_other_heads_is_refused_naming_them(job_dir, tmp_path):
 
 
 def test_a_model_with_other_class_names_is_refused_naming_them(job_dir, tmp_path):
-    from tfds_person_attrs import cli, evaluate
+    from tfds_person_attrs import cli
+    from trainer import evaluate
     from trainer.config_loader import config_from_yaml
     from trainer.serving.saved_model import labels_dict
 
@@ -201,7 +203,8 @@ def test_a_model_with_other_class_names_is_refused_naming_them(job_dir, tmp_path
 
 
 def test_an_unknown_split_names_the_splits_there(job_dir):
-    from tfds_person_attrs import cli, evaluate
+    from tfds_person_attrs import cli
+    from trainer import evaluate
 
     job, data_dir, _ = job_dir
     with pytest.raises(cli.UserError, match=r"--split 'tset'.*\['test', 'train', 'validation'\]"):
@@ -211,7 +214,8 @@ def test_an_unknown_split_names_the_splits_there(job_dir):
 def test_thresholds_chosen_on_validation_carry_into_evaluation_export_and_predict(job_dir, tmp_path, capsys):
     import tensorflow as tf
 
-    from tfds_person_attrs import cli, evaluate, export, predict
+    from tfds_person_attrs import cli
+    from trainer import evaluate, export, predict
     from trainer.config_loader import config_from_yaml
     from trainer.evaluation import eval_model
     from trainer.input.data import dataset_info
@@ -306,7 +310,8 @@ def test_a_good_thresholds_file_reads_back_with_its_split(tmp_path):
 
 def test_evaluate_and_export_refuse_an_out_of_range_threshold_in_one_line(job_dir, tmp_path, capsys):
     """Nothing is scored, and nothing is exported, at a threshold no probability can reach."""
-    from tfds_person_attrs import cli, evaluate, export
+    from tfds_person_attrs import cli
+    from trainer import evaluate, export
     from trainer.config_loader import config_from_yaml
     from trainer.objective import thresholds
 
@@ -334,7 +339,8 @@ def test_results_go_to_stdout_diagnostics_to_stderr_for_export_evaluate_and_pred
     summary and errors are stderr, with no library chatter ("INFO:tensorflow:Assets written to ...")."""
     from tests.test_cli import run_command
     from tests.test_export import letterboxed_jpeg
-    from tfds_person_attrs import cli, evaluate, predict
+    from tfds_person_attrs import cli
+    from trainer import evaluate, predict
 
     job, data_dir, _ = job_dir
     model = tmp_path / "m"

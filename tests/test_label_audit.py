@@ -18,8 +18,9 @@ import pytest
 
 from tests import trainer_fixtures as fx
 from tests.browser_fixtures import CHROMIUM, render
-from tfds_person_attrs import cli, label_audit
+from tfds_person_attrs import cli
 from tfds_person_attrs.schema import MULTI, Attribute
+from trainer import label_audit
 from trainer.config import ConfigError
 from trainer.evaluation.label_issues import head_issues
 from trainer.evaluation.label_issues_page import write_page

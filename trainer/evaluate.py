@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfds_person_attrs import cli, report
+from tfds_person_attrs import cli
+from trainer import report
 from trainer.evaluation import eval_metrics, eval_model, report_figures
 from trainer.input import data as data_lib
 from trainer.jobdir.paths import recorded_paths

@@ -26,7 +26,6 @@ import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from trainer.config import ConfigError
 
@@ -103,6 +102,8 @@ def read(job_dir: str | None, schema) -> Chosen | None:
     """JOB_DIR/thresholds.json checked against `schema`, or None when there is no such file (or no job dir)."""
     if not job_dir:
         return None
+    # optional here: the objective is backend-agnostic (no TensorFlow at import); gfile reads gs:// job dirs
+    import tensorflow as tf
 
     path = os.path.join(job_dir, FILE_NAME)
     if not tf.io.gfile.exists(path):
