@@ -118,8 +118,9 @@ def test_two_workers_match_one_process(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-4)
     assert np.mean([np.abs(a - b).mean() for a, b in zip(w1, w2)]) < 1e-4
     assert float(r1[0]["loss"]) != pytest.approx(float(r1[-1]["loss"]), rel=1e-3)  # it did train
-    assert sorted(os.listdir(tmp_path / "two")) == ["backup", "checkpoints", "config.yaml", "history.csv", "layout.json", "logs",
-                                                    "metrics.json", "model", "model.keras"]  # chief only
+    assert sorted(os.listdir(tmp_path / "two")) == ["backup", "checkpoints", "config.yaml", "history.csv",
+                                                    "layout.json", "logs", "metrics.json", "model",
+                                                    "model.keras"]  # chief only
 
 
 def wait_for(predicate, timeout, what, procs):
