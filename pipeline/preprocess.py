@@ -22,7 +22,6 @@ import time
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from tfds_person_attrs import cli, grouping
 from tfds_person_attrs.build_errors import ImageChangedError, ManualDataError, SourceChangedError, StrictModeError
@@ -87,6 +86,9 @@ def make_builder(args: argparse.Namespace):
 
 
 def beam_options(beam_args: list[str]):
+    # heavy, and only after the command's quiet output is set up: importing it logs through the root logger
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     if not any(a.startswith("--runner") for a in beam_args):
         beam_args = ["--runner=DirectRunner"] + beam_args
     if not any(a.startswith("--direct_num_workers") for a in beam_args):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import pathlib
 import zipfile
@@ -247,6 +248,19 @@ def test_the_summary_file_records_the_source(messy):
     _, src, data_dir, _ = messy
     on_disk = json.loads((data_dir / "person_attrs" / "hvc" / "1.0.0" / "build_summary.json").read_text())
     assert on_disk["source"]["file"] == str(src / CSV) and len(on_disk["source"]["images_sha256"]) == 64
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_of_other_tests():
+    """These tests call the launcher's main() directly: a log handler an earlier test installed through cli.run
+    (its --verbose one included) would add its lines to the one being checked."""
+    root = logging.getLogger()
+    kept = list(root.handlers)
+    for h in kept:
+        root.removeHandler(h)
+    yield
+    for h in kept:
+        root.addHandler(h)
 
 
 def _one_line_error(capsys) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from typing import Any, Callable, Mapping
 
 import keras
@@ -175,5 +176,5 @@ def load_job(job_dir_or_model: str, data_dir: str | None = None):
     if data_dir:
         config = config.replace(**{"data.data_dir": data_dir})
     model = keras.saving.load_model(model_path, compile=False)
-    print(choice, flush=True)
+    print(choice, file=sys.stderr, flush=True)  # a diagnostic: stdout is for results
     return model, config, job_dir
