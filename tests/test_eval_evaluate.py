@@ -347,17 +347,16 @@ def test_results_go_to_stdout_diagnostics_to_stderr_for_export_evaluate_and_pred
     # a process of its own: TensorFlow's logger prints its INFO lines through a handler of its own only there
     r = run_command("trainer.export", "--job_dir", job, "--export_dir", str(model), "--data_dir", data_dir)
     assert r.returncode == 0, r.stderr[-2000:]
-    # eval_model.load_job also names the checkpoint it loaded, on stdout: not this command's own line
-    assert [line for line in r.stdout.splitlines() if not line.startswith("loaded ")] == [
-        f"exported to {model} (signature 'serving_default', input 'image_bytes')"]
-    assert r.stderr == ""
+    assert r.stdout.splitlines() == [f"exported to {model} (signature 'serving_default', input 'image_bytes')"]
+    # the model file it loaded, and why, is a diagnostic: on stderr
+    assert [line.split(" ")[0] for line in r.stderr.splitlines()] == ["loaded"]
 
     assert cli.run(evaluate.main, ["--model", str(model), "--data_dir", data_dir, "--split", "test", "--out",
                                    str(tmp_path / "e"), "--max_images", "2", "--no-tensorboard"]) == 0
     out, err = capfd.readouterr()
     assert out.splitlines()[0].startswith("head ") and "multi-label thresholds: the default 0.5" in out
     assert out.splitlines()[-1] == f"wrote {tmp_path / 'e' / 'metrics.json'} and {tmp_path / 'e' / 'index.html'}"
-    assert err == ""
+    assert err == f"loaded {model} (an exported SavedModel)\n"
 
     (tmp_path / "x.jpg").write_bytes(letterboxed_jpeg(1))
     (tmp_path / "y.jpg").write_bytes(b"")
@@ -365,5 +364,6 @@ def test_results_go_to_stdout_diagnostics_to_stderr_for_export_evaluate_and_pred
     out, err = capfd.readouterr()
     assert [json.loads(line)["path"] for line in out.splitlines()] == [str(tmp_path / "x.jpg")]
     assert err.splitlines() == [
+        f"loaded {model} (an exported SavedModel)",
         f"ERROR {tmp_path / 'y.jpg'}: unreadable image (the file is empty (0 bytes)) -- skipped",
         "predicted 1 image(s); 1 problem(s)"]

@@ -64,6 +64,10 @@ def quiet_library_startup() -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TQDM_DISABLE", "1")
+    # A library that logs while it is imported, before a command sets up its output (Beam's "apitools not
+    # found"), would make the logging module install its own stderr handler; this one drops those records.
+    if not logging.getLogger().handlers:
+        logging.getLogger().addHandler(logging.NullHandler())
     if "tensorflow" not in sys.modules and not any(isinstance(f, _MuteWhileImporting) for f in sys.meta_path):
         sys.meta_path.insert(0, _MuteWhileImporting("tensorflow"))
 

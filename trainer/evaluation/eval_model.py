@@ -110,7 +110,7 @@ def _load_saved_model(path: str, data_dir: str | None, flip_tta: bool) -> EvalMo
     if data_dir:
         config = config.replace(**{"data.data_dir": data_dir})
     serve = tf.saved_model.load(path).signatures[SIGNATURE]
-    print(f"loaded {path} (an exported SavedModel)", flush=True)
+    print(f"loaded {path} (an exported SavedModel)", file=sys.stderr, flush=True)
     heads = _heads_from_labels(labels)
 
     def probs(_images, image_bytes):
