@@ -33,12 +33,12 @@ def test_a_vertex_job_is_evaluated_and_exported_from_its_best_checkpoint(tmp_pat
         monkeypatch.delenv(name)
     capsys.readouterr()
     evaluate.evaluate(job, None, "test", out_dir=str(tmp_path / "eval"))
-    loaded = [line for line in capsys.readouterr().out.splitlines() if line.startswith("loaded ")]
+    loaded = [line for line in capsys.readouterr().err.splitlines() if line.startswith("loaded ")]
     assert loaded == [f"loaded {written.best_keras} (the best epoch's checkpoint, as {job}/layout.json records)"]
 
     assert export.main(["--job_dir", job, "--flip_tta"]) == 0
-    out = capsys.readouterr().out
-    assert f"loaded {written.best_keras} (the best epoch's checkpoint" in out
+    out, err = capsys.readouterr()
+    assert f"loaded {written.best_keras} (the best epoch's checkpoint" in err
     assert f"exported to {written.model_dir} " in out  # the run's own export folder, replaced
     assert tf.io.gfile.exists(os.path.join(written.model_dir, "saved_model.pb"))
 

@@ -41,7 +41,7 @@ def test_two_replicas_train_to_the_end_on_a_remote_scheme_and_the_job_dir_evalua
     assert {"checkpoints", "config.yaml", "layout.json", "logs", "model", "model.keras"} <= set(written)
     assert ".lock" not in written  # the lock released at the end (the backup stays, marked finished)
     evaluate.evaluate(job, None, "test", out_dir=str(tmp_path / "eval"))
-    assert f"loaded {job}/checkpoints/best.keras (the best epoch's checkpoint" in capsys.readouterr().out
+    assert f"loaded {job}/checkpoints/best.keras (the best epoch's checkpoint" in capsys.readouterr().err
 
 
 def test_two_trials_report_the_better_one(tmp_path):

@@ -40,7 +40,7 @@ def test_build_train_evaluate_export_predict_on_ram(tmp_path, capsys):
 
     capsys.readouterr()
     metrics = evaluate.evaluate(job, None, "test")
-    assert f"loaded {job}/checkpoints/best.keras (the best epoch's checkpoint" in capsys.readouterr().out
+    assert f"loaded {job}/checkpoints/best.keras (the best epoch's checkpoint" in capsys.readouterr().err
     assert metrics["num_examples"] > 0 and tf.io.gfile.exists(f"{job}/eval_test/metrics.json")
 
     assert export.main(["--job_dir", job, "--export_dir", f"{root}/export"]) == 0
