@@ -24,7 +24,7 @@ def test_a_vertex_job_is_evaluated_and_exported_from_its_best_checkpoint(tmp_pat
     service = paths.service_dirs(job if base == "job_dir" else str(tmp_path / "service"))
     for name, value in service.items():
         monkeypatch.setenv(name, value)
-    run(fx.smoke_config(fx.fixture_data_dir(), job, **{"train.epochs": 1}))
+    run(fx.smoke_config(fx.fixture_data_dir(), job, **{"train.epochs": 1, "train.export": True}))
     written = job_paths(job)
     assert written.best_keras == service["AIP_CHECKPOINT_DIR"] + paths.BEST_KERAS  # no checkpoints/checkpoints/
     assert tf.io.gfile.exists(written.best_keras) and tf.io.gfile.exists(written.model_keras)

@@ -80,6 +80,7 @@ def test_folds_split_the_train_split_by_group_and_each_trained_without_its_part(
         fold_config = (job / "folds" / str(k) / "config.yaml").read_text()
         assert f"exclude_ids: {job / 'folds' / str(k) / 'held_out.csv'}" in fold_config
         assert (job / "folds" / str(k) / "model.keras").exists()
+        assert not (job / "folds" / str(k) / "model").exists()  # a fold model is not exported
 
 
 def test_a_rerun_reuses_the_finished_folds_of_the_same_config(audited, capsys):

@@ -1,6 +1,6 @@
 """MirroredStrategy over two logical CPUs (distribute.cpu_devices) trains like one device on the same global
-batch (with the weights' moving average on: the returned weights are the average); MixUp/CutMix train under it;
-global batch, LR scaling, TF_CONFIG parsing.
+batch (with the weights' moving average on: the returned weights are the average); global batch, LR scaling,
+TF_CONFIG parsing. (MixUp and CutMix under MirroredStrategy: tests/test_trainer_loop.py.)
 
     python -m pytest -q -x tests/test_trainer_distribute.py
 
@@ -43,10 +43,6 @@ SCRIPT = textwrap.dedent("""
         out[name] = {"replicas": s.num_replicas_in_sync, "loss": r["history"]["loss"][-1],
                      "val_loss": r["history"]["val_loss"][-1], "steps": r["steps"],
                      "weights": [w.ravel()[:50].tolist() for w in r["model"].get_weights()]}
-        if name == "two":  # each replica mixes its own half of the batch
-            mixed = smoke_config(data_dir, f"{job}/mixed", **{**o, "augment.enabled": True, "augment.mixup": 0.4,
-                                                              "augment.cutmix": 1.0, "distribute.cpu_devices": 2})
-            out["mixed_loss"] = run(mixed, strategy=make_strategy(mixed))["history"]["loss"][-1]
     print("RESULT " + json.dumps(out))
 """)
 
@@ -62,7 +58,6 @@ def test_two_replicas_match_one_device(tmp_path):
     one, two = r["one"], r["two"]
     assert (one["replicas"], two["replicas"]) == (1, 2) and one["steps"] == two["steps"] == 3
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-3)
-    assert 0 < r["mixed_loss"] < 100
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-3)
     for a, b in zip(one["weights"], two["weights"]):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)

@@ -6,7 +6,8 @@
   cut at backup steps; a resumed run starts at its backup's batch.
 - Same weights after 6 steps with N = 1 and N = 4 (an epoch not divisible by N: loops of 4 and 2), the same
   step count, and the per-step callbacks called at loop boundaries only, under the default strategy and
-  MirroredStrategy over two logical CPUs, with TensorFlow's deterministic ops on.
+  MirroredStrategy over two logical CPUs, with TensorFlow's deterministic ops on and augmentation, MixUp and
+  CutMix included (their random draws must not depend on N).
 - A run (trainer.training.train.run): loops end at epoch ends and backup steps, and a run killed mid-epoch
   resumes at its backup's step with the same loop lengths.
 - Two MultiWorkerMirroredStrategy workers (real processes on 127.0.0.1): loops of 4 and 2 end at the same step
@@ -64,8 +65,9 @@ SCRIPT = textwrap.dedent("""
         return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(4, drop_remainder=True)
 
     cpus, *variants = sys.argv[1:]
+    # MixUp and CutMix on: under MirroredStrategy each replica mixes its own part of the batch
     base = {"data.height": 32, "data.width": 16, "train.batch_size": 4, "distribute.jit_compile": "false",
-            "distribute.cpu_devices": int(cpus)}
+            "distribute.cpu_devices": int(cpus), "augment.mixup": 0.4, "augment.cutmix": 1.0}
     strategy, out = None, {}
     for variant in variants:
         n, *nan = variant.split(":")

@@ -1,18 +1,26 @@
-"""A run killed with SIGKILL at a random step and started again ends as a run never killed: the same weights and
+"""A run stopped twice at random steps, once by SIGTERM (Vertex AI's preemption notice) and once by SIGKILL (a lost
+machine), and started again each time with the same command, ends as a run never stopped: the same weights and
 the same examples at every step, in one process and with two workers (real processes, deterministic ops).
 
     python -m pytest -q tests/test_trainer_resume.py
 
-Each test starts the uninterrupted run and the run to be killed side by side, kills the second (the whole
-process group of a launcher: every task at once, as a lost machine) once its backup (one per step) has passed a
-step drawn at random, starts the same command again, and compares the final model.keras and the ids each step
-trained on (`--train.log_example_ids`). Float tolerance: none; with deterministic ops the weights are equal bit
-for bit (assert_array_equal). The random step is printed on failure. Tiny model, 3 epochs of 4 steps, MixUp and
-the default augmentation on (their random states are part of what must resume).
+Each test starts the uninterrupted run and the run to be stopped side by side. SIGTERM goes to one task once the
+stopped run's backup (one per step) has passed a step drawn at random: every task commits a backup at the same
+step boundary and exits 143 with one line naming it. The same command again resumes there; SIGKILL then hits the
+chief (lock holder and collective leader) after a later random step: with two workers the other one stops within
+a bounded time with one line saying it lost contact. The same command again takes over the dead run's lock,
+resumes from the last backup and finishes; the final model.keras and the ids each step trained on
+(`--train.log_example_ids`) are compared with the uninterrupted run's. Float tolerance: none; with deterministic
+ops the weights are equal bit for bit (assert_array_equal). The random steps are printed on failure. Tiny
+model, 3 epochs of 4 steps, MixUp and the default augmentation on (their random states are part of what must
+resume).
 """
 
+import csv
+import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -22,42 +30,63 @@ import time
 import numpy as np
 
 from tests import trainer_fixtures as fx
+from tests.test_trainer_startup import listeners
 from trainer.input.data import read_ids_log
 from trainer.jobdir import backup
+from trainer.launch import free_ports
+from trainer.training import cluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS, STEPS = 3, 4
 # TF_DETERMINISTIC_OPS is TensorFlow's switch for tf.config.experimental.enable_op_determinism(): without it,
 # two runs may differ in the last bits however they were stopped.
 ENV = {**{k: v for k, v in os.environ.items() if k != "TF_CONFIG"}, "TF_DETERMINISTIC_OPS": "1"}
+STOPPED = re.compile(r"error: stopped by SIGTERM after step (\d+): backup written to (\S+); start the same "
+                     r"command again to resume from it")
 
 
-def command(job, workers: int) -> list[str]:
-    args = ["--config", "smoke", "--data_dir", fx.fixture_data_dir(), "--job_dir", str(job), "--data.height=32",
-            "--data.width=16", "--train.verbose=2", "--distribute.jit_compile=false", f"--train.epochs={EPOCHS}",
-            f"--train.steps_per_epoch={STEPS}", "--train.validation_steps=1", "--train.backup_every_steps=1",
-            "--train.log_example_ids=true", "--augment.mixup=0.2", "--data.shuffle_buffer=16"]
-    launcher = ["-m", "trainer.launch", "--workers", str(workers), "--"] if workers > 1 else ["-m", "trainer.task"]
-    return [sys.executable, *launcher, *args]
+def command(job) -> list[str]:
+    return [sys.executable, "-m", "trainer.task", "--config", "smoke", "--data_dir", fx.fixture_data_dir(),
+            "--job_dir", str(job), "--data.height=32", "--data.width=16", "--train.verbose=2",
+            "--distribute.jit_compile=false", f"--train.epochs={EPOCHS}", f"--train.steps_per_epoch={STEPS}",
+            "--train.validation_steps=1", "--train.backup_every_steps=1", "--train.log_example_ids=true",
+            "--augment.mixup=0.2", "--data.shuffle_buffer=16", "--train.export=false"]
 
 
-def start(job, workers: int) -> subprocess.Popen:
-    log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen(command(job, workers), cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    proc.log = log
-    return proc
+class Run:
+    """The tasks of one run of the command: one process, or one per worker on `ports` (worker 0 the chief)."""
 
+    def __init__(self, job, ports: list[int]):
+        layout = {"worker": [f"localhost:{p}" for p in ports]}
+        self.procs = []
+        for i in range(len(ports)):
+            env = {**ENV, "TF_CONFIG": cluster.tf_config(layout, "worker", i)} if len(ports) > 1 else ENV
+            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+            proc = subprocess.Popen(command(job), cwd=REPO, env=env, stdout=out, stderr=err, text=True)
+            proc.outputs = (out, err)
+            self.procs.append(proc)
 
-def output(proc, timeout=900) -> str:
-    """What the process printed once it ended (killed, with what it printed, after `timeout` seconds)."""
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    proc.log.seek(0)
-    return proc.log.read()
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    def finish(self, timeout=900) -> list[tuple[int, str]]:
+        """(exit status, stderr) of each task once it ended; a task still running after `timeout` s is killed."""
+        results = []
+        for p in self.procs:
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            p.outputs[1].seek(0)
+            results.append((p.returncode, p.outputs[1].read()))
+        return results
+
+    def kill(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def committed_step(job) -> int:
@@ -66,6 +95,14 @@ def committed_step(job) -> int:
     except (ValueError, OSError):  # (state.json being replaced)
         return -1
     return -1 if state is None else state.step
+
+
+def wait_past(job, step: int, run: Run, where: str) -> None:
+    deadline = time.monotonic() + 900
+    while committed_step(job) < step and run.alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # (a task that ended before the signal: its own error)
+    assert run.alive(), "\n".join(err[-2000:] for _, err in run.finish()) + where
 
 
 def final_weights(job):
@@ -81,44 +118,81 @@ def step_ids(job, pipelines: int) -> list[list[str]]:
     return [[i for log in logs for i in log[step]] for step in range(EPOCHS * STEPS)]
 
 
-def killed_and_resumed_equals_uninterrupted(tmp_path, workers: int) -> None:
-    kill_after = random.Random().randint(1, EPOCHS * STEPS - 4)
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    reference, victim = start(whole, workers), start(killed, workers)
+def stopped_twice_and_resumed_equals_uninterrupted(tmp_path, workers: int) -> None:
+    rng = random.Random()
+    term_after = rng.randint(1, EPOCHS * STEPS // 2 - 1)
+    where = f" (drawn: SIGTERM after step {term_after})"
+    whole, job = tmp_path / "whole", tmp_path / "stopped"
+    ports = free_ports(2 * workers) if workers > 1 else [0, 0]
+    runs = [Run(whole, ports[workers:]), Run(job, ports[:workers])]
+    reference, first = runs
     try:
-        deadline = time.monotonic() + 900
-        while committed_step(killed) < kill_after and victim.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert victim.poll() is None, output(victim)[-3000:]  # (it ended before the kill: its own error)
-        os.killpg(victim.pid, signal.SIGKILL)  # the process and, with a launcher, every task it started
-        victim.wait()
-        first = output(victim)
-        assert victim.returncode == -signal.SIGKILL, first[-3000:]
-        resumed_at = committed_step(killed)
-        assert 0 < resumed_at < EPOCHS * STEPS, f"killed after step {resumed_at}\n{first[-3000:]}"
-        again = start(killed, workers)
-        second = output(again)
-        assert again.returncode == 0, second[-3000:]
-        assert f"step {resumed_at})" in second, second[-3000:]  # it resumed there, it did not start over
-        whole_out = output(reference)
-        assert reference.returncode == 0, whole_out[-3000:]
+        wait_past(job, term_after, first, where)
+        if workers > 1:  # TensorFlow's gRPC server listens on every interface, whatever host TF_CONFIG names
+            assert listeners(ports[0]) in (None, ["0.0.0.0"], ["::"])
+        first.procs[-1].send_signal(signal.SIGTERM)  # one task only (a preempted replica); the others follow it
+        results = first.finish(120)
+        outputs = "\n".join(err[-1500:] for _, err in results) + where
+        assert [code for code, _ in results] == [143] * workers, outputs
+        assert all("Traceback" not in err for _, err in results), outputs
+        stopped_at = committed_step(job)
+        # every task at the same step, the one of the chief's backup that the same command resumes from
+        stops = [STOPPED.fullmatch(err.strip().splitlines()[-1]) for _, err in results]
+        assert all(m and m.groups() == (str(stopped_at), str(job / "backup")) for m in stops), outputs
+        assert not (job / ".lock").exists()
+
+        # after a step the resumed run trains itself (killed at start-up, the other worker would wait for it)
+        kill_after = rng.randint(stopped_at + 1, EPOCHS * STEPS - 3)
+        where = f" (drawn: SIGTERM after step {term_after}, stopped after step {stopped_at}, SIGKILL after step " \
+                f"{kill_after})"
+        second = Run(job, ports[:workers])
+        runs.append(second)
+        wait_past(job, kill_after, second, where)
+        second.procs[0].kill()  # the chief
+        killed_at = time.monotonic()
+        results = second.finish(180)
+        took = time.monotonic() - killed_at
+        assert results[0][0] == -signal.SIGKILL, results[0][1][-3000:] + where
+        assert f", step {stopped_at})" in results[0][1], where  # "(resuming after epoch E, step S)"
+        for code, err in results[1:]:  # the other worker: one line, no traceback
+            assert code == 1 and "Traceback" not in err, err[-3000:] + where
+            last = err.strip().splitlines()[-1]
+            assert last.startswith("error: worker:1 lost contact with the rest of the cluster"), last
+            assert "resume from" in last
+            assert took < 120, err[-3000:] + where
+        killed_at_step = committed_step(job)
+        assert stopped_at < killed_at_step < EPOCHS * STEPS, f"killed after step {killed_at_step}" + where
+
+        third = Run(job, ports[:workers])
+        runs.append(third)
+        results = third.finish()
+        for code, err in results:
+            assert code == 0, err[-3000:] + where
+        chief_err = results[0][1]
+        assert "taking over" in chief_err  # the killed chief's lock was stale
+        assert f", step {killed_at_step})" in chief_err, where
+        for code, err in reference.finish():
+            assert code == 0, err[-3000:]
     finally:
-        for p in (reference, victim):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-    where = f"(drawn: kill after step {kill_after}; killed after step {resumed_at})"
-    assert step_ids(killed, workers) == step_ids(whole, workers), where
-    for a, b in zip(final_weights(whole), final_weights(killed)):
+        for run in runs:
+            run.kill()
+    assert step_ids(job, workers) == step_ids(whole, workers), where
+    for a, b in zip(final_weights(whole), final_weights(job)):
         np.testing.assert_array_equal(a, b, err_msg=where)
+    with open(job / "history.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]  # each epoch once
+    assert json.load(open(job / "metrics.json"))["epochs_completed"] == EPOCHS
+    assert backup.read_state(str(job / "backup")).finished  # kept: more epochs would continue it
+    assert not (job / ".task_scratch").exists() and not (job / ".lock").exists()
+    assert (whole / "model.keras").is_file() and not (whole / "model").exists()  # --train.export=false
 
 
-def test_one_process_killed_at_a_random_step_ends_as_one_never_killed(tmp_path):
-    killed_and_resumed_equals_uninterrupted(tmp_path, workers=1)
+def test_one_process_stopped_twice_at_random_steps_ends_as_one_never_stopped(tmp_path):
+    stopped_twice_and_resumed_equals_uninterrupted(tmp_path, workers=1)
 
 
-def test_two_workers_killed_at_a_random_step_end_as_two_never_killed(tmp_path):
-    killed_and_resumed_equals_uninterrupted(tmp_path, workers=2)
+def test_two_workers_stopped_twice_at_random_steps_end_as_two_never_stopped(tmp_path):
+    stopped_twice_and_resumed_equals_uninterrupted(tmp_path, workers=2)
 
 
 def tiny_model(order=("a", "b"), units=3):

@@ -72,7 +72,8 @@ def read_rows(job):
 
 def test_crash_resume_continues_and_writes_every_output(tmp_path):
     job = str(tmp_path / "job")
-    cfg = fx.smoke_config(fx.fixture_data_dir(), job, **{"train.epochs": 2, "train.steps_per_epoch": 3})
+    cfg = fx.smoke_config(fx.fixture_data_dir(), job, **{"train.epochs": 2, "train.steps_per_epoch": 3,
+                                                          "train.export": True})
     crash = CrashAfterFirstEpoch()
     with pytest.raises(Crash):
         run(cfg, extra_callbacks=[crash])

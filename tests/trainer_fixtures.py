@@ -68,11 +68,12 @@ def num_examples(schema_name: str, split: str) -> int:
 
 
 def smoke_config(data_dir: str, job_dir: str = "", dataset: str = "hvc", **overrides):
-    """The smoke preset shrunk further for unit tests (32x16 input, 2 steps per epoch)."""
+    """The smoke preset shrunk further for unit tests (32x16 input, 2 steps per epoch, no SavedModel export:
+    pass `**{"train.export": True}` where a test reads JOB_DIR/model)."""
     from trainer.config_loader import load_config
 
     base = {"data.dataset": dataset, "data.height": 32, "data.width": 16, "train.steps_per_epoch": 2,
-            "train.validation_steps": 1, "train.verbose": "0"}
+            "train.validation_steps": 1, "train.verbose": "0", "train.export": False}
     base.update(overrides)
     argv = ["--config", "smoke", "--data_dir", data_dir, "--job_dir", job_dir or "unused"]
     return load_config(argv).replace(**base)

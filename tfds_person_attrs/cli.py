@@ -258,11 +258,33 @@ def describe(error: BaseException) -> str:
 def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
     """Calls main(argv) as a command: returns its exit code; a user error becomes one line and exit code 2."""
     global _verbose_flag
+    is_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     _verbose_flag = VERBOSE_FLAG in own_args(argv)
     if _verbose_flag:
         argv.remove(VERBOSE_FLAG)  # the first one, which own_args just found before any `--`
     setup_output()
+    code = _run_main(main, argv)  # a bug's traceback propagates before anything is muted
+    if is_process and not verbose():
+        _mute_teardown()
+    return code
+
+
+def _mute_teardown() -> None:
+    """After a command's last line, file descriptor 2 on /dev/null while the process shuts down.
+
+    TensorFlow's C++ threads outlive main: a worker whose peer has already exited logs the failed coordination
+    heartbeat ("E0000 ... Failed to send RPC to coordination service") through absl, which TF_CPP_MIN_LOG_LEVEL
+    does not reach, after the line that said how the run ended. With --verbose everything still shows.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+
+
+def _run_main(main: Callable[[list[str]], int | None], argv: list[str]) -> int:
     try:
         return int(main(argv) or 0)
     except KeyboardInterrupt:

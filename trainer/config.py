@@ -193,6 +193,9 @@ class TrainConfig:
     # Steps run inside one compiled call (trainer.training.loop): the loss is read, and per-step callbacks (progress,
     # the non-finite guard, backups) run, once per loop; loops also end at epoch ends and backup steps.
     steps_per_loop: int = 1
+    # Write the JPEG-bytes SavedModel to JOB_DIR/model (AIP_MODEL_DIR on Vertex) when the run ends; false: only
+    # model.keras and the checkpoints (export later: python -m trainer.export --job_dir JOB_DIR).
+    export: bool = True
     verbose: str = "auto"  # Keras fit verbosity: auto, 0, 1, 2
     seed: int = 42
     freeze_backbone_epochs: int = 0  # train the heads alone for this many epochs, then the whole model

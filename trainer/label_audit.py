@@ -89,7 +89,9 @@ def _fold_probs(config, schema, held_ids: list[str], excluded: frozenset[str], f
     held_out_csv = os.path.join(fold_dir, HELD_OUT_FILE)
     os.makedirs(fold_dir, exist_ok=True)
     write_csv(held_out_csv, [{"id": i} for i in sorted(set(held_ids) | excluded)], fields=("id",))
-    fold_config = config.replace(**{"train.job_dir": fold_dir, "data.exclude_ids": held_out_csv})
+    # a fold model only predicts its held-out part here: no SavedModel export
+    fold_config = config.replace(**{"train.job_dir": fold_dir, "data.exclude_ids": held_out_csv,
+                                    "train.export": False})
     if not cli.verbose():
         fold_config = fold_config.replace(**{"train.verbose": "0"})
     with _quiet_training():

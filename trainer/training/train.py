@@ -55,8 +55,9 @@ log = logging.getLogger(__name__)
 # replicas are laid out (the global batch and steps per epoch they lead to are compared instead).
 # train.epochs may grow: a finished run continues (the schedule is the new length's, from the step reached).
 RESUME_MAY_CHANGE = ("data.data_dir", "train.job_dir", "train.verbose", "train.allow_config_change",
-                     "train.log_example_ids", "train.epochs", "train.steps_per_loop", "distribute.strategy",
-                     "distribute.cpu_devices", "distribute.jit_compile", "distribute.startup_timeout")
+                     "train.log_example_ids", "train.export", "train.epochs", "train.steps_per_loop",
+                     "distribute.strategy", "distribute.cpu_devices", "distribute.jit_compile",
+                     "distribute.startup_timeout")
 
 
 class PeerLostError(RuntimeError):
@@ -196,7 +197,8 @@ def _train(config, strategy, task, paths, out, state, extra_callbacks) -> dict:
         atomic.write_text(out.metrics_json, json.dumps(metrics, indent=2))
         keep_ema_weights(model)  # the saved, exported and returned model holds the averaged weights (trainer.optim.ema)
         atomic.save_with(out.model_keras, model.save)
-        atomic.replace_dir(out.model_dir, lambda d: export.export_model(model, config, schema, d))
+        if config.train.export:
+            atomic.replace_dir(out.model_dir, lambda d: export.export_model(model, config, schema, d))
         if task.is_chief and tuning_trial():  # a Vertex AI tuning trial: report how it did
             top = metrics[f"best_{MONITOR}"]
             hypertune.report_hyperparameter_tuning_metric(MONITOR, top if top is not None else metrics[MONITOR],
