@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import pytest
 
+# First, as every command does: the quiet start-up settings (TF_CPP_MIN_LOG_LEVEL=3 among them) in this process
+# and in the commands the tests start from it, before any test module imports Keras, whose import of JAX would
+# set TensorFlow's C++ log level to 1 and let its warnings into the commands' stderr.
+import trainer  # noqa: F401, I001
 from tests import data_fixtures, trainer_fixtures
 
 
@@ -37,3 +41,18 @@ def hvc_data_dir():
 def multi_data_dir():
     """A DATA_DIR holding person_attrs/multi_demo/1.0.0: the demo images under a schema with a multi-label head."""
     return trainer_fixtures.fixture_data_dir(trainer_fixtures.MULTI_SCHEMA.name)
+
+
+# The files that start several processes or train several models, longest first: handed out first under
+# `-n 2 --dist loadfile` (the README's test command), so that short files fill the end of the run instead of
+# one worker finishing a long file alone. The order: `--durations=80` of a full run.
+LONGEST_FIRST = ("test_trainer_resume.py", "test_trainer_train.py", "test_trainer_loop.py", "test_cloud_local.py",
+                 "test_trainer_regularisers.py", "test_label_audit.py", "test_trainer_multiworker.py",
+                 "test_end_to_end.py", "test_cloud_kfp.py", "test_trainer_distribute.py", "test_backend_agnostic.py",
+                 "test_cli.py", "test_cloud_jobdir.py", "test_build_transform.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: every file keeps its own order
+

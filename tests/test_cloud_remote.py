@@ -31,7 +31,7 @@ def test_build_train_evaluate_export_predict_on_ram(tmp_path, capsys):
     preprocess.run(["--manual_dir", manual, "--data_dir", data])
     assert tf.io.gfile.exists(f"{data}/person_attrs/hvc/1.0.0/dataset_info.json")
 
-    run(fx.smoke_config(data, job, **{"train.epochs": 1, "train.backup_every_steps": 1}))
+    run(fx.smoke_config(data, job, **{"train.epochs": 1, "train.backup_every_steps": 1, "train.export": True}))
     written = set(tf.io.gfile.listdir(job))
     assert {"config.yaml", "layout.json", "history.csv", "metrics.json", "model.keras", "checkpoints", "logs",
             "model"} <= written
