@@ -55,4 +55,3 @@ LONGEST_FIRST = ("test_trainer_resume.py", "test_trainer_train.py", "test_traine
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: every file keeps its own order
-

@@ -150,6 +150,32 @@ def test_verbose_is_taken_off_before_a_double_dash_only():
     assert seen == [["--image", "x", "--", "--verbose"]] and not cli.verbose()
 
 
+# A command whose process writes to file descriptor 2 after its last line, as TensorFlow's C++ threads can while
+# the interpreter shuts down (an atexit write stands in for them: it runs after main has returned), and one that
+# fails with a bug.
+TEARDOWN = """
+import atexit, os, sys
+from tfds_person_attrs import cli
+
+def main(argv):
+    if argv == ["bug"]:
+        raise RuntimeError("a bug")
+    atexit.register(lambda: os.write(2, b"E0000 late C++ line\\n"))
+    print("error: the last line", file=sys.stderr)
+    return 1
+
+sys.exit(cli.run(main))
+"""
+
+
+@pytest.mark.parametrize("argv, last", [([], "error: the last line"), (["--verbose"], "E0000 late C++ line"),
+                                        (["bug"], "RuntimeError: a bug")])
+def test_what_the_process_writes_after_the_commands_last_line_shows_only_with_verbose(argv, last):
+    proc = subprocess.run([sys.executable, "-c", TEARDOWN, *argv], capture_output=True, text=True, cwd=fx.REPO,
+                          timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == last, proc.stderr
+
+
 @pytest.fixture(scope="module")
 def places(tmp_path_factory):
     """Paths a user might get wrong: one that does not exist, an empty folder, a folder of text, one image."""

@@ -7,8 +7,8 @@ the same examples at every step, in one process and with two workers (real proce
 Each test starts the uninterrupted run and the run to be stopped side by side. SIGTERM goes to one task once the
 stopped run's backup (one per step) has passed a step drawn at random: every task commits a backup at the same
 step boundary and exits 143 with one line naming it. The same command again resumes there; SIGKILL then hits the
-chief (lock holder and collective leader) after a later random step: with two workers the other one stops within
-a bounded time with one line saying it lost contact. The same command again takes over the dead run's lock,
+chief (lock holder and collective leader) after a later random step: with two workers the other one stops by
+itself with one line saying it lost contact. The same command again takes over the dead run's lock,
 resumes from the last backup and finishes; the final model.keras and the ids each step trained on
 (`--train.log_example_ids`) are compared with the uninterrupted run's. Float tolerance: none; with deterministic
 ops the weights are equal bit for bit (assert_array_equal). The random steps are printed on failure. Tiny
@@ -103,6 +103,7 @@ def wait_past(job, step: int, run: Run, where: str) -> None:
         time.sleep(0.02)
     # (a task that ended before the signal: its own error)
     assert run.alive(), "\n".join(err[-2000:] for _, err in run.finish()) + where
+    assert committed_step(job) >= step, f"no backup of step {step} after 900 s" + where
 
 
 def final_weights(job):
@@ -142,6 +143,7 @@ def stopped_twice_and_resumed_equals_uninterrupted(tmp_path, workers: int) -> No
         assert not (job / ".lock").exists()
 
         # after a step the resumed run trains itself (killed at start-up, the other worker would wait for it)
+        assert stopped_at <= EPOCHS * STEPS - 4, f"stopped after step {stopped_at}: no room left" + where
         kill_after = rng.randint(stopped_at + 1, EPOCHS * STEPS - 3)
         where = f" (drawn: SIGTERM after step {term_after}, stopped after step {stopped_at}, SIGKILL after step " \
                 f"{kill_after})"
@@ -149,9 +151,7 @@ def stopped_twice_and_resumed_equals_uninterrupted(tmp_path, workers: int) -> No
         runs.append(second)
         wait_past(job, kill_after, second, where)
         second.procs[0].kill()  # the chief
-        killed_at = time.monotonic()
-        results = second.finish(180)
-        took = time.monotonic() - killed_at
+        results = second.finish(180)  # a worker still waiting then is killed, and fails the exit status below
         assert results[0][0] == -signal.SIGKILL, results[0][1][-3000:] + where
         assert f", step {stopped_at})" in results[0][1], where  # "(resuming after epoch E, step S)"
         for code, err in results[1:]:  # the other worker: one line, no traceback
@@ -159,7 +159,6 @@ def stopped_twice_and_resumed_equals_uninterrupted(tmp_path, workers: int) -> No
             last = err.strip().splitlines()[-1]
             assert last.startswith("error: worker:1 lost contact with the rest of the cluster"), last
             assert "resume from" in last
-            assert took < 120, err[-3000:] + where
         killed_at_step = committed_step(job)
         assert stopped_at < killed_at_step < EPOCHS * STEPS, f"killed after step {killed_at_step}" + where
 

@@ -273,9 +273,9 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
 def _mute_teardown() -> None:
     """After a command's last line, file descriptor 2 on /dev/null while the process shuts down.
 
-    TensorFlow's C++ threads outlive main: a worker whose peer has already exited logs the failed coordination
-    heartbeat ("E0000 ... Failed to send RPC to coordination service") through absl, which TF_CPP_MIN_LOG_LEVEL
-    does not reach, after the line that said how the run ended. With --verbose everything still shows.
+    TensorFlow's C++ threads outlive main: a worker whose peer has already exited can log the failed coordination
+    heartbeat ("E0000 ... Failed to send RPC to coordination service", seen in a test run) after the line that said
+    how the run ended, which is then no longer the last. With --verbose everything still shows.
     """
     with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
